@@ -1,0 +1,1 @@
+"""The composing graph: describe, retrieve, compose, parse-check, evaluate and explain."""

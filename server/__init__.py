@@ -1,0 +1,1 @@
+"""Serving img2music: the OpenAI-compatible endpoint and the model host."""
