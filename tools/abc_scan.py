@@ -60,6 +60,7 @@ class Bar:
     start_boundary: bool
     end_boundary: bool = False
     multirest: int = 0
+    checked: bool = True
 
 
 @dataclass
@@ -195,6 +196,8 @@ class _VoiceState:
         self.bar_multirest = 0
         self.overlay_durations: list[Fraction] = []
         self.line_end_split: Fraction | None = None
+        self.bar_lines_on_line = 0
+        self.unchecked = False
         self.after_split: tuple[int, int] | None = None
         self.start_boundary = True
         self.bars: list[Bar] = []
@@ -216,6 +219,7 @@ class _TuneScanner:
         self.voices: dict[str, _VoiceState] = {}
         self.voice: _VoiceState | None = None
         self.user_decorations: set[str] = set()
+        self.bare_lines: list[int] = []
 
     def report(self, severity: str, line: int, col: int, message: str) -> None:
         if len(self.tune.diagnostics) >= MAX_DIAGNOSTICS_PER_TUNE:
@@ -369,6 +373,7 @@ class _TuneScanner:
 
     def scan_music_line(self, line: str, number: int) -> None:
         voice = self.current_voice()
+        voice.bar_lines_on_line = 0
         text = _strip_comment(line)
         position = 0
         continued = text.rstrip().endswith("\\")
@@ -444,7 +449,7 @@ class _TuneScanner:
                             "broken note?")
                 return
         if not continued:
-            self.soft_bar_end(voice)
+            self.soft_bar_end(voice, number)
 
     def mark_music(self, voice: _VoiceState, line: int, col: int) -> None:
         if not voice.bar_has_music:
@@ -553,7 +558,9 @@ class _TuneScanner:
         voice = self.current_voice()
         match = BAR_TOKEN.match(text, position)
         if match is None or match.end() == position:
-            self.report("error", number, position + 1, "a lone : is not ABC; did you mean :| ?")
+            self.report("warning", number, position + 1,
+                        "a lone : is read as a repeat sign; write :| or |:")
+            self.mark_boundary(voice)
             return position + 1
         token = match.group(0)
         end = match.end()
@@ -561,6 +568,7 @@ class _TuneScanner:
         is_boundary = boundary or ":" in token or "||" in token or "]" in token or bool(ending)
         if ending:
             end += ending.end()
+        voice.bar_lines_on_line += 1
         self.close_bar(voice, is_boundary)
         return end
 
@@ -600,14 +608,16 @@ class _TuneScanner:
             expected=expected * max(voice.bar_multirest, 1) if expected is not None else None,
             meter=voice.meter_text, unit=voice.unit, start_boundary=voice.start_boundary,
             end_boundary=end_boundary, multirest=voice.bar_multirest,
+            checked=not voice.unchecked,
         ))
+        voice.unchecked = False
         voice.bar_duration = Fraction(0)
         voice.bar_has_music = False
         voice.bar_multirest = 0
         voice.start_boundary = end_boundary
         voice.line_end_split = voice.after_split = None
 
-    def soft_bar_end(self, voice: _VoiceState) -> None:
+    def soft_bar_end(self, voice: _VoiceState, number: int) -> None:
         """Line ends where a bar line is missing, as Essen and older transcriptions write phrases.
 
         A line that ends on a full bar closes it as a phrase end; a line that ends mid-bar is
@@ -615,6 +625,9 @@ class _TuneScanner:
         """
         if not voice.bar_has_music or voice.meter is None:
             return
+        if voice.bar_lines_on_line == 0 and voice.bar_duration != voice.meter:
+            voice.unchecked = True
+            self.bare_lines.append(number)
         if voice.bar_duration == voice.meter:
             self.close_bar(voice, boundary=True)
         elif voice.bar_duration < voice.meter:
@@ -629,6 +642,10 @@ class _TuneScanner:
                 self.report("error", line, col, "a slur opened with ( is never closed with )")
             tune.bars.extend(voice.bars)
             self.check_bars(voice.bars)
+        if self.bare_lines:
+            lines = ", ".join(str(line) for line in self.bare_lines[:8])
+            self.report("warning", self.bare_lines[0], 1,
+                        f"no bar lines on line(s) {lines}, so bar lengths there are not checked")
         tune.duration = max(
             (sum((bar.duration for bar in voice.bars), Fraction(0))
              for voice in self.voices.values()),
@@ -649,7 +666,7 @@ class _TuneScanner:
 
     def check_bars(self, bars: list[Bar]) -> None:
         for index, bar in enumerate(bars):
-            if bar.expected is None or bar.duration == bar.expected:
+            if bar.expected is None or bar.duration == bar.expected or not bar.checked:
                 continue
             shown = fraction_in_units(bar.duration, bar.unit)
             needed = fraction_in_units(bar.expected, bar.unit)
