@@ -20,7 +20,7 @@ def prompts_folder() -> Path:
 
 @lru_cache(maxsize=8)
 def _environment(folder: Path) -> Environment:
-    return Environment(  # noqa: S701 - prompts are plain text, never HTML
+    return Environment(
         loader=FileSystemLoader(folder),
         undefined=StrictUndefined,
         keep_trailing_newline=True,

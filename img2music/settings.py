@@ -51,7 +51,7 @@ class Settings(BaseSettings):
         default=24, gt=0, description="Bars kept per voice when a MIDI file is converted to ABC."
     )
     program_timeout_s: float = Field(
-        default=30.0, gt=0, description="Seconds an external program (abc2midi, fluidsynth…) may run."
+        default=30.0, gt=0, description="Seconds an external program may run."
     )
     max_output_bytes: int = Field(
         default=268_435_456,
@@ -65,12 +65,12 @@ class Settings(BaseSettings):
     sample_rate: int = Field(default=44_100, gt=0, description="Audio sample rate in Hz.")
     prompts_dir: Path | None = Field(
         default=None,
-        description="A folder of prompt files that replaces the shipped ones, for prompt iteration.",
+        description="A prompt folder that replaces the shipped one, for prompt iteration.",
     )
     log_level: str = Field(default="WARNING", description="Logging level for library messages.")
 
     def find_soundfont(self) -> Path | None:
-        """The configured SoundFont, or the first General MIDI one that Debian's packages put down."""
+        """The configured SoundFont, or the first General MIDI one from Debian's packages."""
         if self.soundfont is not None:
             return self.soundfont if self.soundfont.is_file() else None
         return next((path for path in SOUNDFONT_CANDIDATES if path.is_file()), None)

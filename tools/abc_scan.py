@@ -36,6 +36,10 @@ DECORATED = NOTE_LETTERS | set("^_=[({\"!.~zxHIJKLMNOPQRSTUVWYhijklmnopqrstuvw")
 DECORATION_NAME = re.compile(r"^[A-Za-z0-9().<>+\-/]+$")
 IGNORED_SYMBOLS = set(" \t`$*")
 MAX_DIAGNOSTICS_PER_TUNE = 40
+MAX_CLASSIFIED_CHARS = 2_000
+MUSIC_MARKUP = re.compile(r'"[^"]*"|![^!\s]*!|\+[^+\s]*\+|\[[A-Za-z]:[^\]]*\]')
+PROSE_LETTERS = re.compile(r"[hijklmnopqrstw]")
+PLAIN_WORD = re.compile(r"^[A-Za-z]{2,}[.,;!?]?$")
 
 
 @dataclass
@@ -102,18 +106,20 @@ def is_music_line(line: str) -> bool:
     """True for a line of ABC music, False for prose, fields, comments and blank lines.
 
     Prose is told apart by words made of letters that cannot stand in music outside quotes and
-    decorations; a model's motivation paragraph is never mistaken for a tune.
+    decorations, or by a run of plain words ending in punctuation; a model's motivation paragraph
+    is never mistaken for a tune. Only the first `MAX_CLASSIFIED_CHARS` are looked at.
     """
-    stripped = line.strip()
-    if not stripped or stripped.startswith("%") or is_field_line(stripped):
+    stripped = _strip_comment(line[:MAX_CLASSIFIED_CHARS]).strip()
+    if not stripped or is_field_line(stripped):
         return False
-    if stripped.startswith(("#", "* ", "- ", "> ", "```", "**")):
+    if stripped.startswith(("#", "* ", "- ", "> ", "```", "~~~", "**")):
         return False
-    bare = re.sub(r'"[^"]*"|![^!\s]*!|\[[A-Za-z]:[^\]]*\]', " ", stripped)
-    for word in re.findall(r"[A-Za-z]{2,}", bare):
-        if re.search(r"[hijklmnopqrstw]", word):
-            return False
-    if re.search(r"[A-Za-z]{2,}\s+[A-Za-z]{2,}\s+[A-Za-z]{2,}[.,;!?]", bare):
+    bare = MUSIC_MARKUP.sub(" ", stripped)
+    if any(PROSE_LETTERS.search(word) for word in re.findall(r"[A-Za-z]{2,}", bare)):
+        return False
+    words = bare.split()
+    plain_words = [word for word in words if PLAIN_WORD.match(word)]
+    if len(plain_words) >= 3 and any(word[-1] in ".,;!?" for word in plain_words):
         return False
     return re.search(r"[A-Ga-gzxZ]", bare) is not None
 
@@ -436,11 +442,7 @@ class _TuneScanner:
                 self.mark_music(voice, number, col)
                 voice.bar_multirest = int(length) if length.denominator == 1 else 1
                 position += 1 + size
-            elif char in DEFAULT_DECORATIONS or char in self.user_decorations:
-                position += 1
-            elif char in USER_DECORATION_LETTERS and (
-                char.isupper() or text[position + 1:position + 2] in DECORATED
-            ):
+            elif self.is_decoration(char, text[position + 1:position + 2]):
                 position += 1
             else:
                 shown = char if char.isprintable() else repr(char)
@@ -450,6 +452,12 @@ class _TuneScanner:
                 return
         if not continued:
             self.soft_bar_end(voice, number)
+
+    def is_decoration(self, char: str, following: str) -> bool:
+        """Shorthand decorations, and letters a transcriber may have defined with `U:`."""
+        if char in DEFAULT_DECORATIONS or char in self.user_decorations:
+            return True
+        return char in USER_DECORATION_LETTERS and (char.isupper() or following in DECORATED)
 
     def mark_music(self, voice: _VoiceState, line: int, col: int) -> None:
         if not voice.bar_has_music:
@@ -465,7 +473,8 @@ class _TuneScanner:
         while position < len(text) and text[position] in "^_=":
             position += 1
         if position >= len(text) or text[position] not in NOTE_LETTERS | set("zx"):
-            self.report("error", number, start + 1, "an accidental (^, _ or =) needs a note after it")
+            self.report("error", number, start + 1,
+                        "an accidental (^, _ or =) needs a note after it")
             return len(text)
         is_rest = text[position] in "zx"
         position += 1

@@ -59,7 +59,7 @@ def run_program(
     timeout_s: float,
     max_file_bytes: int,
 ) -> ProgramResult:
-    """Run `args` in `cwd` with no shell and no stdin; files it writes are capped at `max_file_bytes`.
+    """Run `args` in `cwd` with no shell and no stdin, capping the files it writes.
 
     Output is captured into files in `cwd` (so a chatty program cannot fill memory) and only its
     first `MAX_CAPTURED_BYTES` are read back.
@@ -78,7 +78,7 @@ def run_program(
                 stderr=stderr,
                 timeout=timeout_s,
                 check=False,
-                preexec_fn=lambda: _limit_file_size(max_file_bytes),  # noqa: PLW1509
+                preexec_fn=lambda: _limit_file_size(max_file_bytes),
             )
         except subprocess.TimeoutExpired as error:
             raise ProgramFailed(f"{args[0]} did not finish within {timeout_s:g} s") from error

@@ -1,0 +1,140 @@
+"""The `img2music` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from img2music.settings import get_settings
+from img2music.tools.check import CompiledAbc, compile_abc, decode_abc
+from img2music.tools.diagnostics import Diagnostic
+from img2music.tools.metrics import TuneMetrics, evaluate_midi
+from img2music.tools.programs import ProgramMissing
+
+app = typer.Typer(
+    help="Turn an image into music you can read, hear and understand.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+errors = Console(stderr=True)
+
+EXIT_USAGE = 2
+
+
+@app.callback()
+def main() -> None:
+    logging.basicConfig(level=get_settings().log_level.upper(), format="%(levelname)s %(message)s")
+
+
+def _read_abc(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        errors.print(f"[red]error:[/red] cannot read {path}: {error.strerror or error}")
+        raise typer.Exit(EXIT_USAGE) from error
+
+
+def _compile(path: Path) -> CompiledAbc:
+    try:
+        return compile_abc(_read_abc(path))
+    except ProgramMissing as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(EXIT_USAGE) from error
+
+
+def _diagnostic_json(diagnostic: Diagnostic) -> dict[str, object]:
+    return diagnostic.model_dump(include={"line", "col", "message", "source"})
+
+
+@app.command()
+def check(
+    file: Annotated[Path, typer.Argument(help="An ABC file (one or more tunes).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Parse-check an ABC file: exit 0 when the tune is valid, 1 when not, 2 on usage errors."""
+    compiled = _compile(file)
+    result = compiled.check
+    metrics: TuneMetrics | None = None
+    if compiled.midi is not None:
+        metrics = evaluate_midi(compiled.midi, bars=result.bars, voices=result.voices)
+    if as_json:
+        payload = {
+            "ok": result.ok,
+            "errors": [_diagnostic_json(d) for d in result.errors],
+            "warnings": [_diagnostic_json(d) for d in result.warnings],
+            "tunes": result.tunes,
+            "voices": result.voices,
+            "bars": result.bars,
+            "notes": result.notes,
+            "duration_beats": result.duration_beats,
+            "backend": result.backend,
+            "metrics": metrics.as_dict() if metrics else {},
+        }
+        typer.echo(json.dumps(payload, ensure_ascii=False))
+    else:
+        _print_check(file, compiled, metrics)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _print_check(file: Path, compiled: CompiledAbc, metrics: TuneMetrics | None) -> None:
+    result = compiled.check
+    verdict = "[green]valid[/green]" if result.ok else "[red]not valid[/red]"
+    console.print(
+        f"{file}: {verdict} ({result.backend}) · {result.tunes} tune(s) · {result.voices} "
+        f"voice(s) · {result.bars} bars · {result.notes} notes · {result.duration_beats:g} beats",
+        highlight=False,
+    )
+    for diagnostic in [*result.errors, *result.warnings]:
+        colour = "red" if diagnostic.severity == "error" else "yellow"
+        console.print(f"  [{colour}]{diagnostic.severity}[/{colour}] {diagnostic.one_line()}",
+                      highlight=False, markup=True)
+    if metrics is not None:
+        shown = " · ".join(
+            f"{metric.name} {metric.value:.3g}" if metric.value is not None
+            else f"{metric.name} undefined"
+            for metric in metrics.values
+        )
+        console.print(f"  metrics: {shown}", highlight=False)
+
+
+@app.command()
+def render(
+    file: Annotated[Path, typer.Argument(help="An ABC file; its first tune is rendered.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the files.")],
+    midi: Annotated[bool, typer.Option("--midi", help="Write tune.mid.")] = False,
+    wav: Annotated[bool, typer.Option("--wav", help="Write tune.wav (FluidSynth).")] = False,
+    svg: Annotated[bool, typer.Option("--svg", help="Write score.svg (abcm2ps).")] = False,
+    png: Annotated[bool, typer.Option("--png", help="Write pianoroll.png.")] = False,
+    ogg: Annotated[bool, typer.Option("--ogg", help="Also write tune.ogg.")] = False,
+    mp3: Annotated[bool, typer.Option("--mp3", help="Also write tune.mp3.")] = False,
+) -> None:
+    """Write MIDI, audio, score and piano roll (all four when none is named)."""
+    from img2music.tools.render import render_all
+
+    everything = not (midi or wav or svg or png)
+    text, _ = decode_abc(_read_abc(file))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        report = render_all(
+            text, out,
+            midi=midi or everything, wav=wav or everything or ogg or mp3,
+            svg=svg or everything, png=png or everything,
+            audio_formats=tuple(fmt for fmt, wanted in (("ogg", ogg), ("mp3", mp3)) if wanted),
+        )
+    except OSError as error:
+        errors.print(f"[red]error:[/red] cannot write to {out}: {error.strerror or error}")
+        raise typer.Exit(EXIT_USAGE) from error
+    except ValueError as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+    for kind, path in report.files.items():
+        console.print(f"{kind}: {path}", highlight=False)
+    for problem in report.problems:
+        errors.print(f"[yellow]not written:[/yellow] {problem}", highlight=False)
+    raise typer.Exit(1 if report.problems else 0)

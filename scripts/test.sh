@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The project's checks: lint, types, then the test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/ruff check .
+.venv/bin/mypy
+.venv/bin/pytest "$@"

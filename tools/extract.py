@@ -1,0 +1,161 @@
+"""Pull the ABC tune out of a model's free text and keep the prose around it as its motivation.
+
+Models wrap tunes in fences, reasoning blocks and markdown, write drafts before the answer and
+forget X:. Cutting "from the last X: to the last |" swallows the prose after a tune and loses its
+lyrics and voices, so extents are decided line by line with the scan's own idea of music.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from img2music.tools.abc_scan import is_field_line, is_music_line
+
+THINK_TAG = re.compile(r"<(/?)think>", re.IGNORECASE)
+FENCE = re.compile(r"^[ \t]*(?:`{3,}|~{3,})[ \t]*[\w+.-]*[ \t]*$")
+LABEL = re.compile(
+    r"^[ \t]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?(?:motivation|explanation|rationale)(?:\*\*|__)?[ \t]*"
+    r"(?::[ \t]*(?:\*\*|__)?[ \t]*|$)",
+    re.IGNORECASE | re.MULTILINE,
+)
+BLANK_RUN = re.compile(r"\n{3,}")
+
+
+class Extraction(BaseModel):
+    """The tune goes to the checkers and the prose to the listener, so they are kept apart."""
+
+    model_config = ConfigDict(frozen=True)
+
+    abc: str | None = Field(description="The chosen tune, normalised; None when none was found.")
+    motivation: str = Field(description="The prose outside the tune and the reasoning.")
+    candidates: int = Field(ge=0, description="How many complete tunes were found.")
+    notes: list[str] = Field(default_factory=list, description="One line per thing done.")
+
+
+@dataclass
+class _Span:
+    """Line indices (`end` exclusive) let the motivation drop exactly the tune's lines."""
+
+    start: int
+    end: int = 0
+    lines: list[str] = field(default_factory=list)
+    anchored: bool = False
+    has_field: bool = False
+    key_seen: bool = False
+    complete: bool = False
+
+    def add(self, index: int, line: str, kind: str) -> None:
+        self.lines.append(line)
+        self.end = index + 1
+        self.anchored = self.anchored or line.startswith(("X:", "K:"))
+        self.has_field = self.has_field or kind == "field"
+        self.complete = self.complete or (self.key_seen and kind == "music")
+        self.key_seen = self.key_seen or line.startswith("K:")
+
+
+def _kind(line: str) -> str:
+    if not line:
+        return "blank"
+    if FENCE.match(line):
+        return "fence"
+    if line.startswith("%"):
+        return "comment"
+    if is_field_line(line):
+        return "field"
+    return "music" if is_music_line(line) else "prose"
+
+
+def _find_spans(lines: list[str]) -> list[_Span]:
+    """Tunes start at a field or comment line and run over fields, comments and music.
+
+    A blank line is judged by the next non-blank one: music or fields carry the tune on (a model
+    spacing out its lines inside a fence, or between voices), prose or a fence end it.
+    """
+    spans: list[_Span] = []
+    current: _Span | None = None
+    for index, raw in enumerate(lines):
+        line = raw.strip()
+        kind = _kind(line)
+        if kind == "blank":
+            continue
+        if current is not None and (
+            kind in ("prose", "fence") or (line.startswith("X:") and current.has_field)
+        ):
+            current = None
+        if current is None:
+            if kind not in ("field", "comment"):
+                continue
+            current = _Span(start=index)
+            spans.append(current)
+        current.add(index, line, kind)
+    return spans
+
+
+def _split_thinking(text: str, notes: list[str]) -> tuple[str, str]:
+    """(answer, reasoning); a lone </think> means the chat template opened the block itself."""
+    answer: list[str] = []
+    reasoning: list[str] = []
+    tags = list(THINK_TAG.finditer(text))
+    lone = inside = bool(tags) and tags[0].group(1) == "/"
+    closed, position = 0, 0
+    for tag in tags:
+        (reasoning if inside else answer).append(text[position:tag.start()])
+        position = tag.end()
+        closing = tag.group(1) == "/"
+        if closing and inside:
+            closed += 1
+        inside = not closing
+    (reasoning if inside else answer).append(text[position:])
+    if lone:
+        closed -= 1
+        notes.append("dropped the text before a lone </think> as reasoning")
+    if closed:
+        notes.append(
+            "removed a <think> block" if closed == 1 else f"removed {closed} <think> blocks"
+        )
+    if inside:
+        notes.append("a <think> block was never closed; took the rest of the text as reasoning")
+    return "\n".join(answer), "\n".join(reasoning)
+
+
+def _motivation(lines: list[str], spans: list[_Span]) -> str:
+    """Everything but tunes and fences; a lone field-like line with no X: or K: stays prose."""
+    dropped = {index for span in spans if span.anchored for index in range(span.start, span.end)}
+    prose = "\n".join(
+        line.rstrip() for index, line in enumerate(lines)
+        if index not in dropped and not FENCE.match(line)
+    )
+    return BLANK_RUN.sub("\n\n", LABEL.sub("", prose)).strip()
+
+
+def extract_abc(text: str, *, max_chars: int = 200_000) -> Extraction:
+    """The last complete tune outside the reasoning, since models revise drafts as they write."""
+    notes: list[str] = []
+    if len(text) > max_chars:
+        text = text[:max_chars]
+        notes.append(f"input longer than {max_chars} characters was cut")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    answer, reasoning = _split_thinking(text, notes)
+    lines = answer.split("\n")
+    spans = _find_spans(lines)
+    pool = spans
+    complete = [span for span in spans if span.complete]
+    if not complete and reasoning.strip():
+        thought = _find_spans(reasoning.split("\n"))
+        if any(span.complete for span in thought):
+            pool, complete = thought, [span for span in thought if span.complete]
+            notes.append("the only tune was inside the <think> block; took it from there")
+    if len(complete) > 1:
+        notes.append(f"found {len(complete)} tunes; took the last complete one")
+    skipped = sum(span.anchored and not span.complete for span in pool)
+    if skipped:
+        notes.append(f"skipped {skipped} incomplete tune{'s' if skipped > 1 else ''} "
+                     "(no K: line or no music after it)")
+    if not complete:
+        notes.append("no ABC tune found")
+    abc = "\n".join(complete[-1].lines) + "\n" if complete else None
+    return Extraction(abc=abc, motivation=_motivation(lines, spans), candidates=len(complete),
+                      notes=notes)
