@@ -14,14 +14,8 @@ from fractions import Fraction
 from img2music.tools.diagnostics import Diagnostic
 
 FIELD_LINE = re.compile(r"^([A-Za-z+]):(.*)$")
-KEY_VALUE = re.compile(
-    r"^\s*(?:(?P<special>none|HP|Hp)|(?P<tonic>[A-Ga-g][#b]?)\s*(?P<mode>[A-Za-z]*))"
-    r"(?P<rest>(?:[\s^_=].*)?)$"
-)
-MODES = (
-    "", "m", "maj", "major", "ion", "ionian", "min", "minor", "aeo", "aeolian", "mix",
-    "mixolydian", "dor", "dorian", "phr", "phrygian", "lyd", "lydian", "loc", "locrian",
-)
+KEY_TONIC = re.compile(r"^(?P<tonic>[A-Ga-g][#b]?)\s*(?P<word>[A-Za-z]*)(?P<rest>.*)$")
+MODE_PREFIXES = ("m", "maj", "min", "ion", "aeo", "mix", "dor", "phr", "lyd", "loc", "exp")
 METER_VALUE = re.compile(r"^\s*(?:(?P<common>C\|?)|(?P<free>none)|\(?(?P<num>\d+(?:\+\d+)*)\)?"
                          r"/(?P<den>\d+))\s*$")
 UNIT_VALUE = re.compile(r"^\s*(\d+)/(\d+)\s*$")
@@ -157,14 +151,18 @@ def default_unit(meter: Fraction | None) -> Fraction:
 
 
 def key_is_known(value: str) -> bool:
+    """A tonic with an optional mode, `none`/`HP`, or only a clef; accidentals may follow."""
     text = value.split("%", 1)[0].strip()
-    if not text or text.startswith(("clef=", "treble", "bass", "alto", "tenor")):
-        return bool(text)
-    match = KEY_VALUE.match(text)
-    return match is not None and (
-        match["special"] is not None or (match["mode"] or "").lower() in MODES
-        or (match["mode"] or "").lower()[:3] in MODES
-    )
+    if text in ("none", "HP", "Hp") or text.startswith(("clef=", "treble", "bass", "alto")):
+        return True
+    match = KEY_TONIC.match(text)
+    if match is None:
+        return False
+    word, rest = match["word"].lower(), match["rest"]
+    if not word or word == "m" or word[:3] in MODE_PREFIXES:
+        return not rest or rest[0] in " \t^_="
+    gap = text[len(match["tonic"]):]
+    return gap[:1].isspace()
 
 
 def fraction_in_units(value: Fraction, unit: Fraction) -> str:
@@ -225,6 +223,7 @@ class _TuneScanner:
         self.voices: dict[str, _VoiceState] = {}
         self.voice: _VoiceState | None = None
         self.user_decorations: set[str] = set()
+        self.key_anywhere = any(line.startswith("K:") for line in lines[first:last + 1])
         self.bare_lines: list[int] = []
 
     def report(self, severity: str, line: int, col: int, message: str) -> None:
@@ -260,8 +259,9 @@ class _TuneScanner:
             match = FIELD_LINE.match(line)
             if match is None:
                 if is_music_line(line):
-                    self.report("error", index + 1, 1,
-                                "music before the K: field; K: (key) must end the header")
+                    if self.key_anywhere:
+                        self.report("error", index + 1, 1,
+                                    "music before the K: field; K: (key) must end the header")
                     self.check_header_fields(index + 1)
                     return index
                 self.report("error", index + 1, 1,
@@ -291,9 +291,10 @@ class _TuneScanner:
             self.report("warning", tune.first_line, 1,
                         "no M: (meter) field, so the meter is free and bar lengths are not "
                         "checked; add one, e.g. M:4/4")
-        if tune.field_value("K") is None:
+        if not self.key_anywhere:
             self.report("error", header_end_line, 1,
-                        "no K: (key) field; add one as the last header line, e.g. K:C or K:Am")
+                        "no K: (key) field; add one as the last header line, before the music, "
+                        "e.g. K:C or K:Am")
         self.unit = self.unit or default_unit(self.meter)
 
     def apply_field(self, letter: str, value: str, line: int, col: int) -> None:
@@ -518,7 +519,7 @@ class _TuneScanner:
         first_length: Fraction | None = None
         while end < len(text) and text[end] != "]":
             char = text[end]
-            if char in "|\n":
+            if char in "|[ \t":
                 break
             if char in NOTE_LETTERS:
                 notes_in_chord += 1
@@ -532,9 +533,9 @@ class _TuneScanner:
             end += 1
         if end >= len(text) or text[end] != "]":
             self.report("error", number, position + 1,
-                        "a chord opened with [ is not closed with ] before the bar line or the "
-                        "end of the line")
-            return len(text) if end >= len(text) else end
+                        "a chord opened with [ is not closed with ] before the next space, bar "
+                        "line or chord")
+            return len(text)
         if notes_in_chord == 0:
             self.report("error", number, position + 1, "a chord [ ] holds no notes")
             return end + 1

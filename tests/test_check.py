@@ -1,0 +1,253 @@
+"""Parse-check on hand-written tunes: what a model writes, right and wrong."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from img2music.settings import Settings
+from img2music.tools.check import Backend, ParseCheck, check_abc, compile_abc
+
+BACKENDS: list[Backend] = ["music21"]
+if shutil.which("abc2midi"):
+    BACKENDS.insert(0, "abc2midi")
+
+GOOD = """X:1
+T:Morning light
+M:3/4
+L:1/8
+Q:1/4=96
+K:G
+D2 | G2 B2 d2 | (3efg f2 e2 | d4 B2 | A>B c2 A2 |
+G2 B2 d2 | [ce]2 [df]2 [eg]2 | d2 c2 A2 | G4 |]
+"""
+
+
+def only_error(result: ParseCheck) -> str:
+    assert not result.ok
+    return result.errors[0].message
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_good_tune_is_valid_with_its_shape(backend: Backend) -> None:
+    compiled = compile_abc(GOOD, backend=backend)
+    result = compiled.check
+    assert result.ok, result.feedback()
+    assert (result.tunes, result.voices, result.bars) == (1, 1, 9)
+    assert result.notes == 28
+    assert result.duration_beats == pytest.approx(1 + 7 * 3 + 2)  # pickup, 7 bars, short last
+    assert result.backend == backend
+    assert compiled.midi is not None and compiled.midi.startswith(b"MThd")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pickup_and_repeat_side_bars_may_be_short(backend: Backend) -> None:
+    tune = """X:2
+T:Jig
+M:6/8
+L:1/8
+K:D
+A |: d2 e f2 g | a3 f2 :: e | d2 B A2 F | D3 D2 :|
+"""
+    assert check_abc(tune, backend=backend).ok
+
+
+def test_short_bar_in_the_middle_is_an_error_pointing_at_it() -> None:
+    tune = GOOD.replace("d4 B2 |", "d4 |")
+    result = check_abc(tune)
+    error = result.errors[0]
+    assert (error.line, error.col) == (7, 31)
+    assert "bar 4 lasts 4/8 but M:3/4 bars last 6/8 (2/8 short" in error.message
+
+
+def test_long_bar_is_an_error_and_its_feedback_reads_in_one_line() -> None:
+    tune = GOOD.replace("A>B c2 A2", "A>B c2 A2 B")
+    result = check_abc(tune)
+    assert result.errors[0].line == 7
+    assert "bar 5 lasts 7/8 but M:3/4 bars last 6/8 (1/8 too long)" in result.errors[0].message
+    feedback = result.feedback()
+    assert feedback.startswith("line 7, col 39: bar 5 lasts 7/8")
+    assert "⟶  D2 | G2 B2 d2" in feedback
+    assert "\n" not in feedback
+
+
+def test_a_bar_line_missing_between_two_full_bars_is_only_a_warning() -> None:
+    result = check_abc(GOOD.replace("d4 B2 | A>B", "d4 B2 A>B"))
+    assert result.ok
+    assert "a bar line is missing" in result.warnings[0].message
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("[ce2", "a chord opened with [ is not closed"),
+        ("(ce2", "a slur opened with ( is never closed"),
+        ('"Am [ce]2', "is not closed on this line"),
+        ("!trill [ce]2", "a lone ! is read as an old-style line break"),
+        ("{ga [ce]2", "grace notes opened with { are not closed"),
+        ("^ | [ce]2", "an accidental (^, _ or =) needs a note after it"),
+        ("G2 ) [ce]2", "a slur is closed with ) but was never opened"),
+    ],
+)
+def test_unclosed_and_stray_marks_are_named_at_their_line(damage: str, expected: str) -> None:
+    tune = GOOD.replace("[ce]2", damage, 1)
+    result = check_abc(tune)
+    messages = [d.message for d in result.errors + result.warnings]
+    assert any(expected in message for message in messages), messages
+    assert any(d.line == 8 for d in result.errors + result.warnings)
+
+
+def test_missing_key_is_an_error_and_never_guessed() -> None:
+    assert "no K: (key) field" in only_error(check_abc(GOOD.replace("K:G\n", "")))
+
+
+def test_music_before_the_key_line_says_k_must_end_the_header() -> None:
+    tune = GOOD.replace("K:G\n", "").replace("|]\n", "|]\nK:G\n")
+    assert "music before the K: field" in only_error(check_abc(tune))
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [("K:Q", "K:Q is not a known key"), ("M:3/x", "M:3/x is not a meter"),
+     ("L:eighth", "L:eighth is not a note length"), ("V:", "V: needs a voice name")],
+)
+def test_unknown_header_values(field: str, expected: str) -> None:
+    letter = field[0]
+    lines = [line for line in GOOD.splitlines() if not line.startswith(f"{letter}:")]
+    lines.insert(lines.index("K:G") if letter != "K" else 5, field)
+    result = check_abc("\n".join(lines) + "\n")
+    assert any(expected in d.message for d in result.errors), result.errors
+
+
+@pytest.mark.parametrize("key", ["G", "Gm", "F#m", "Bb", "D dorian", "Amix", "E minor", "C clef=bass",
+                                 "none", "HP", "D exp ^f", "Dmix=c"])
+def test_known_keys(key: str) -> None:
+    assert check_abc(GOOD.replace("K:G", f"K:{key}")).ok
+
+
+def test_missing_x_is_an_error_that_repair_can_fix() -> None:
+    result = check_abc(GOOD.replace("X:1\n", ""))
+    assert "the tune has no X: line" in result.errors[0].message
+
+
+def test_prose_inside_the_body_is_an_error_at_its_line() -> None:
+    tune = GOOD.replace("G2 B2 d2 | [ce]", "This tune is about the morning sun.\nG2 B2 d2 | [ce]")
+    result = check_abc(tune)
+    assert result.errors[0].line == 8
+    assert "unexpected" in result.errors[0].message
+
+
+def test_blank_line_inside_a_tune_is_an_error() -> None:
+    result = check_abc(GOOD.replace("|\nG2 B2", "|\n\nG2 B2"))
+    assert "music after a blank line" in result.errors[0].message
+    assert result.errors[0].line == 9
+
+
+def test_voices_are_counted_and_bars_checked_per_voice() -> None:
+    tune = """X:3
+T:Two voices
+M:4/4
+L:1/4
+K:C
+V:1 name="melody"
+%%MIDI program 73
+c d e f | g2 g2 | a g f e | d4 |]
+V:2 clef=bass
+%%MIDI program 32
+C,2 G,,2 | C,2 E,2 | F,2 C,2 | G,,4 |]
+"""
+    result = check_abc(tune)
+    assert result.ok, result.feedback()
+    assert (result.voices, result.bars, result.notes) == (2, 4, 18)
+    broken = check_abc(tune.replace("C,2 E,2 |", "C,2 E,2 E, |"))
+    assert broken.errors[0].line == 11
+    assert "bar 2 of voice 2 lasts 5/4" in broken.errors[0].message
+
+
+def test_inline_meter_and_unit_changes_are_followed() -> None:
+    tune = """X:4
+T:Changes
+M:4/4
+L:1/8
+K:C
+c2 d2 e2 f2 | [M:3/4] g2 a2 b2 | [L:1/4] c' b a | [M:6/8][L:1/8] g3 f3 |]
+"""
+    assert check_abc(tune).ok
+
+
+def test_tuplets_broken_rhythm_ties_and_multibar_rests() -> None:
+    tune = """X:5
+T:Rhythms
+M:2/4
+L:1/16
+K:Am
+(3A2B2c2 d4 | e>d c<B A4- | A8 | Z2 | (5ABcde (3fed c4 | c8 |]
+"""
+    result = check_abc(tune)
+    assert result.ok, result.feedback()
+    assert result.bars == 7
+
+
+def test_size_limit_points_at_the_line_that_passes_it() -> None:
+    settings = Settings(max_abc_bytes=1_000)
+    body = "".join(f"c2 d2 e2 f2 | g2 a2 b2 c'2 |\n" for _ in range(60))
+    result = check_abc(GOOD.replace("|]\n", "|\n") + body, settings=settings)
+    assert not result.ok and len(result.errors) == 1
+    assert "over the 1,000-byte limit" in result.errors[0].message
+    text = GOOD.replace("|]\n", "|\n") + body
+    assert result.errors[0].line == text.encode()[:1_000].count(b"\n") + 1
+
+
+def test_note_limit() -> None:
+    result = check_abc(GOOD, settings=Settings(max_notes=10))
+    assert "the tune has 28 notes; the limit is 10" in only_error(result)
+
+
+def test_binary_bytes_are_refused_at_their_line() -> None:
+    data = GOOD.encode().replace(b"d4 B2", b"d4 \x00\x01\xfe B2")
+    result = check_abc(data)
+    control = [d for d in result.errors if "control character" in d.message]
+    assert control and control[0].line == 7
+
+
+def test_crlf_and_latin1_input() -> None:
+    text = GOOD.replace("T:Morning light", "T:Café").replace("\n", "\r\n").encode("latin-1")
+    result = check_abc(text)
+    assert result.ok
+    assert "not UTF-8; read as Latin-1" in result.warnings[0].message
+
+
+def test_no_tune_at_all() -> None:
+    result = check_abc("Here is my tune, I hope you like it.\n")
+    assert not result.ok and result.tunes == 0
+    assert "no ABC tune found" in result.errors[0].message
+
+
+def test_empty_body_has_no_music() -> None:
+    assert "no music after its K: line" in only_error(check_abc("X:1\nT:t\nM:4/4\nK:C\n"))
+
+
+def test_rests_only_has_no_notes() -> None:
+    assert "the tune has no notes" in only_error(check_abc("X:1\nT:t\nM:4/4\nL:1/4\nK:C\nz4|z4|]\n"))
+
+
+def test_several_tunes_are_all_checked() -> None:
+    second = GOOD.replace("X:1", "X:2").replace("d4 B2 |", "d4 |")
+    result = check_abc(GOOD + "\n" + second)
+    assert result.tunes == 2
+    assert not result.ok
+    assert result.errors[0].line == 9 + 7  # the second tune starts on line 10
+
+
+@pytest.mark.skipif(shutil.which("abc2midi") is None, reason="abc2midi (Debian abcmidi) missing")
+def test_abc2midi_errors_are_reported_with_their_place() -> None:
+    tune = GOOD.replace("K:G\n", "K:G\nI:abc2midi foo\n")
+    result = check_abc(tune, backend="abc2midi")
+    assert any(d.checker == "abc2midi" for d in result.errors + result.warnings)
+
+
+def test_both_backends_agree_on_the_shape() -> None:
+    checks = [check_abc(GOOD, backend=backend) for backend in BACKENDS]
+    shapes = {(c.ok, c.tunes, c.voices, c.bars, c.notes, c.duration_beats) for c in checks}
+    assert len(shapes) == 1
