@@ -15,6 +15,7 @@ from img2music.tools.check import CompiledAbc, compile_abc, decode_abc
 from img2music.tools.diagnostics import Diagnostic
 from img2music.tools.metrics import TuneMetrics, evaluate_midi
 from img2music.tools.programs import ProgramMissing
+from img2music.tools.render import AudioFormat, render_all
 
 app = typer.Typer(
     help="Turn an image into music you can read, hear and understand.",
@@ -98,9 +99,18 @@ def _print_check(file: Path, compiled: CompiledAbc, metrics: TuneMetrics | None)
         shown = " · ".join(
             f"{metric.name} {metric.value:.3g}" if metric.value is not None
             else f"{metric.name} undefined"
-            for metric in metrics.values
+            for metric in metrics.metric_values()
         )
         console.print(f"  metrics: {shown}", highlight=False)
+
+
+def _audio_formats(*, ogg: bool, mp3: bool) -> tuple[AudioFormat, ...]:
+    formats: list[AudioFormat] = []
+    if ogg:
+        formats.append("ogg")
+    if mp3:
+        formats.append("mp3")
+    return tuple(formats)
 
 
 @app.command()
@@ -115,8 +125,6 @@ def render(
     mp3: Annotated[bool, typer.Option("--mp3", help="Also write tune.mp3.")] = False,
 ) -> None:
     """Write MIDI, audio, score and piano roll (all four when none is named)."""
-    from img2music.tools.render import render_all
-
     everything = not (midi or wav or svg or png)
     text, _ = decode_abc(_read_abc(file))
     try:
@@ -125,7 +133,7 @@ def render(
             text, out,
             midi=midi or everything, wav=wav or everything or ogg or mp3,
             svg=svg or everything, png=png or everything,
-            audio_formats=tuple(fmt for fmt, wanted in (("ogg", ogg), ("mp3", mp3)) if wanted),
+            audio_formats=_audio_formats(ogg=ogg, mp3=mp3),
         )
     except OSError as error:
         errors.print(f"[red]error:[/red] cannot write to {out}: {error.strerror or error}")

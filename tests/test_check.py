@@ -120,8 +120,8 @@ def test_unknown_header_values(field: str, expected: str) -> None:
     assert any(expected in d.message for d in result.errors), result.errors
 
 
-@pytest.mark.parametrize("key", ["G", "Gm", "F#m", "Bb", "D dorian", "Amix", "E minor", "C clef=bass",
-                                 "none", "HP", "D exp ^f", "Dmix=c"])
+@pytest.mark.parametrize("key", ["G", "Gm", "F#m", "Bb", "D dorian", "Amix", "E minor",
+                                 "C clef=bass", "none", "HP", "D exp ^f", "Dmix=c"])
 def test_known_keys(key: str) -> None:
     assert check_abc(GOOD.replace("K:G", f"K:{key}")).ok
 
@@ -191,7 +191,7 @@ K:Am
 
 def test_size_limit_points_at_the_line_that_passes_it() -> None:
     settings = Settings(max_abc_bytes=1_000)
-    body = "".join(f"c2 d2 e2 f2 | g2 a2 b2 c'2 |\n" for _ in range(60))
+    body = "".join("c2 d2 e2 f2 | g2 a2 b2 c'2 |\n" for _ in range(60))
     result = check_abc(GOOD.replace("|]\n", "|\n") + body, settings=settings)
     assert not result.ok and len(result.errors) == 1
     assert "over the 1,000-byte limit" in result.errors[0].message
@@ -229,7 +229,8 @@ def test_empty_body_has_no_music() -> None:
 
 
 def test_rests_only_has_no_notes() -> None:
-    assert "the tune has no notes" in only_error(check_abc("X:1\nT:t\nM:4/4\nL:1/4\nK:C\nz4|z4|]\n"))
+    rests = "X:1\nT:t\nM:4/4\nL:1/4\nK:C\nz4|z4|]\n"
+    assert "the tune has no notes" in only_error(check_abc(rests))
 
 
 def test_several_tunes_are_all_checked() -> None:

@@ -20,7 +20,6 @@ DEBIAN_PACKAGES = {
     "abcm2ps": "abcm2ps",
     "fluidsynth": "fluidsynth",
     "sox": "sox",
-    "ffmpeg": "ffmpeg",
 }
 
 

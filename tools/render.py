@@ -48,10 +48,6 @@ AudioFormat = Literal["ogg", "mp3"]
 FLUIDSYNTH_GAIN = 0.5
 SOUNDFONT_PACKAGES = "fluid-soundfont-gm or timgm6mb-soundfont"
 
-FFMPEG_CODECS: dict[AudioFormat, tuple[str, ...]] = {
-    "ogg": ("-c:a", "libvorbis", "-q:a", "5"),
-    "mp3": ("-c:a", "libmp3lame", "-q:a", "2"),
-}
 SOX_FORMAT_PACKAGES: dict[AudioFormat, str] = {"ogg": "libsox-fmt-base", "mp3": "libsox-fmt-mp3"}
 
 # abcm2ps directives that read files (abc-include, format, EPS), copy raw PostScript or SVG into
@@ -122,7 +118,7 @@ def render_wav(midi: bytes, out: Path, *, settings: Settings | None = None) -> P
 def convert_audio(
     wav: Path, fmt: AudioFormat, out: Path | None = None, *, settings: Settings | None = None
 ) -> Path:
-    """Encode `wav` as OGG Vorbis or MP3 with ffmpeg, or with sox where ffmpeg is not installed."""
+    """Encode `wav` as OGG Vorbis or MP3 with sox."""
     settings = settings or get_settings()
     out = out or wav.with_suffix(f".{fmt}")
     if not wav.is_file():
@@ -131,26 +127,19 @@ def convert_audio(
         folder = Path(work)
         (folder / "in.wav").symlink_to(wav.resolve())
         encoded = folder / f"out.{fmt}"
-        if which("ffmpeg"):
-            program = "ffmpeg"
-            args = [program, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-                    "-i", "in.wav", "-vn", *FFMPEG_CODECS[fmt], encoded.name]
-        elif which("sox"):
-            program = "sox"
-            args = [program, "in.wav", encoded.name]
-        else:
+        if not which("sox"):
             raise RenderError(
-                f"neither ffmpeg nor sox is installed (Debian package: ffmpeg, or sox "
-                f"with {SOX_FORMAT_PACKAGES[fmt]})"
+                f"sox is not installed (Debian packages: sox and {SOX_FORMAT_PACKAGES[fmt]})"
             )
-        result = run_program(args, cwd=folder, timeout_s=settings.program_timeout_s,
+        result = run_program(["sox", "in.wav", encoded.name], cwd=folder,
+                             timeout_s=settings.program_timeout_s,
                              max_file_bytes=settings.max_output_bytes)
-        if program == "sox" and "no handler for file extension" in result.stderr:
+        if "no handler for file extension" in result.stderr:
             raise RenderError(
                 f"sox cannot write {fmt} files (Debian package: {SOX_FORMAT_PACKAGES[fmt]})"
             )
-        _check_ran(program, result, encoded)
-        _check_audio_signature(encoded, fmt, program)
+        _check_ran("sox", result, encoded)
+        _check_audio_signature(encoded, fmt, "sox")
         return _move(encoded, out)
 
 

@@ -83,18 +83,27 @@ def _move_fields_above_key(lines: list[str], key_index: int, fixes: list[str]) -
 
 
 def _drop_blank_lines_in_body(lines: list[str], fixes: list[str]) -> list[str]:
-    music = [i for i, line in enumerate(lines) if is_music_line(line)]
+    music = [i for i, line in enumerate(lines) if _music_part(line) is not None]
     if not music:
         return lines
     first, last = music[0], music[-1]
     blanks = [i for i in range(first, last) if not lines[i].strip()]
     if blanks:
         fixes.append(f"removed {len(blanks)} blank line(s) inside the tune (a blank line ends it)")
-    return [line for i, line in enumerate(lines) if i not in set(blanks)]
+    dropped = set(blanks)
+    return [line for i, line in enumerate(lines) if i not in dropped]
+
+
+def _music_part(line: str) -> str | None:
+    """The line if it is music, or its music up to the last bar line when chat follows that."""
+    if is_music_line(line):
+        return line
+    match = LAST_BAR_LINE.match(line)
+    return match.group(1) if match and is_music_line(match.group(1)) else None
 
 
 def _drop_trailing_junk(lines: list[str], fixes: list[str]) -> list[str]:
-    music = [i for i, line in enumerate(lines) if is_music_line(line)]
+    music = [i for i, line in enumerate(lines) if _music_part(line) is not None]
     if not music:
         return lines
     last = music[-1]
@@ -102,8 +111,9 @@ def _drop_trailing_junk(lines: list[str], fixes: list[str]) -> list[str]:
     kept_tail = [line for line in tail if line.startswith("%") or FIELD_LINE.match(line)]
     if len(kept_tail) < len(tail):
         fixes.append(f"removed {len(tail) - len(kept_tail)} line(s) of text after the last bar")
-    match = LAST_BAR_LINE.match(lines[last])
-    if match and match.group(3) and not is_music_line(match.group(3)):
-        fixes.append(f"removed text after the last bar line: {match.group(3)[:40]!r}")
-        lines = [*lines[:last], match.group(1)]
-    return [*lines[:last + 1], *kept_tail]
+    music_part = _music_part(lines[last])
+    assert music_part is not None
+    if music_part != lines[last]:
+        chat = lines[last][len(music_part):].strip()
+        fixes.append(f"removed text after the last bar line: {chat[:40]!r}")
+    return [*lines[:last], music_part, *kept_tail]

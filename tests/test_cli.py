@@ -1,0 +1,121 @@
+"""`img2music check` and `img2music render` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from img2music.cli import app
+from img2music.tools.music21_corpus import iter_corpus_tunes
+
+runner = CliRunner()
+
+TUNE = """X:1
+T:Harbour at dusk
+M:6/8
+L:1/8
+Q:3/8=60
+K:Am
+E | A2 B c2 d | e3 c2 A | B2 c d2 B | A3 z2 :|
+"""
+
+
+@pytest.fixture
+def tune_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tune.abc"
+    path.write_text(TUNE, encoding="utf-8")
+    return path
+
+
+def test_check_valid_tune_as_json(tune_file: Path) -> None:
+    result = runner.invoke(app, ["check", str(tune_file), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["ok"] is True
+    assert (payload["tunes"], payload["voices"], payload["bars"]) == (1, 1, 5)
+    assert payload["errors"] == []
+    assert set(payload["metrics"]) >= {
+        "pitch_range", "n_pitches_used", "n_pitch_classes_used", "polyphony",
+        "scale_consistency", "pitch_entropy", "pitch_class_entropy", "empty_beat_rate",
+    }
+    assert payload["metrics"]["pitch_range"] == 12  # E4 to E5
+
+
+def test_check_invalid_tune_exits_1_with_the_place(tmp_path: Path) -> None:
+    path = tmp_path / "broken.abc"
+    path.write_text(TUNE.replace("e3 c2 A", "e3 c2 A B"), encoding="utf-8")
+    result = runner.invoke(app, ["check", str(path), "--json"])
+    assert result.exit_code == 1
+    payload = json.loads(result.stdout)
+    assert payload["ok"] is False
+    assert payload["errors"][0]["line"] == 7
+    assert payload["errors"][0]["col"] == 17  # where the long bar starts
+    assert "too long" in payload["errors"][0]["message"]
+    assert payload["metrics"] == {}
+
+
+def test_check_human_output(tune_file: Path) -> None:
+    result = runner.invoke(app, ["check", str(tune_file)])
+    assert result.exit_code == 0
+    assert "valid" in result.stdout and "5 bars" in result.stdout
+    assert "Pitch range 12" in result.stdout
+
+
+def test_check_missing_file_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["check", str(tmp_path / "nope.abc")])
+    assert result.exit_code == 2
+    assert "cannot read" in result.stderr
+
+
+def test_check_unknown_option_exits_2(tune_file: Path) -> None:
+    assert runner.invoke(app, ["check", str(tune_file), "--frobnicate"]).exit_code == 2
+
+
+def test_check_real_corpus_file_with_many_tunes(tmp_path: Path) -> None:
+    tune = next(iter_corpus_tunes(("oneills1850",)))
+    path = tmp_path / "oneill.abc"
+    path.write_bytes(tune.path.read_bytes())
+    result = runner.invoke(app, ["check", str(path), "--json"])
+    payload = json.loads(result.stdout)
+    assert payload["tunes"] == 50
+    assert result.exit_code == (0 if payload["ok"] else 1)
+
+
+@pytest.mark.skipif(shutil.which("fluidsynth") is None or shutil.which("abcm2ps") is None,
+                    reason="fluidsynth and abcm2ps (Debian packages) are not installed")
+def test_render_writes_every_file(tune_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["render", str(tune_file), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    written = {path.name for path in out.iterdir()}
+    assert written == {"tune.mid", "tune.wav", "score.svg", "pianoroll.png"}
+    assert (out / "tune.mid").read_bytes().startswith(b"MThd")
+
+
+def test_render_only_what_is_asked(tune_file: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["render", str(tune_file), "--out", str(out), "--midi"])
+    assert result.exit_code == 0, result.output
+    assert {path.name for path in out.iterdir()} == {"tune.mid"}
+
+
+def test_render_invalid_tune_exits_1(tmp_path: Path) -> None:
+    path = tmp_path / "broken.abc"
+    path.write_text(TUNE.replace("K:Am\n", ""), encoding="utf-8")
+    result = runner.invoke(app, ["render", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "no K: (key) field" in result.stderr
+
+
+def test_installed_entry_point(tune_file: Path) -> None:
+    command = Path(sys.executable).with_name("img2music")
+    result = subprocess.run([str(command), "check", str(tune_file), "--json"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ok"] is True
