@@ -43,6 +43,9 @@ SILENT_NOTES = "every note has zero length, so nothing sounds"
 # abc2midi delays each further chord note by 10 ticks of 480 per quarter (`%%MIDI chordattack`);
 # onsets within a 32nd note of each other that end together are one written chord.
 CHORD_ONSET_TOLERANCE_BEATS = 1 / 8
+# MusPy's polyphony walks a piano roll tick by tick; music21 writes 10,080 ticks a beat. 480
+# keeps every duplet, triplet and quintuplet exact.
+METRIC_RESOLUTION = 480
 DEFAULT_QPM = 120.0
 
 
@@ -126,6 +129,8 @@ def evaluate_abc(
 def evaluate_midi(midi: bytes, *, bars: int, voices: int) -> TuneMetrics:
     """Measure a MIDI file; bars and voices come from parse-check, since MIDI has no bars."""
     music = _read_midi(midi)
+    if music.resolution > METRIC_RESOLUTION:
+        music.adjust_resolution(METRIC_RESOLUTION)
     end = max((note.end for track in music.tracks for note in track.notes), default=0)
     drum_notes = sum(len(track.notes) for track in music.tracks if track.is_drum)
     if drum_notes:
