@@ -241,11 +241,27 @@ def test_several_tunes_are_all_checked() -> None:
     assert result.errors[0].line == 9 + 7  # the second tune starts on line 10
 
 
-@pytest.mark.skipif(shutil.which("abc2midi") is None, reason="abc2midi (Debian abcmidi) missing")
-def test_abc2midi_errors_are_reported_with_their_place() -> None:
-    tune = GOOD.replace("K:G\n", "K:G\nI:abc2midi foo\n")
+needs_abc2midi = pytest.mark.skipif(
+    shutil.which("abc2midi") is None, reason="abc2midi (Debian package abcmidi) is not installed"
+)
+
+
+@needs_abc2midi
+def test_abc2midi_errors_are_reported_at_their_place() -> None:
+    result = check_abc(GOOD.replace("d4 B2 |", "d4 ~(B2) |"), backend="abc2midi")
+    error = result.errors[0]
+    assert (error.checker, error.line) == ("abc2midi", 7)
+    assert error.message == "Malformed note : expecting a-g or A-G"
+
+
+@needs_abc2midi
+def test_abc2midi_complaints_about_whole_music_are_warnings() -> None:
+    tune = GOOD.replace("K:G\n", "K:G\nI:abc2midi foo\n").replace("c2 A2 |", "c2 A-^A |")
     result = check_abc(tune, backend="abc2midi")
-    assert any(d.checker == "abc2midi" for d in result.errors + result.warnings)
+    assert result.ok, result.feedback()
+    messages = {d.message for d in result.warnings if d.checker == "abc2midi"}
+    assert "I: key ' abc2midi' not recognized" in messages
+    assert "Could not find note to be tied" in messages
 
 
 def test_both_backends_agree_on_the_shape() -> None:
