@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from rich.text import Text
 
 from img2music.settings import get_settings
 from img2music.tools.check import CompiledAbc, compile_abc, decode_abc
@@ -45,7 +47,7 @@ def _compile(path: Path) -> CompiledAbc:
     try:
         return compile_abc(_read_abc(path))
     except ProgramMissing as error:
-        errors.print(f"[red]error:[/red] {error}")
+        errors.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(EXIT_USAGE) from error
 
 
@@ -93,8 +95,8 @@ def _print_check(file: Path, compiled: CompiledAbc, metrics: TuneMetrics | None)
     )
     for diagnostic in [*result.errors, *result.warnings]:
         colour = "red" if diagnostic.severity == "error" else "yellow"
-        console.print(f"  [{colour}]{diagnostic.severity}[/{colour}] {diagnostic.one_line()}",
-                      highlight=False, markup=True)
+        console.print(Text.assemble("  ", (diagnostic.severity, colour), " ",
+                                    diagnostic.one_line()))
     if metrics is not None:
         shown = " · ".join(
             f"{metric.name} {metric.value:.3g}" if metric.value is not None
@@ -139,10 +141,10 @@ def render(
         errors.print(f"[red]error:[/red] cannot write to {out}: {error.strerror or error}")
         raise typer.Exit(EXIT_USAGE) from error
     except ValueError as error:
-        errors.print(f"[red]error:[/red] {error}")
+        errors.print(f"[red]error:[/red] {escape(str(error))}")
         raise typer.Exit(1) from error
     for kind, path in report.files.items():
         console.print(f"{kind}: {path}", highlight=False)
     for problem in report.problems:
-        errors.print(f"[yellow]not written:[/yellow] {problem}", highlight=False)
+        errors.print(f"[yellow]not written:[/yellow] {escape(problem)}", highlight=False)
     raise typer.Exit(1 if report.problems else 0)

@@ -7,6 +7,7 @@ bar starts, so its diagnostics point at the damage in one line a model can act o
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -165,11 +166,11 @@ def key_is_known(value: str) -> bool:
     return gap[:1].isspace()
 
 
-def fraction_in_units(value: Fraction, unit: Fraction) -> str:
-    denominator = max(value.denominator, unit.denominator)
-    if denominator % value.denominator:
-        return f"{value.numerator}/{value.denominator}"
-    return f"{value.numerator * denominator // value.denominator}/{denominator}"
+def in_common_units(unit: Fraction, *values: Fraction) -> list[str]:
+    """Durations over one denominator, at least the unit's, so they compare at a glance."""
+    denominator = math.lcm(unit.denominator, *(value.denominator for value in values))
+    return [f"{value.numerator * denominator // value.denominator}/{denominator}"
+            for value in values]
 
 
 def split_tunes(lines: list[str]) -> list[tuple[int, int]]:
@@ -678,8 +679,9 @@ class _TuneScanner:
         for index, bar in enumerate(bars):
             if bar.expected is None or bar.duration == bar.expected or not bar.checked:
                 continue
-            shown = fraction_in_units(bar.duration, bar.unit)
-            needed = fraction_in_units(bar.expected, bar.unit)
+            shown, needed, gap = in_common_units(
+                bar.unit, bar.duration, bar.expected, abs(bar.duration - bar.expected)
+            )
             where = f"bar {bar.number}" + (f" of voice {bar.voice}" if len(self.voices) > 1 else "")
             if bar.duration > bar.expected and bar.duration % bar.expected == 0:
                 self.report("warning", bar.line, bar.col,
@@ -687,20 +689,18 @@ class _TuneScanner:
                             f"M:{bar.meter}; a bar line is missing")
                 continue
             if bar.duration > bar.expected:
-                excess = fraction_in_units(bar.duration - bar.expected, bar.unit)
                 self.report("error", bar.line, bar.col,
                             f"{where} lasts {shown} but M:{bar.meter} bars last {needed} "
-                            f"({excess} too long)")
+                            f"({gap} too long)")
                 continue
             is_edge = index == 0 or index == len(bars) - 1
             if is_edge or bar.start_boundary or bar.end_boundary or _completes_split_bar(
                 bars, index
             ):
                 continue
-            missing = fraction_in_units(bar.expected - bar.duration, bar.unit)
             self.report("error", bar.line, bar.col,
                         f"{where} lasts {shown} but M:{bar.meter} bars last {needed} "
-                        f"({missing} short; only first, last and repeat-side bars may be short)")
+                        f"({gap} short; only first, last and repeat-side bars may be short)")
 
 
 def _completes_split_bar(bars: list[Bar], index: int) -> bool:
