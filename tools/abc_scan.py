@@ -208,7 +208,7 @@ class _VoiceState:
         self.bars: list[Bar] = []
         self.tuplet_left = 0
         self.tuplet_ratio = Fraction(1)
-        self.slurs: list[tuple[int, int, str]] = []
+        self.slurs: list[tuple[int, int]] = []
 
 
 class _TuneScanner:
@@ -550,7 +550,7 @@ class _TuneScanner:
         voice = self.current_voice()
         tuplet = re.match(r"\((\d+)(?::(\d*))?(?::(\d*))?", text[position:])
         if tuplet is None:
-            voice.slurs.append((number, position + 1, self.lines[number - 1]))
+            voice.slurs.append((number, position + 1))
             return position + 1
         p = int(tuplet.group(1))
         if p < 2 or p > 9:
@@ -649,7 +649,7 @@ class _TuneScanner:
         for voice in self.voices.values():
             if voice.bar_has_music:
                 self.close_bar(voice, boundary=True)
-            for line, col, _source in voice.slurs:
+            for line, col in voice.slurs:
                 self.report("error", line, col, "a slur opened with ( is never closed with )")
             tune.bars.extend(voice.bars)
             self.check_bars(voice.bars)
