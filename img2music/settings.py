@@ -67,7 +67,45 @@ class Settings(BaseSettings):
         default=None,
         description="A prompt folder that replaces the shipped one, for prompt iteration.",
     )
+    clip_model: str = Field(
+        default="ViT-B-32",
+        description="open_clip model that embeds images, descriptions and captions into one "
+        "space; `img2music-tiny` is a small config for offline runs and tests.",
+    )
+    clip_pretrained: str = Field(
+        default="laion2b_s34b_b79k",
+        description="open_clip pretrained tag or checkpoint path; `none` builds the model with "
+        "seeded random weights (no download, no meaning: for offline runs and tests).",
+    )
+    clip_context_length: int | None = Field(
+        default=None,
+        ge=8,
+        description="Text positions; above the model's own (77), positions are stretched the "
+        "LongCLIP way (first 20 kept, the rest interpolated) so long captions are not cut.",
+    )
+    clip_device: str = Field(default="auto", description="`auto`, `cpu` or `cuda[:N]`.")
+    clip_batch_size: int = Field(default=64, gt=0, description="Texts or images embedded at once.")
+    rag_k: int = Field(default=4, ge=0, le=20, description="Examples retrieved for each tune.")
+    rag_fusion: Literal["rrf", "weighted"] = Field(
+        default="rrf",
+        description="How image and description similarities combine: reciprocal-rank fusion "
+        "(scale-free) or a weighted sum of cosine similarities.",
+    )
+    rag_image_weight: float = Field(
+        default=0.5, ge=0, le=1, description="Share of the image similarity in the fused score."
+    )
+    rag_candidates: int = Field(
+        default=64, gt=0, description="Records fetched per query before fusing and filtering."
+    )
+    rag_example_tokens: int = Field(
+        default=600, gt=0, description="Token budget for each example's ABC in the prompt."
+    )
     log_level: str = Field(default="WARNING", description="Logging level for library messages.")
+
+    @property
+    def index_dir(self) -> Path:
+        """Where the Chroma index lives."""
+        return self.data_dir / "index"
 
     def find_soundfont(self) -> Path | None:
         """The configured SoundFont, or the first General MIDI one from Debian's packages."""

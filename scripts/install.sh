@@ -30,5 +30,9 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+pins=()
+if [[ ${IMG2MUSIC_TORCH_PINS:-1} != 0 ]]; then
+    pins=(--constraint scripts/constraints.txt)
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "${pins[@]}" -e ".[dev]"
 echo "img2music is installed: .venv/bin/img2music --help"
