@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from rich.text import Text
 
 from img2music.settings import get_settings
@@ -18,6 +20,12 @@ from img2music.tools.diagnostics import Diagnostic
 from img2music.tools.metrics import TuneMetrics, evaluate_midi
 from img2music.tools.programs import ProgramMissing
 from img2music.tools.render import AudioFormat, render_all
+from img2music.tools.retrieve import Fusion
+from img2music.tools.sources import SourceName
+
+if TYPE_CHECKING:
+    from img2music.tools.embedder import Embedder
+    from img2music.tools.index import BuildReport
 
 app = typer.Typer(
     help="Turn an image into music you can read, hear and understand.",
@@ -148,3 +156,127 @@ def render(
     for problem in report.problems:
         errors.print(f"[yellow]not written:[/yellow] {escape(problem)}", highlight=False)
     raise typer.Exit(1 if report.problems else 0)
+
+
+index_app = typer.Typer(help="Build, inspect and query the music memory used for retrieval.",
+                        no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(
+    source: Annotated[SourceName, typer.Option("--source", help="Where the tunes come from.")] = (
+        "music21"
+    ),
+    path: Annotated[Path | None, typer.Option("--path", help="The folder, for midicaps and "
+                                              "abc-dir.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Stop after N tunes.")] = None,
+) -> None:
+    """Embed a source's tunes into the index; a rerun adds only what is missing."""
+    from img2music.tools.index import build_index
+
+    if source != "music21" and path is None:
+        errors.print(f"[red]error:[/red] --source {source} needs --path FOLDER")
+        raise typer.Exit(EXIT_USAGE)
+    embedder = _embedder()
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task(f"indexing {source}", total=None)
+
+        def show(report: BuildReport) -> None:
+            progress.update(task, description=(
+                f"indexing {source}: {report.added} added, {report.already_there} already "
+                f"stored, {len(report.skipped)} skipped"))
+
+        report = build_index(source, embedder, path=path, limit=limit, on_batch=show)
+    console.print(
+        f"{report.collection}: {report.added} added, {report.already_there} already stored, "
+        f"{len(report.skipped)} skipped, in {report.seconds:.1f} s", highlight=False)
+    for skipped in report.skipped[:5]:
+        console.print(Text(f"  skipped {skipped.id}: {skipped.reason}"))
+    if len(report.skipped) > 5:
+        console.print(f"  … and {len(report.skipped) - 5} more", highlight=False)
+
+
+@index_app.command("info")
+def index_info_command() -> None:
+    """List the collections in the index folder and the embedder now configured."""
+    from img2music.tools.index import index_info
+
+    settings = get_settings()
+    table = Table("collection", "source", "embedder", "tunes", title=str(settings.index_dir))
+    for info in index_info(settings):
+        table.add_row(info.name, info.source, info.embedder, str(info.records))
+    console.print(table)
+    console.print(f"configured embedder: {settings.clip_model} / {settings.clip_pretrained}"
+                  f"{f' / {settings.clip_context_length} positions' if settings.clip_context_length else ''}"
+                  f"; retrieval searches: {settings.rag_sources}", highlight=False)
+
+
+@index_app.command("query")
+def index_query(
+    text: Annotated[str | None, typer.Argument(help="A description to match.")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="An image to match.")] = None,
+    k: Annotated[int | None, typer.Option("-k", min=1, max=50, help="How many tunes.")] = None,
+    fusion: Annotated[Fusion | None, typer.Option("--fusion", help="rrf or weighted.")] = None,
+    where: Annotated[list[str] | None, typer.Option(
+        "--filter", help="FIELD=TEXT, e.g. meter=6/8 or key=minor; repeatable.")] = None,
+    show_abc: Annotated[bool, typer.Option("--abc", help="Print each tune's ABC.")] = False,
+) -> None:
+    """Find the tunes whose captions best match a description, an image, or both."""
+    from img2music.tools.images import BadImage, open_image
+    from img2music.tools.retrieve import NoIndex, Retriever
+
+    if text is None and image is None:
+        errors.print("[red]error:[/red] give a description, --image, or both")
+        raise typer.Exit(EXIT_USAGE)
+    filters = _parse_filters(where or [])
+    try:
+        picture = open_image(image) if image is not None else None
+        retriever = Retriever(_embedder())
+    except BadImage as error:
+        errors.print(Text(f"error: {image}: {error}"))
+        raise typer.Exit(EXIT_USAGE) from error
+    except NoIndex as error:
+        errors.print(Text(f"error: {error}"))
+        raise typer.Exit(1) from error
+    examples = retriever.retrieve(image=picture, description=text, k=k, fusion=fusion,
+                                  filters=filters)
+    table = Table("#", "score", "image", "text", "tune", "caption", show_lines=False)
+    for rank, example in enumerate(examples, start=1):
+        table.add_row(
+            str(rank), f"{example.score:.4f}", _similarity(example.image_similarity),
+            _similarity(example.text_similarity),
+            Text(str(example.metadata.get("title") or example.id)), Text(example.caption),
+        )
+    console.print(table)
+    if show_abc:
+        for example in examples:
+            console.print(Text(f"\n% {example.id}\n{example.abc}"))
+    if not examples:
+        raise typer.Exit(1)
+
+
+def _similarity(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def _parse_filters(pairs: list[str]) -> dict[str, str]:
+    filters = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not value:
+            errors.print(Text(f"error: --filter {pair!r} is not FIELD=TEXT"))
+            raise typer.Exit(EXIT_USAGE)
+        filters[name.strip()] = value.strip()
+    return filters
+
+
+def _embedder() -> Embedder:
+    from img2music.tools.embedder import EmbedderUnavailable, load_embedder
+
+    try:
+        return load_embedder()
+    except EmbedderUnavailable as error:
+        errors.print(Text(f"error: {error}"))
+        raise typer.Exit(1) from error

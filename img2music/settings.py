@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     max_bars: int = Field(
         default=1_500, gt=0, description="Most bars a tune may have before parse-check refuses it."
     )
+    max_image_pixels: int = Field(
+        default=40_000_000, gt=0,
+        description="Largest image accepted, in pixels; larger ones are refused as possible "
+        "decompression bombs.",
+    )
+    max_image_bytes: int = Field(
+        default=25_000_000, gt=0, description="Largest image file accepted, in bytes."
+    )
     max_midi_bytes: int = Field(
         default=8_388_608, gt=0, description="Largest MIDI file accepted for MIDI to ABC."
     )
@@ -86,6 +94,11 @@ class Settings(BaseSettings):
     clip_device: str = Field(default="auto", description="`auto`, `cpu` or `cuda[:N]`.")
     clip_batch_size: int = Field(default=64, gt=0, description="Texts or images embedded at once.")
     rag_k: int = Field(default=4, ge=0, le=20, description="Examples retrieved for each tune.")
+    rag_sources: str = Field(
+        default="music21",
+        description="Comma-separated sources whose indexes retrieval searches: music21, "
+        "midicaps, abc-dir.",
+    )
     rag_fusion: Literal["rrf", "weighted"] = Field(
         default="rrf",
         description="How image and description similarities combine: reciprocal-rank fusion "
@@ -101,6 +114,10 @@ class Settings(BaseSettings):
         default=600, gt=0, description="Token budget for each example's ABC in the prompt."
     )
     log_level: str = Field(default="WARNING", description="Logging level for library messages.")
+
+    @property
+    def rag_source_list(self) -> list[str]:
+        return [name.strip() for name in self.rag_sources.split(",") if name.strip()]
 
     @property
     def index_dir(self) -> Path:

@@ -1,0 +1,211 @@
+"""Retrieval over a real Chroma index: fusion, filters, de-duplication, trimming, resuming."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL.Image import Image
+
+from img2music.settings import Settings
+from img2music.tools.check import check_abc
+from img2music.tools.embedder import load_embedder
+from img2music.tools.index import (
+    IndexMismatch,
+    Vector,
+    build_index,
+    collection_name,
+    index_info,
+    open_collection,
+)
+from img2music.tools.retrieve import Fusion, NoIndex, Retriever, fuse, trim_abc
+
+TUNE = "X:1\nT:{title}\nM:{meter}\nL:1/8\nK:G\n{body}\n"
+
+
+def offline_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": tmp_path, "clip_model": "img2music-tiny", "clip_pretrained": "none",
+        **overrides,
+    }
+    return Settings.model_validate(values)
+
+
+class Space:
+    """A fixed vector space for exact fusion tests; the real embedder is tested below."""
+
+    name = "synthetic-8d"
+
+    def embed_texts(self, texts: Sequence[str]) -> Vector:
+        raise AssertionError("search() takes vectors")
+
+    def embed_images(self, images: Sequence[Image]) -> Vector:
+        raise AssertionError("search() takes vectors")
+
+
+def unit(*values: float) -> Vector:
+    vector = np.zeros(8, dtype=np.float32)
+    vector[: len(values)] = values
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+def synthetic_index(settings: Settings, rows: dict[str, tuple[Vector, dict[str, str]]]) -> None:
+    collection = open_collection("music21", Space.name, settings=settings, create=True)
+    assert collection is not None
+    collection.add(
+        ids=list(rows), embeddings=np.stack([vector for vector, _ in rows.values()]),
+        documents=[f"caption of {name}" for name in rows],
+        metadatas=[meta for _, meta in rows.values()],
+    )
+
+
+def meta(title: str, meter: str = "3/4", body: str = "D2 | G2 B2 d2 |]") -> dict[str, str]:
+    return {"title": title, "meter": meter, "abc": TUNE.format(title=title, meter=meter, body=body)}
+
+
+IMAGE, TEXT = unit(1, 0, 0), unit(0, 1, 0)
+
+
+def test_fusion_puts_first_the_record_best_by_both(tmp_path: Path) -> None:
+    settings = offline_settings(tmp_path)
+    synthetic_index(settings, {
+        "both": (unit(1, 1, 0.2), meta("both", body="G2 | A2 B2 c2 |]")),
+        "image only": (unit(1, 0.05, 1.2), meta("image only", body="A2 | B2 c2 d2 |]")),
+        "text only": (unit(0.05, 1, 1.2), meta("text only", body="B2 | c2 d2 e2 |]")),
+        "neither": (unit(0, 0, 1), meta("neither", body="c2 | d2 e2 f2 |]")),
+    })
+    retriever = Retriever(Space(), settings=settings)
+    fusions: tuple[Fusion, ...] = ("rrf", "weighted")
+    for fusion in fusions:
+        found = retriever.search(IMAGE, TEXT, k=3, fusion=fusion)
+        assert [e.id for e in found][0] == "both"
+        assert found[0].image_similarity == pytest.approx(float(unit(1, 1, 0.2) @ IMAGE))
+        assert found[0].text_similarity == pytest.approx(float(unit(1, 1, 0.2) @ TEXT))
+        assert "neither" not in [e.id for e in found]
+
+
+def test_rrf_is_scale_free_where_a_weighted_sum_is_not() -> None:
+    """Image-to-caption similarities run lower than text-to-caption ones; RRF does not care."""
+    image = np.array([0.30, 0.20, 0.25], dtype=np.float32)
+    text = np.array([0.52, 0.55, 0.50], dtype=np.float32)
+    stretched = (text * 10).astype(np.float32)
+    assert int(np.argmax(fuse(image, text, "rrf", 0.5))) == 0
+    assert int(np.argmax(fuse(image, stretched, "rrf", 0.5))) == 0
+    assert int(np.argmax(fuse(image, text, "weighted", 0.5))) == 0
+    assert int(np.argmax(fuse(image, stretched, "weighted", 0.5))) == 1
+
+
+def test_one_query_alone_ranks_by_its_similarity(tmp_path: Path) -> None:
+    settings = offline_settings(tmp_path)
+    synthetic_index(settings, {
+        "a": (unit(1, 0.2), meta("a", body="G2 | A2 B2 c2 |]")),
+        "b": (unit(0.2, 1), meta("b", body="A2 | B2 c2 d2 |]")),
+    })
+    retriever = Retriever(Space(), settings=settings)
+    assert [e.id for e in retriever.search(None, TEXT, k=2)] == ["b", "a"]
+    assert retriever.search(None, TEXT, k=1)[0].image_similarity is None
+
+
+def test_filters_apply_after_fetching_and_fetch_more_when_needed(tmp_path: Path) -> None:
+    settings = offline_settings(tmp_path, rag_candidates=2)
+    rows = {f"r{i}": (unit(1, 1 - i / 20, i / 20), meta(f"r{i}", body=f"G{i} | A2 B2 c2 |]"))
+            for i in range(12)}
+    rows["jig"] = (unit(0, 0, 1), meta("jig", meter="6/8", body="A | B2 c d2 e |]"))
+    synthetic_index(settings, rows)
+    found = Retriever(Space(), settings=settings).search(IMAGE, TEXT, k=3,
+                                                         filters={"meter": "6/8"})
+    assert [e.id for e in found] == ["jig"]
+
+
+def test_the_same_tune_stored_twice_is_returned_once(tmp_path: Path) -> None:
+    settings = offline_settings(tmp_path)
+    synthetic_index(settings, {
+        "oneill": (unit(1, 1), meta("The Kesh", body="G2 | A2 B2 c2 |]")),
+        "ryan": (unit(0.6, 0.6, 0.5), meta("Kesh Jig", body="G2 |  A2 B2 c2 |]")),
+        "other": (unit(0.3, 0.3, 1), meta("Other", body="c2 | d2 e2 f2 |]")),
+    })
+    found = Retriever(Space(), settings=settings).search(IMAGE, TEXT, k=3)
+    assert [e.id for e in found] == ["oneill", "other"]
+
+
+def test_trim_keeps_the_header_and_whole_bars() -> None:
+    body = "\n".join("G2 B2 d2 | e2 d2 B2 | A2 B2 c2 | d6 |" for _ in range(40))
+    tune = TUNE.format(title="Long", meter="3/4", body=body)
+    trimmed, was_trimmed = trim_abc(tune, token_budget=60)
+    assert was_trimmed
+    assert trimmed.startswith("X:1\nT:Long\nM:3/4\nL:1/8\nK:G\n")
+    assert len(trimmed) <= 60 * 2.5 + len("% … trimmed to fit the prompt\n")
+    music = [line for line in trimmed.splitlines()[5:] if not line.startswith("%")]
+    assert all(line.rstrip().endswith("|") for line in music)
+    assert trim_abc(tune, token_budget=10_000) == (tune, False)
+
+
+def test_no_index_says_how_to_build_it(tmp_path: Path) -> None:
+    with pytest.raises(NoIndex, match="img2music index build --source music21"):
+        Retriever(Space(), settings=offline_settings(tmp_path))
+
+
+def test_a_collection_from_another_embedder_is_refused(tmp_path: Path) -> None:
+    settings = offline_settings(tmp_path)
+    collection = open_collection("music21", "model-a", settings=settings, create=True)
+    assert collection is not None
+    collection.modify(metadata={"source": "music21", "embedder": "model-b"})
+    with pytest.raises(IndexMismatch, match="built with the embedder 'model-b', not 'model-a'"):
+        open_collection("music21", "model-a", settings=settings)
+    assert collection_name("music21", "model-a") != collection_name("music21", "model-b")
+
+
+def test_build_query_and_rerun_on_real_corpus_tunes(tmp_path: Path) -> None:
+    settings = offline_settings(tmp_path)
+    embedder = load_embedder(settings)
+    report = build_index("music21", embedder, limit=300, settings=settings)
+    assert report.added == 300
+    again = build_index("music21", embedder, limit=300, settings=settings)
+    assert (again.added, again.already_there) == (0, 300)
+    (info,) = index_info(settings)
+    assert (info.source, info.embedder, info.records) == ("music21", embedder.name, 300)
+    found = Retriever(embedder, settings=settings).retrieve(
+        description="a lively Irish jig in D major", k=5)
+    assert len(found) == 5
+    assert all(check_abc(example.abc).tunes == 1 for example in found)
+    assert all(example.text_similarity is not None for example in found)
+
+
+def _count(settings: Settings, name: str) -> int:
+    collection = open_collection("music21", name, settings=settings)
+    return 0 if collection is None else collection.count()
+
+
+def test_an_interrupted_build_loses_nothing_and_resumes(tmp_path: Path) -> None:
+    settings = offline_settings(tmp_path)
+    environment = {**os.environ, "IMG2MUSIC_DATA_DIR": str(tmp_path),
+                   "IMG2MUSIC_CLIP_MODEL": "img2music-tiny", "IMG2MUSIC_CLIP_PRETRAINED": "none"}
+    command = [str(Path(sys.executable).with_name("img2music")), "index", "build",
+               "--source", "music21", "--limit", "1000"]
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    name = load_embedder(settings).name
+    deadline = time.monotonic() + 120
+    stored = 0
+    while time.monotonic() < deadline and stored < 256 and process.poll() is None:
+        time.sleep(1)
+        stored = _count(settings, name)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 0 < stored < 1000, "the build was not caught mid-way"
+    interrupted = _count(settings, name)
+    result = subprocess.run(command, env=environment, capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    assert f"{1000 - interrupted} added, {interrupted} already stored" in result.stdout
+    collection = open_collection("music21", name, settings=settings)
+    assert collection is not None
+    ids = collection.get(include=[])["ids"]
+    assert len(ids) == len(set(ids)) == 1000
