@@ -208,9 +208,10 @@ def index_info_command() -> None:
     for info in index_info(settings):
         table.add_row(info.name, info.source, info.embedder, str(info.records))
     console.print(table)
-    console.print(f"configured embedder: {settings.clip_model} / {settings.clip_pretrained}"
-                  f"{f' / {settings.clip_context_length} positions' if settings.clip_context_length else ''}"
-                  f"; retrieval searches: {settings.rag_sources}", highlight=False)
+    positions = settings.clip_context_length or "model's own"
+    console.print(f"configured: IMG2MUSIC_CLIP_MODEL={settings.clip_model}, "
+                  f"IMG2MUSIC_CLIP_PRETRAINED={settings.clip_pretrained}, text positions "
+                  f"{positions}; retrieval searches {settings.rag_sources}", highlight=False)
 
 
 @index_app.command("query")

@@ -248,10 +248,10 @@ needs_abc2midi = pytest.mark.skipif(
 
 @needs_abc2midi
 def test_abc2midi_errors_are_reported_at_their_place() -> None:
-    result = check_abc(GOOD.replace("d4 B2 |", "d4 ~(B2) |"), backend="abc2midi")
+    result = check_abc(GOOD.replace("A>B c2", "A>>>>B c2"), backend="abc2midi")
     error = result.errors[0]
     assert (error.checker, error.line) == ("abc2midi", 7)
-    assert error.message == "Malformed note : expecting a-g or A-G"
+    assert error.message == "Too many >'s"
 
 
 @needs_abc2midi
@@ -262,6 +262,9 @@ def test_abc2midi_complaints_about_whole_music_are_warnings() -> None:
     messages = {d.message for d in result.warnings if d.checker == "abc2midi"}
     assert "I: key ' abc2midi' not recognized" in messages
     assert "Could not find note to be tied" in messages
+    decorated = check_abc(GOOD.replace("d4 B2 |", "d4 ~(B2) |"), backend="abc2midi")
+    assert decorated.ok
+    assert "Malformed note : expecting a-g or A-G" in {d.message for d in decorated.warnings}
 
 
 def test_both_backends_agree_on_the_shape() -> None:

@@ -88,5 +88,5 @@ def test_size_limits_are_settings() -> None:
 
 
 def test_an_unreadable_path_is_named(tmp_path: Path) -> None:
-    with pytest.raises(BadImage, match="cannot read .*missing.jpg"):
+    with pytest.raises(BadImage, match=r"cannot read .*missing\.jpg"):
         open_image(tmp_path / "missing.jpg")

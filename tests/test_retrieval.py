@@ -85,7 +85,7 @@ def test_fusion_puts_first_the_record_best_by_both(tmp_path: Path) -> None:
     fusions: tuple[Fusion, ...] = ("rrf", "weighted")
     for fusion in fusions:
         found = retriever.search(IMAGE, TEXT, k=3, fusion=fusion)
-        assert [e.id for e in found][0] == "both"
+        assert found[0].id == "both"
         assert found[0].image_similarity == pytest.approx(float(unit(1, 1, 0.2) @ IMAGE))
         assert found[0].text_similarity == pytest.approx(float(unit(1, 1, 0.2) @ TEXT))
         assert "neither" not in [e.id for e in found]
@@ -209,3 +209,36 @@ def test_an_interrupted_build_loses_nothing_and_resumes(tmp_path: Path) -> None:
     assert collection is not None
     ids = collection.get(include=[])["ids"]
     assert len(ids) == len(set(ids)) == 1000
+
+
+def _cli(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "IMG2MUSIC_DATA_DIR": str(tmp_path), "COLUMNS": "200",
+                   "IMG2MUSIC_CLIP_MODEL": "img2music-tiny", "IMG2MUSIC_CLIP_PRETRAINED": "none"}
+    return subprocess.run([str(Path(sys.executable).with_name("img2music")), *arguments],
+                          env=environment, capture_output=True, text=True, timeout=600,
+                          check=False)
+
+
+def test_index_commands_build_inspect_and_query(tmp_path: Path) -> None:
+    built = _cli(tmp_path, "index", "build", "--source", "music21", "--limit", "150")
+    assert built.returncode == 0, built.stderr
+    assert "150 added, 0 already stored" in built.stdout
+    info = _cli(tmp_path, "index", "info")
+    assert "music21" in info.stdout and "img2music-tiny|none|ctx77" in info.stdout
+    assert "150" in info.stdout
+    photo = Path(__import__("matplotlib").cbook.get_sample_data("grace_hopper.jpg",
+                                                                asfileobj=False))
+    query = _cli(tmp_path, "index", "query", "a slow German ballad in a minor key",
+                 "--image", str(photo), "-k", "3", "--abc")
+    assert query.returncode == 0, query.stderr
+    assert query.stdout.count("\nX:") == 3
+    filtered = _cli(tmp_path, "index", "query", "a song", "--filter", "meter=3/4", "-k", "2")
+    assert filtered.returncode == 0, filtered.stderr
+    bad = _cli(tmp_path, "index", "query", "a song", "--image", str(tmp_path / "none.png"))
+    assert bad.returncode == 2 and "cannot read" in bad.stderr
+
+
+def test_query_without_an_index_says_how_to_build_it(tmp_path: Path) -> None:
+    result = _cli(tmp_path, "index", "query", "a song")
+    assert result.returncode == 1
+    assert "img2music index build --source music21" in result.stderr

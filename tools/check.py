@@ -31,9 +31,12 @@ ABC2MIDI_MESSAGE = re.compile(
 # Bar lengths and a missing M: are checked by the scan, which knows about pickups and repeats.
 ABC2MIDI_DUPLICATES = re.compile(r"Bar \d+ has .* time units|No M: in header")
 # abc2midi calls these errors, yet the music is whole: an `I:` line it has no use for, its own
-# swing rule for hornpipes, and a tie between two different pitches (played as a slur).
+# swing rule for hornpipes, a tie between two different pitches (played as a slur), and a
+# decoration before a slur or annotation (`~(dcd)`, `u"4"A`), which it drops; notes that are
+# really malformed are caught by the scan first.
 ABC2MIDI_HARMLESS = re.compile(
     r"I: key .* not recognized|Hornpipe must be in|Could not find note to be tied"
+    r"|Malformed note : expecting a-g or A-G"
 )
 CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MAX_REPORTED = 30
