@@ -22,10 +22,13 @@ from img2music.tools.index import (
     Vector,
     build_index,
     collection_name,
+    ensure_index,
     index_info,
     open_collection,
 )
+from img2music.tools.music21_corpus import iter_corpus_tunes
 from img2music.tools.retrieve import Fusion, NoIndex, Retriever, fuse, trim_abc
+from tests.fixtures import make_midicaps_folder
 
 TUNE = "X:1\nT:{title}\nM:{meter}\nL:1/8\nK:G\n{body}\n"
 
@@ -93,13 +96,19 @@ def test_fusion_puts_first_the_record_best_by_both(tmp_path: Path) -> None:
 
 def test_rrf_is_scale_free_where_a_weighted_sum_is_not() -> None:
     """Image-to-caption similarities run lower than text-to-caption ones; RRF does not care."""
-    image = np.array([0.30, 0.20, 0.25], dtype=np.float32)
-    text = np.array([0.52, 0.55, 0.50], dtype=np.float32)
-    stretched = (text * 10).astype(np.float32)
+    image = np.array([0.30, 0.20, 0.25])
+    text = np.array([0.52, 0.55, 0.50])
+    stretched = text * 10
     assert int(np.argmax(fuse(image, text, "rrf", 0.5))) == 0
     assert int(np.argmax(fuse(image, stretched, "rrf", 0.5))) == 0
     assert int(np.argmax(fuse(image, text, "weighted", 0.5))) == 0
     assert int(np.argmax(fuse(image, stretched, "weighted", 0.5))) == 1
+
+
+def test_a_record_one_query_missed_ranks_below_what_it_found() -> None:
+    image = np.array([0.9, 0.8, np.nan])
+    text = np.array([np.nan, 0.7, 0.6])
+    assert list(np.argsort(-fuse(image, text, "rrf", 0.5))) == [1, 0, 2]
 
 
 def test_one_query_alone_ranks_by_its_similarity(tmp_path: Path) -> None:
@@ -242,3 +251,38 @@ def test_query_without_an_index_says_how_to_build_it(tmp_path: Path) -> None:
     result = _cli(tmp_path, "index", "query", "a song")
     assert result.returncode == 1
     assert "img2music index build --source music21" in result.stderr
+
+
+def test_midicaps_folder_ingests_and_answers_queries(tmp_path: Path) -> None:
+    settings = offline_settings(tmp_path / "data", midi_to_abc_bars=8)
+    embedder = load_embedder(settings)
+    folder = make_midicaps_folder(tmp_path)
+    report = build_index("midicaps", embedder, path=folder, settings=settings)
+    assert report.added == 3
+    assert sorted(s.id for s in report.skipped) == [
+        "midicaps:../outside.mid", "midicaps:lmd_full/4/corrupt.mid",
+        "midicaps:lmd_full/5/missing.mid", "midicaps:train.json:3", "midicaps:train.json:8",
+    ]
+    found = Retriever(embedder, sources=["midicaps"], settings=settings).retrieve(
+        description="a folk jig", k=3)
+    # The drum entry is the jig once its drums are dropped: the same tune is returned once.
+    captions = [e.caption for e in found]
+    assert len(captions) == 2
+    assert "A gentle classical duet for flute and bass." in captions
+    assert captions[0 if "jig" in captions[0] else 1] in {
+        "A cheerful folk jig in D major.", "A folk jig with a steady kick drum."}
+    assert all(check_abc(e.abc).ok for e in found)
+
+
+def test_ensure_index_builds_once_and_finishes_a_partial_build(tmp_path: Path) -> None:
+    settings = offline_settings(tmp_path / "data")
+    embedder = load_embedder(settings)
+    folder = tmp_path / "tunes"
+    folder.mkdir()
+    tunes = [t for _, t in zip(range(40), iter_corpus_tunes(("oneills1850",)), strict=False)]
+    (folder / "oneill.abc").write_text("\n".join(t.text for t in tunes), encoding="utf-8")
+    partial = build_index("abc-dir", embedder, path=folder, limit=10, settings=settings)
+    assert partial.added == 10
+    finished = ensure_index("abc-dir", embedder, path=folder, settings=settings)
+    assert finished is not None and finished.already_there == 10 and finished.added > 0
+    assert ensure_index("abc-dir", embedder, path=folder, settings=settings) is None

@@ -148,9 +148,29 @@ def build_index(
         if on_batch is not None:
             on_batch(report)
     report.seconds = time.perf_counter() - started
+    if limit is None:
+        collection.modify(metadata={**(collection.metadata or {}), "complete": True})
     logger.info("%s: %d added, %d already stored, %d skipped in %.1f s", collection.name,
                 report.added, report.already_there, len(report.skipped), report.seconds)
     return report
+
+
+def ensure_index(
+    source: SourceName,
+    embedder: EmbeddingSpace,
+    *,
+    path: Path | None = None,
+    settings: Settings | None = None,
+    on_batch: Callable[[BuildReport], None] | None = None,
+) -> BuildReport | None:
+    """Build (or finish) the source's index unless a full build already completed.
+
+    The compose path calls this on first use, so retrieval works without a separate step.
+    """
+    collection = open_collection(source, embedder.name, settings=settings)
+    if collection is not None and (collection.metadata or {}).get("complete"):
+        return None
+    return build_index(source, embedder, path=path, settings=settings, on_batch=on_batch)
 
 
 def _batches(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -110,87 +112,127 @@ class Retriever:
                 return chosen
             fetch = min(fetch * 4, total)
 
-    def _candidates(self, queries: list[Vector], fetch: int) -> dict[str, dict[str, Any]]:
-        found: dict[str, dict[str, Any]] = {}
+    def _candidates(self, queries: list[Vector], fetch: int) -> dict[str, _Candidate]:
+        """Nearest records of each query; a similarity is known where the record was found."""
+        found: dict[str, _Candidate] = {}
         for collection in self.collections:
             result = collection.query(
                 query_embeddings=np.stack(queries), n_results=min(fetch, collection.count()),
-                include=["embeddings", "metadatas", "documents"],
+                include=["distances", "metadatas", "documents"],
             )
-            embeddings = result["embeddings"] or []
+            distances = result["distances"] or []
             metadatas = result["metadatas"] or []
             documents = result["documents"] or []
             for row, ids in enumerate(result["ids"]):
                 for column, record_id in enumerate(ids):
-                    found.setdefault(record_id, {
-                        "embedding": np.asarray(embeddings[row][column], dtype=np.float32),
-                        "metadata": dict(metadatas[row][column] or {}),
-                        "caption": documents[row][column] or "",
-                    })
+                    candidate = found.setdefault(record_id, _Candidate(
+                        collection=collection, caption=documents[row][column] or "",
+                        metadata=dict(metadatas[row][column] or {}),
+                        similarities=[math.nan] * len(queries),
+                    ))
+                    candidate.similarities[row] = 1.0 - float(distances[row][column])
         return found
 
     def _rank(
         self,
-        candidates: dict[str, dict[str, Any]],
+        candidates: dict[str, _Candidate],
         image_vector: Vector | None,
         text_vector: Vector | None,
         k: int,
         fusion: Fusion | None,
         filters: Mapping[str, str],
     ) -> list[RetrievedExample]:
-        ids = [i for i, c in candidates.items() if _matches(c["metadata"], filters)]
+        queries = [v for v in (image_vector, text_vector) if v is not None]
+        ids = [i for i, c in candidates.items() if _matches(c.metadata, filters)]
         if not ids:
             return []
-        matrix = np.stack([candidates[i]["embedding"] for i in ids])
-        image_sims = matrix @ image_vector if image_vector is not None else None
-        text_sims = matrix @ text_vector if text_vector is not None else None
-        scores = fuse(image_sims, text_sims, fusion or self.settings.rag_fusion,
-                      self.settings.rag_image_weight)
-        chosen: list[RetrievedExample] = []
+        fusion = fusion or self.settings.rag_fusion
+        if fusion == "weighted":
+            _fill_similarities(candidates, ids, queries)
+        table = np.array([candidates[i].similarities for i in ids], dtype=np.float64)
+        columns = iter(table.T)
+        image_sims = next(columns) if image_vector is not None else None
+        text_sims = next(columns) if text_vector is not None else None
+        scores = fuse(image_sims, text_sims, fusion, self.settings.rag_image_weight)
+        picked: list[str] = []
         seen_tunes: set[str] = set()
         for index in np.argsort(-scores, kind="stable"):
-            candidate = candidates[ids[index]]
-            metadata = candidate["metadata"]
-            tune_key = _tune_fingerprint(str(metadata.get("abc", "")))
-            if tune_key in seen_tunes:
-                continue
-            seen_tunes.add(tune_key)
-            abc, trimmed = trim_abc(str(metadata.get("abc", "")), self.settings.rag_example_tokens)
-            chosen.append(RetrievedExample(
-                id=ids[index], caption=candidate["caption"], abc=abc, score=float(scores[index]),
-                image_similarity=None if image_sims is None else float(image_sims[index]),
-                text_similarity=None if text_sims is None else float(text_sims[index]),
-                trimmed=trimmed,
-                metadata={key: value for key, value in metadata.items() if key != "abc"},
-            ))
-            if len(chosen) == k:
+            tune_key = _tune_fingerprint(str(candidates[ids[index]].metadata.get("abc", "")))
+            if tune_key not in seen_tunes:
+                seen_tunes.add(tune_key)
+                picked.append(ids[index])
+            if len(picked) == k:
                 break
-        return chosen
+        _fill_similarities(candidates, picked, queries)
+        score_of = dict(zip(ids, scores, strict=True))
+        return [self._example(i, candidates[i], float(score_of[i]), image_vector is not None)
+                for i in picked]
+
+    def _example(
+        self, record_id: str, candidate: _Candidate, score: float, has_image: bool
+    ) -> RetrievedExample:
+        similarities = iter(candidate.similarities)
+        image_similarity = next(similarities) if has_image else None
+        text_similarity = next(similarities, None)
+        metadata = candidate.metadata
+        abc, trimmed = trim_abc(str(metadata.get("abc", "")), self.settings.rag_example_tokens)
+        return RetrievedExample(
+            id=record_id, caption=candidate.caption, abc=abc, score=score,
+            image_similarity=image_similarity, text_similarity=text_similarity, trimmed=trimmed,
+            metadata={key: value for key, value in metadata.items() if key != "abc"},
+        )
+
+
+@dataclass
+class _Candidate:
+    collection: Collection
+    caption: str
+    metadata: dict[str, Any]
+    similarities: list[float]
+
+
+def _fill_similarities(
+    candidates: Mapping[str, _Candidate], ids: Sequence[str], queries: Sequence[Vector]
+) -> None:
+    """Exact similarities, from the stored vectors, where a query did not find the record."""
+    missing: dict[int, list[str]] = {}
+    for record_id in ids:
+        if any(math.isnan(value) for value in candidates[record_id].similarities):
+            missing.setdefault(id(candidates[record_id].collection), []).append(record_id)
+    for group in missing.values():
+        collection = candidates[group[0]].collection
+        stored = collection.get(ids=group, include=["embeddings"])
+        vectors = np.asarray(stored["embeddings"], dtype=np.float32)
+        for record_id, vector in zip(stored["ids"], vectors, strict=True):
+            candidates[record_id].similarities = [float(vector @ q) for q in queries]
 
 
 def fuse(
-    image_sims: npt.NDArray[np.float32] | None,
-    text_sims: npt.NDArray[np.float32] | None,
+    image_sims: npt.NDArray[np.float64] | None,
+    text_sims: npt.NDArray[np.float64] | None,
     fusion: Fusion,
     image_weight: float,
 ) -> npt.NDArray[np.float64]:
     """Reciprocal-rank fusion is scale-free: image-to-caption similarities run far lower than
-    text-to-caption ones, so a plain sum would let the description decide alone."""
+    text-to-caption ones, so a plain sum would let the description decide alone. A NaN marks a
+    record one query did not find: it ranks below every record that query found."""
     if image_sims is None or text_sims is None:
         single = image_sims if image_sims is not None else text_sims
         assert single is not None
-        return single.astype(np.float64)
+        return np.asarray(single, dtype=np.float64)
     if fusion == "weighted":
-        return image_weight * image_sims.astype(np.float64) + (1 - image_weight) * text_sims
+        return image_weight * np.asarray(image_sims, dtype=np.float64) + (
+            1 - image_weight) * np.asarray(text_sims, dtype=np.float64)
     image_ranks = _ranks(image_sims)
     text_ranks = _ranks(text_sims)
     return 2 * (image_weight / (RRF_OFFSET + image_ranks)
                 + (1 - image_weight) / (RRF_OFFSET + text_ranks))
 
 
-def _ranks(similarities: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-    ranks = np.empty(len(similarities), dtype=np.float64)
-    ranks[np.argsort(-similarities, kind="stable")] = np.arange(1, len(similarities) + 1)
+def _ranks(similarities: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    values = np.nan_to_num(np.asarray(similarities, dtype=np.float64), nan=-np.inf)
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[np.argsort(-values, kind="stable")] = np.arange(1, len(values) + 1)
     return ranks
 
 
