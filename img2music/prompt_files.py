@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
@@ -11,11 +13,36 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from img2music.settings import get_settings
 
+SHIPPED_NAME = "default"
 
-def prompts_folder() -> Path:
-    """The configured prompt folder, or the shipped one."""
+
+@dataclass(frozen=True)
+class PromptSet:
+    """A prompt folder with the name and content hash that every report records."""
+
+    name: str
+    hash: str
+    folder: Path
+
+
+def prompts_folder(folder: Path | str | None = None) -> Path:
+    """The given folder, else the configured one, else the shipped one."""
+    if folder:
+        return Path(folder)
     configured = get_settings().prompts_dir
     return configured if configured is not None else Path(str(files("img2music.prompts")))
+
+
+def prompt_set(folder: Path | str | None = None) -> PromptSet:
+    """Name and hash of the prompt files (templates and data), so runs can be compared."""
+    resolved = prompts_folder(folder)
+    digest = hashlib.sha256()
+    for path in sorted(resolved.glob("*")):
+        if path.suffix in (".j2", ".toml") and path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    shipped = resolved.resolve() == Path(str(files("img2music.prompts"))).resolve()
+    return PromptSet(name=SHIPPED_NAME if shipped else resolved.name,
+                     hash=digest.hexdigest()[:12], folder=resolved)
 
 
 @lru_cache(maxsize=8)
@@ -29,12 +56,12 @@ def _environment(folder: Path) -> Environment:
     )
 
 
-def render_prompt(name: str, **variables: object) -> str:
-    """Render `name` (e.g. "metric_feedback.j2"); a missing variable is an error, never blank."""
-    return _environment(prompts_folder()).get_template(name).render(**variables)
+def render_prompt(name: str, *, folder: Path | str | None = None, **variables: object) -> str:
+    """Render `name` (e.g. "compose.j2"); a missing variable is an error, never a blank."""
+    return _environment(prompts_folder(folder)).get_template(name).render(**variables).strip()
 
 
-def load_prompt_data(name: str) -> dict[str, object]:
+def load_prompt_data(name: str, *, folder: Path | str | None = None) -> dict[str, object]:
     """Read a TOML data file (e.g. "metrics.toml") from the prompt folder."""
-    with (prompts_folder() / name).open("rb") as handle:
+    with (prompts_folder(folder) / name).open("rb") as handle:
         return tomllib.load(handle)

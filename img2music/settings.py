@@ -113,6 +113,47 @@ class Settings(BaseSettings):
     rag_example_tokens: int = Field(
         default=600, gt=0, description="Token budget for each example's ABC in the prompt."
     )
+    vlm_backend: Literal["openai", "local"] = Field(
+        default="openai",
+        description="`openai`: any OpenAI-compatible endpoint (vLLM serving Keye-VL-8B); "
+        "`local`: an in-process transformers model.",
+    )
+    vlm_base_url: str = Field(
+        default="http://127.0.0.1:8001/v1", description="OpenAI-compatible endpoint of the VLM."
+    )
+    vlm_model: str = Field(
+        default="Kwai-Keye/Keye-VL-8B-Preview",
+        description="Model the endpoint serves, or the local model's path or id.",
+    )
+    vlm_api_key: str = Field(default="EMPTY", description="API key for the endpoint, if any.")
+    vlm_temperature: float = Field(default=0.6, ge=0, le=2, description="Sampling temperature.")
+    vlm_top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling.")
+    vlm_top_k: int = Field(default=20, ge=-1, description="Top-k sampling (vLLM extra_body).")
+    vlm_max_tokens: int = Field(default=4096, gt=0, description="Most tokens per model call.")
+    vlm_thinking: bool = Field(default=False, description="Keye's think mode when composing.")
+    vlm_timeout_s: float = Field(default=300, gt=0, description="Seconds one model call may take.")
+    vlm_retries: int = Field(
+        default=2, ge=0, description="Retries, with backoff, on connection errors and 5xx."
+    )
+    vlm_image_pixels: int = Field(
+        default=448 * 448, gt=0, description="Pixel budget of the image sent to the model."
+    )
+    max_repairs: int = Field(
+        default=3, ge=0, le=10, description="Grammar-repair attempts per tune."
+    )
+    refine_rounds: int = Field(
+        default=1, ge=0, le=10, description="Metric-feedback refinement rounds."
+    )
+    explain: Literal["attention", "clip", "none"] = Field(
+        default="clip",
+        description="Image explanation: attention (needs IMG2MUSIC_ATTENTION_MODEL or the local "
+        "backend), clip (CLIP patch relevance) or none.",
+    )
+    attention_model: str | None = Field(
+        default=None,
+        description="Local path or id of a transformers copy of the VLM, for attention maps "
+        "when the VLM is served remotely.",
+    )
     log_level: str = Field(default="WARNING", description="Logging level for library messages.")
 
     @property

@@ -159,3 +159,9 @@ def extract_abc(text: str, *, max_chars: int = 200_000) -> Extraction:
     abc = "\n".join(complete[-1].lines) + "\n" if complete else None
     return Extraction(abc=abc, motivation=_motivation(lines, spans), candidates=len(complete),
                       notes=notes)
+
+
+def strip_reasoning(text: str) -> str:
+    """The answer without `<think>` blocks: what a prose step (the description) keeps."""
+    answer, _ = _split_thinking(text.replace("\r\n", "\n").replace("\r", "\n"), [])
+    return answer.strip()

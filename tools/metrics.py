@@ -13,6 +13,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import mido
@@ -105,9 +106,11 @@ class TuneMetrics(BaseModel):
         return values
 
 
-def metric_descriptions() -> dict[str, MetricInfo]:
+def metric_descriptions(folder: Path | str | None = None) -> dict[str, MetricInfo]:
     """The descriptions in `metrics.toml`, checked to cover every metric."""
-    infos = TypeAdapter(dict[str, MetricInfo]).validate_python(load_prompt_data("metrics.toml"))
+    infos = TypeAdapter(dict[str, MetricInfo]).validate_python(
+        load_prompt_data("metrics.toml", folder=folder)
+    )
     missing = [key for key in METRIC_KEYS if key not in infos]
     if missing:
         raise ValueError(f"metrics.toml has no description of {', '.join(missing)}")
@@ -161,9 +164,9 @@ def evaluate_midi(midi: bytes, *, bars: int, voices: int) -> TuneMetrics:
     })
 
 
-def metric_feedback(metrics: TuneMetrics) -> str:
+def metric_feedback(metrics: TuneMetrics, *, folder: Path | str | None = None) -> str:
     """The text the refine step sends: each metric with its meaning, then the tune's size."""
-    infos = metric_descriptions()
+    infos = metric_descriptions(folder)
     rows = [
         {
             "name": metric.name,
@@ -177,6 +180,7 @@ def metric_feedback(metrics: TuneMetrics) -> str:
     ]
     return render_prompt(
         "metric_feedback.j2",
+        folder=folder,
         metrics=rows,
         length_seconds=metrics.length_seconds,
         length_beats=metrics.length_beats,

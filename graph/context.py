@@ -1,0 +1,86 @@
+"""The settings a user changes per run; LangGraph Studio shows these fields with their help."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from img2music.settings import Settings, get_settings
+
+ExplainMode = Literal["attention", "clip", "none"]
+Fusion = Literal["rrf", "weighted"]
+
+
+def _setting(name: str) -> Callable[[], Any]:
+    """A default read from the settings when the context is made, not when this module loads."""
+    return lambda: getattr(get_settings(), name)
+
+
+@dataclass(kw_only=True)
+class Context:
+    """Per-run settings; a field left out takes its IMG2MUSIC_* setting."""
+
+    vlm_base_url: Annotated[str, Field(
+        description="OpenAI-compatible endpoint of the vision-language model (vLLM).",
+    )] = field(default_factory=_setting("vlm_base_url"))
+    vlm_model: Annotated[str, Field(
+        description="Model the endpoint serves (Keye-VL-8B by default).",
+    )] = field(default_factory=_setting("vlm_model"))
+    temperature: Annotated[float, Field(
+        description="Sampling temperature; Keye recommends 0.6.",
+    )] = field(default_factory=_setting("vlm_temperature"))
+    top_p: Annotated[float, Field(
+        description="Nucleus sampling; Keye recommends 0.95.",
+    )] = field(default_factory=_setting("vlm_top_p"))
+    top_k: Annotated[int, Field(
+        description="Top-k sampling (vLLM extra_body); Keye recommends 20.",
+    )] = field(default_factory=_setting("vlm_top_k"))
+    max_tokens: Annotated[int, Field(
+        description="Most tokens the model may write per call.",
+    )] = field(default_factory=_setting("vlm_max_tokens"))
+    thinking: Annotated[bool, Field(
+        description="Keye's think mode (/think) when composing.",
+    )] = field(default_factory=_setting("vlm_thinking"))
+    rag: Annotated[bool, Field(
+        description="Retrieve real tunes as examples for the compose prompt.",
+    )] = True
+    rag_k: Annotated[int, Field(
+        description="How many examples to retrieve.",
+    )] = field(default_factory=_setting("rag_k"))
+    fusion: Annotated[Fusion, Field(
+        description="How image and description similarities combine: rrf or weighted.",
+    )] = field(default_factory=_setting("rag_fusion"))
+    repairs: Annotated[int, Field(
+        description="Grammar-repair attempts when a tune fails parse-check.",
+    )] = field(default_factory=_setting("max_repairs"))
+    refine: Annotated[bool, Field(
+        description="Send the MusPy metrics back so the model can refine its tune.",
+    )] = True
+    refine_rounds: Annotated[int, Field(
+        description="Refinement rounds after the first valid tune.",
+    )] = field(default_factory=_setting("refine_rounds"))
+    explain: Annotated[ExplainMode, Field(
+        description="Image explanation: attention (local model), clip (patch relevance) or none.",
+    )] = field(default_factory=_setting("explain"))
+    prompts_dir: Annotated[str, Field(
+        description="A prompt folder of your own; empty for the shipped prompts.")] = field(
+        default_factory=lambda: str(get_settings().prompts_dir or ""))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> Context:
+        """Context from explicit settings (the CLI and tests), then per-run overrides."""
+        values: dict[str, Any] = {
+            "vlm_base_url": settings.vlm_base_url, "vlm_model": settings.vlm_model,
+            "temperature": settings.vlm_temperature, "top_p": settings.vlm_top_p,
+            "top_k": settings.vlm_top_k, "max_tokens": settings.vlm_max_tokens,
+            "thinking": settings.vlm_thinking, "rag_k": settings.rag_k,
+            "fusion": settings.rag_fusion, "repairs": settings.max_repairs,
+            "refine_rounds": settings.refine_rounds, "explain": settings.explain,
+            "prompts_dir": str(settings.prompts_dir or ""),
+        }
+        known = {f.name for f in fields(cls)}
+        values.update({k: v for k, v in overrides.items() if k in known and v is not None})
+        return cls(**values)

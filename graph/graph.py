@@ -1,0 +1,54 @@
+"""describe → retrieve → compose → parse_check ⟲ (repair) → evaluate ⟲ (refine) → explain."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Checkpointer
+
+from img2music.graph.context import Context
+from img2music.graph.models import chat_model
+from img2music.graph.nodes import (
+    ModelFor,
+    RetrieverFor,
+    compose,
+    describe,
+    evaluate,
+    explain,
+    parse_check,
+    retrieve,
+)
+from img2music.graph.routing import after_evaluate, after_parse_check
+from img2music.graph.state import State
+
+GRAPH_NAME = "img2music"
+
+
+def build_graph(
+    *,
+    model_for: ModelFor = chat_model,
+    retriever_for: RetrieverFor | None = None,
+    checkpointer: Checkpointer = None,
+) -> CompiledStateGraph[State, Context, State, State]:
+    """The composing graph; pass a checkpointer (SQLite) for runs that survive interruption."""
+    builder = StateGraph(State, context_schema=Context)
+    builder.add_node("describe", partial(describe, model_for=model_for))
+    builder.add_node("retrieve", partial(retrieve, retriever_for=retriever_for))
+    builder.add_node("compose", partial(compose, model_for=model_for))
+    builder.add_node("parse_check", parse_check)
+    builder.add_node("evaluate", evaluate)
+    builder.add_node("explain", explain)
+
+    builder.add_edge(START, "describe")
+    builder.add_edge("describe", "retrieve")
+    builder.add_edge("retrieve", "compose")
+    builder.add_edge("compose", "parse_check")
+    builder.add_conditional_edges("parse_check", after_parse_check)
+    builder.add_conditional_edges("evaluate", after_evaluate)
+    builder.add_edge("explain", END)
+    return builder.compile(checkpointer=checkpointer, name=GRAPH_NAME)
+
+
+graph = build_graph()

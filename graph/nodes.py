@@ -1,0 +1,231 @@
+"""The graph's nodes: each reads the state and the run's context and returns what it changes.
+
+How a node reaches a model or the index is a keyword argument (`model_for`, `retriever_for`),
+bound by `build_graph`; the defaults reach the configured endpoint and index, tests bind
+scripted models.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langgraph.runtime import Runtime
+
+from img2music.graph.context import Context
+from img2music.graph.models import call_model, chat_model, image_from_data_url, think_suffix
+from img2music.graph.state import Attempt, AttemptKind, Message, State
+from img2music.prompt_files import render_prompt
+from img2music.tools.check import ParseCheck, compile_abc
+from img2music.tools.diagnostics import Diagnostic
+from img2music.tools.extract import extract_abc, strip_reasoning
+from img2music.tools.metrics import TuneMetrics, evaluate_midi, metric_feedback
+from img2music.tools.repair import repair_abc
+
+logger = logging.getLogger(__name__)
+
+ModelFor = Callable[[Context], BaseChatModel]
+RetrieverFor = Callable[[Context], Any]
+MAX_DESCRIPTION_CHARS = 2_000
+MAX_RAW_CHARS = 50_000
+MAX_BARS = 64
+NO_TUNE = ("your answer has no ABC tune: write the whole tune in an ```abc block, starting "
+           "with X:1 and ending the header with K:")
+
+
+def describe(
+    state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model
+) -> State:
+    """The model looks at the image first; retrieval matches its words to real tunes."""
+    context = runtime.context
+    prompt = render_prompt("describe.j2", folder=context.prompts_dir or None,
+                           note=state.get("note", ""), thinking=think_suffix(False))
+    messages = [_system(context), _image_message(state["image"], prompt)]
+    reply = call_model(model_for(context), _to_langchain(messages),
+                       endpoint=context.vlm_base_url)
+    description = strip_reasoning(reply.text)[:MAX_DESCRIPTION_CHARS]
+    return {
+        "description": description, "status": "running",
+        "usage": _usage("describe", reply.input_tokens, reply.output_tokens),
+        "timings": {"describe": reply.seconds},
+    }
+
+
+def retrieve(
+    state: State, runtime: Runtime[Context], *, retriever_for: RetrieverFor | None = None
+) -> State:
+    """The k real tunes whose captions best match both the image and its description."""
+    context = runtime.context
+    if not context.rag or context.rag_k == 0:
+        return {"examples": []}
+    started = time.perf_counter()
+    retriever = (retriever_for or default_retriever)(context)
+    examples = retriever.retrieve(
+        image=image_from_data_url(state["image"]), description=state.get("description") or None,
+        k=context.rag_k, fusion=context.fusion,
+    )
+    return {"examples": [example.model_dump() for example in examples],
+            "timings": {"retrieve": time.perf_counter() - started}}
+
+
+def default_retriever(context: Context) -> Any:
+    """The configured index, built on first use (the music21 corpus needs no download)."""
+    from img2music.settings import get_settings
+    from img2music.tools.embedder import load_embedder
+    from img2music.tools.index import ensure_index
+    from img2music.tools.retrieve import Retriever
+
+    settings = get_settings()
+    embedder = load_embedder(settings)
+    if "music21" in settings.rag_source_list:
+        ensure_index("music21", embedder, settings=settings)
+    return Retriever(embedder, settings=settings)
+
+
+def next_attempt(attempts: list[Attempt]) -> tuple[AttemptKind, int]:
+    """What the compose node does next, read off the attempts so far."""
+    if not attempts:
+        return "compose", 0
+    last = attempts[-1]
+    if not last["valid"]:
+        return "repair", last["round"]
+    return "refine", last["round"] + 1
+
+
+def compose(
+    state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model
+) -> State:
+    """One model turn: the first tune, a repair, or a refinement, in one growing conversation.
+
+    What stays the same (instructions, image, examples) comes first and only the new feedback
+    is appended, so the model server's prefix cache serves the repeated part.
+    """
+    context = runtime.context
+    attempts = state.get("attempts", [])
+    kind, round_number = next_attempt(attempts)
+    folder = context.prompts_dir or None
+    thinking = think_suffix(context.thinking)
+    if kind == "compose":
+        prompt = render_prompt(
+            "compose.j2", folder=folder, description=state.get("description", ""),
+            note=state.get("note", ""), examples=state.get("examples", []), max_bars=MAX_BARS,
+            thinking=thinking,
+        )
+        turns: list[Message] = [_system(context), _image_message(state["image"], prompt)]
+    elif kind == "repair":
+        errors = ParseCheck.model_validate(attempts[-1]["check"]).feedback()
+        turns = [{"role": "user", "content": render_prompt(
+            "repair.j2", folder=folder, errors=errors, thinking=thinking)}]
+    else:
+        metrics = TuneMetrics.model_validate(attempts[-1]["metrics"])
+        turns = [{"role": "user", "content": render_prompt(
+            "refine.j2", folder=folder, round=round_number, thinking=thinking,
+            feedback=metric_feedback(metrics, folder=folder))}]
+    conversation = [*state.get("conversation", []), *turns]
+    reply = call_model(model_for(context), _to_langchain(conversation),
+                       endpoint=context.vlm_base_url)
+    extraction = extract_abc(reply.text)
+    repaired = repair_abc(extraction.abc) if extraction.abc else None
+    attempt: Attempt = {
+        "n": len(attempts), "round": round_number, "kind": kind,
+        "raw": reply.text[:MAX_RAW_CHARS],
+        "abc": repaired.abc if repaired else None, "motivation": extraction.motivation,
+        "fixes": repaired.fixes if repaired else [], "notes": extraction.notes,
+        "check": None, "metrics": None, "valid": False,
+        "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
+        "seconds": reply.seconds,
+    }
+    answer = _answer_turn(attempt)
+    return {
+        "conversation": [*turns, answer], "attempts": [attempt],
+        "usage": _usage("compose", reply.input_tokens, reply.output_tokens),
+        "timings": {"compose": reply.seconds},
+    }
+
+
+def parse_check(state: State) -> State:
+    """The checker's verdict on the latest tune; a valid tune becomes the one the run stands on."""
+    started = time.perf_counter()
+    attempt = state["attempts"][-1]
+    if attempt["abc"] is None:
+        check = ParseCheck(ok=False, errors=[
+            Diagnostic(severity="error", line=0, col=0, message=NO_TUNE)])
+    else:
+        check = compile_abc(attempt["abc"]).check
+    update: State = {
+        "attempts": [{**attempt, "check": check.model_dump(), "valid": check.ok}],
+        "timings": {"parse_check": time.perf_counter() - started},
+    }
+    if check.ok:
+        update["best"] = attempt["n"]
+    return update
+
+
+def evaluate(state: State) -> State:
+    """The eight MusPy metrics of the tune just accepted, for the report and for refining."""
+    started = time.perf_counter()
+    attempt = state["attempts"][-1]
+    compiled = compile_abc(attempt["abc"] or "")
+    assert compiled.midi is not None, "evaluate runs only after a valid parse-check"
+    metrics = evaluate_midi(compiled.midi, bars=compiled.check.bars, voices=compiled.check.voices)
+    return {"attempts": [{**attempt, "metrics": metrics.model_dump()}],
+            "timings": {"evaluate": time.perf_counter() - started}}
+
+
+def explain(state: State, runtime: Runtime[Context]) -> State:
+    """The chosen tune, its motivation, and what shaped it; or why there is no tune."""
+    attempts = state.get("attempts", [])
+    best = state.get("best")
+    if best is None:
+        last = attempts[-1] if attempts else None
+        reason = "no valid tune within the limits"
+        if last and last["check"]:
+            reason += ": " + ParseCheck.model_validate(last["check"]).feedback(limit=3)
+        return {"status": "failed", "failure": reason, "final_abc": None}
+    chosen = attempts[best]
+    explanation: dict[str, Any] = {
+        "method": runtime.context.explain,
+        "chosen_attempt": best,
+        "rounds": max(a["round"] for a in attempts),
+        "repairs": sum(a["kind"] == "repair" for a in attempts),
+        "examples": [e["id"] for e in state.get("examples", [])],
+    }
+    return {"status": "done", "final_abc": chosen["abc"], "motivation": chosen["motivation"],
+            "explanation": explanation}
+
+
+def _system(context: Context) -> Message:
+    return {"role": "system", "content": render_prompt("system.j2",
+                                                       folder=context.prompts_dir or None)}
+
+
+def _image_message(data_url: str, text: str) -> Message:
+    """The image first, then the words: the part of the prompt that never changes."""
+    return {"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": data_url}}, {"type": "text", "text": text},
+    ]}
+
+
+def _answer_turn(attempt: Attempt) -> Message:
+    """The model's answer as the conversation keeps it: reasoning dropped, the tune as checked."""
+    if attempt["abc"] is None:
+        return {"role": "assistant", "content": strip_reasoning(attempt["raw"])[:4_000]}
+    text = f"```abc\n{attempt['abc'].rstrip()}\n```"
+    if attempt["motivation"]:
+        text += f"\nMotivation: {attempt['motivation']}"
+    return {"role": "assistant", "content": text}
+
+
+def _to_langchain(messages: list[Message]) -> list[BaseMessage]:
+    kinds: dict[str, type[BaseMessage]] = {
+        "system": SystemMessage, "user": HumanMessage, "assistant": AIMessage,
+    }
+    return [kinds[message["role"]](content=cast(Any, message["content"])) for message in messages]
+
+
+def _usage(node: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    return {node: {"calls": 1, "input_tokens": input_tokens, "output_tokens": output_tokens}}

@@ -1,0 +1,80 @@
+"""What a run knows: its inputs, every attempt the model made, and what was chosen.
+
+Everything here is plain JSON (the image travels as a data URL), so a checkpointer can save a
+run after each node and LangGraph Studio can show it.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Annotated, Any, Literal, TypedDict
+
+AttemptKind = Literal["compose", "repair", "refine"]
+Status = Literal["running", "done", "failed"]
+
+
+class Attempt(TypedDict):
+    """One answer of the model in the compose loop, kept whether it was usable or not."""
+
+    n: int  # its place in `attempts`; later nodes update an attempt by this number
+    round: int  # 0 is the first composition; 1, 2, … are refinement rounds
+    kind: AttemptKind
+    raw: str  # the model's text, reasoning included, capped
+    abc: str | None  # the tune extracted and mechanically repaired
+    motivation: str
+    fixes: list[str]  # mechanical repairs applied, one line each
+    notes: list[str]  # what extraction did
+    check: dict[str, Any] | None  # ParseCheck, as JSON
+    metrics: dict[str, Any] | None  # TuneMetrics of a valid tune, as JSON
+    valid: bool
+    input_tokens: int
+    output_tokens: int
+    seconds: float
+
+
+class Message(TypedDict):
+    """One turn of the compose conversation, in the OpenAI chat format."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+
+def merge(left: dict[str, Any], right: dict[str, Any]) -> dict[str, Any]:
+    """Per-node bookkeeping adds up: a node that runs three times counts three times."""
+    merged = dict(left)
+    for key, value in right.items():
+        if isinstance(value, int | float) and isinstance(merged.get(key), int | float):
+            merged[key] = merged[key] + value
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def upsert_attempts(left: list[Attempt], right: list[Attempt]) -> list[Attempt]:
+    """A node returns new attempts to append, or known ones (same `n`) with their verdicts."""
+    merged = list(left)
+    for attempt in right:
+        if attempt["n"] < len(merged):
+            merged[attempt["n"]] = attempt
+        else:
+            merged.append(attempt)
+    return merged
+
+
+class State(TypedDict, total=False):
+    image: str  # data URL of the image, downscaled to the model's pixel budget
+    note: str  # the user's line about the mood they want, if any
+    description: str
+    examples: list[dict[str, Any]]  # retrieved tunes with caption, ABC and both similarities
+    conversation: Annotated[list[Message], operator.add]  # grows; its prefix never changes
+    attempts: Annotated[list[Attempt], upsert_attempts]
+    best: int | None  # index in attempts of the tune the run stands on
+    final_abc: str | None
+    motivation: str
+    explanation: dict[str, Any]
+    status: Status
+    failure: str
+    usage: Annotated[dict[str, Any], merge]  # node -> {"calls", "input_tokens", "output_tokens"}
+    timings: Annotated[dict[str, float], merge]  # node -> seconds

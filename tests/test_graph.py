@@ -1,0 +1,189 @@
+"""The composing graph end to end with scripted model answers, and its routers on their own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from langgraph.runtime import Runtime
+from matplotlib import cbook
+
+from img2music.graph.context import Context
+from img2music.graph.graph import build_graph
+from img2music.graph.models import image_data_url
+from img2music.graph.routing import after_evaluate, after_parse_check
+from img2music.graph.state import Attempt, State
+from img2music.tools.check import check_abc
+from img2music.tools.images import open_image
+from img2music.tools.music21_corpus import iter_corpus_tunes
+from img2music.tools.retrieve import RetrievedExample
+from tests.scripted import ScriptedChatModel
+
+PHOTO = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+DESCRIPTION = ("<think>Portrait, uniform.</think>A formal portrait of an officer in dark uniform "
+               "before a flag; calm, dignified, warm indoor light.")
+TUNE = """X:1
+T:Dignity
+M:4/4
+L:1/8
+Q:1/4=72
+K:D
+% [theme]
+D2 F2 A2 d2 | c2 B2 A4 | B2 A2 F2 D2 | E8 |
+% [close]
+F2 A2 d2 f2 | e2 d2 c4 | d2 A2 F2 E2 | D8 |]
+"""
+BROKEN = TUNE.replace("c2 B2 A4 |", "c2 B2 A4 B2 |")
+REFINED = TUNE.replace("T:Dignity", "T:Dignity, refined").replace("D8 |]", "D6 z2 |]")
+
+
+def answer(tune: str, *, think: bool = False) -> str:
+    reasoning = "<think>The uniform suggests a march; D major, steady.</think>\n" if think else ""
+    return (f"{reasoning}Here is the piece.\n\n```abc\n{tune}```\n\nMotivation: A steady "
+            "hymn-like line in D major mirrors the calm dignity of the portrait.")
+
+
+class Examples:
+    """Two real corpus tunes as the retriever's answer; retrieval itself is tested elsewhere."""
+
+    def __init__(self) -> None:
+        tunes = [t for _, t in zip(range(2), iter_corpus_tunes(("oneills1850",)), strict=False)]
+        self.examples = [
+            RetrievedExample(id=t.id, caption=f"An Irish air, number {i}.", abc=t.text,
+                             score=0.5, image_similarity=0.2, text_similarity=0.6)
+            for i, t in enumerate(tunes)
+        ]
+        self.queries: list[dict[str, Any]] = []
+
+    def retrieve(self, **query: Any) -> list[RetrievedExample]:
+        self.queries.append(query)
+        return self.examples[: query["k"]]
+
+
+def run(replies: list[str], **context: Any) -> tuple[State, ScriptedChatModel, list[str], Examples]:
+    """Run the graph on a real photo; returns the final state, the model, the node order."""
+    model = ScriptedChatModel(replies=replies)
+    examples = Examples()
+    graph = build_graph(model_for=lambda _: model, retriever_for=lambda _: examples)
+    state: State = {"image": image_data_url(open_image(PHOTO), max_pixels=128 * 128),
+                    "note": "something solemn"}
+    order: list[str] = []
+    final: State = {}
+    for mode, chunk in graph.stream(state, context=Context(explain="none", **context),
+                                    stream_mode=["updates", "values"]):
+        if mode == "updates":
+            order.extend(chunk)
+        else:
+            final = cast(State, chunk)
+    return final, model, order, examples
+
+
+def test_a_valid_tune_is_refined_once_and_explained() -> None:
+    state, _, order, examples = run(
+        [DESCRIPTION, answer(TUNE, think=True), answer(REFINED)], refine_rounds=1)
+    assert order == ["describe", "retrieve", "compose", "parse_check", "evaluate", "compose",
+                     "parse_check", "evaluate", "explain"]
+    assert state["status"] == "done"
+    assert state["final_abc"] == REFINED
+    assert state["description"].startswith("A formal portrait")
+    assert examples.queries[0]["description"] == state["description"]
+    assert [a["kind"] for a in state["attempts"]] == ["compose", "refine"]
+    assert all(a["metrics"] for a in state["attempts"])
+    assert "steady hymn-like line" in state["motivation"]
+    assert state["usage"]["compose"]["calls"] == 2 and state["usage"]["describe"]["calls"] == 1
+
+
+def test_the_conversation_grows_and_its_prefix_never_changes() -> None:
+    _, model, _, _ = run([DESCRIPTION, answer(TUNE, think=True), answer(REFINED)],
+                         refine_rounds=1)
+    first, second = model.calls[1], model.calls[2]
+    assert second[: len(first)] == first  # the prefix cache can serve the whole first turn
+    assert len(second) == len(first) + 2  # the model's answer, then the feedback
+    refine_prompt = model.texts(2)[-1]
+    assert "Metrics of your tune" in refine_prompt and "Pitch range" in refine_prompt
+    assert "<think>" not in model.texts(2)[-2]  # reasoning is not sent back
+    compose_prompt = model.texts(1)[1]
+    assert "An Irish air, number 0." in compose_prompt and "something solemn" in compose_prompt
+    assert model.texts(1)[1].count("X:") >= 2  # the examples' ABC is in the prompt
+
+
+def test_a_broken_tune_is_repaired_with_the_errors_shown() -> None:
+    state, model, order, _ = run([DESCRIPTION, answer(BROKEN), answer(TUNE)], refine=False)
+    assert order == ["describe", "retrieve", "compose", "parse_check", "compose", "parse_check",
+                     "evaluate", "explain"]
+    repair_prompt = model.texts(2)[-1]
+    assert "bar 2 lasts 10/8 but M:4/4 bars last 8/8 (2/8 too long)" in repair_prompt
+    assert "c2 B2 A4 B2" in repair_prompt  # the offending line
+    assert "X:1" not in repair_prompt  # the tune itself is already in the conversation
+    assert state["final_abc"] == TUNE
+    assert [a["valid"] for a in state["attempts"]] == [False, True]
+
+
+def test_no_tune_at_all_stops_at_the_repair_limit_and_fails_clearly() -> None:
+    prose = "I would write a slow march in D major, with a solemn theme."
+    state, model, order, _ = run([DESCRIPTION, prose, prose, prose], repairs=2)
+    assert order.count("compose") == 3
+    assert order[-1] == "explain"
+    assert state["status"] == "failed"
+    assert "no valid tune within the limits" in state["failure"]
+    assert "no ABC tune" in state["failure"]
+    assert state["final_abc"] is None
+    assert len(model.calls) == 4
+
+
+def test_a_refinement_that_breaks_the_tune_keeps_the_valid_one() -> None:
+    state, _, order, _ = run([DESCRIPTION, answer(TUNE), answer(BROKEN)], repairs=0,
+                             refine_rounds=1)
+    assert order[-3:] == ["compose", "parse_check", "explain"]
+    assert state["status"] == "done"
+    assert state["final_abc"] == TUNE
+    assert state["best"] == 0
+
+
+def test_without_rag_no_examples_are_fetched() -> None:
+    state, model, _, examples = run([DESCRIPTION, answer(TUNE)], rag=False, refine=False)
+    assert examples.queries == []
+    assert state["examples"] == []
+    assert "real tunes" not in model.texts(1)[1]
+
+
+def attempt(n: int, round_number: int, valid: bool) -> Attempt:
+    return {"n": n, "round": round_number, "kind": "compose", "raw": "", "abc": None,
+            "motivation": "", "fixes": [], "notes": [], "check": None, "metrics": None,
+            "valid": valid, "input_tokens": 0, "output_tokens": 0, "seconds": 0.0}
+
+
+def runtime(**context: Any) -> Runtime[Context]:
+    return Runtime(context=Context(**context))
+
+
+@pytest.mark.parametrize(
+    ("valid", "repairs", "expected"),
+    [([True], 0, "evaluate"), ([False], 1, "compose"), ([False], 0, "explain"),
+     ([False, False], 1, "explain"), ([False, False, False], 3, "compose")],
+)
+def test_after_parse_check(valid: list[bool], repairs: int, expected: str) -> None:
+    state: State = {"attempts": [attempt(i, 0, v) for i, v in enumerate(valid)]}
+    assert after_parse_check(state, runtime(repairs=repairs)) == expected
+
+
+def test_after_parse_check_counts_repairs_per_round() -> None:
+    state: State = {"attempts": [attempt(0, 0, False), attempt(1, 0, True),
+                                 attempt(2, 1, False)]}
+    assert after_parse_check(state, runtime(repairs=1)) == "compose"
+
+
+@pytest.mark.parametrize(
+    ("round_number", "refine", "rounds", "expected"),
+    [(0, True, 1, "compose"), (1, True, 1, "explain"), (0, False, 3, "explain"),
+     (0, True, 0, "explain"), (2, True, 3, "compose")],
+)
+def test_after_evaluate(round_number: int, refine: bool, rounds: int, expected: str) -> None:
+    state: State = {"attempts": [attempt(0, round_number, True)]}
+    assert after_evaluate(state, runtime(refine=refine, refine_rounds=rounds)) == expected
+
+
+def test_the_tunes_in_these_tests_are_what_they_claim() -> None:
+    assert check_abc(TUNE).ok and check_abc(REFINED).ok
+    assert not check_abc(BROKEN).ok
