@@ -1,0 +1,360 @@
+"""The VLM client against a real local OpenAI-compatible server that can be told to fail."""
+
+from __future__ import annotations
+
+import base64
+import json
+import operator
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import reduce
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessageChunk, HumanMessage
+from matplotlib import cbook
+from PIL import Image
+
+from img2music.graph.context import Context
+from img2music.graph.models import (
+    ModelReply,
+    VLMUnavailable,
+    call_model,
+    chat_model,
+    image_data_url,
+    image_from_data_url,
+    think_suffix,
+)
+from img2music.settings import Settings
+from img2music.tools.images import open_image
+
+PHOTO = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+MODEL = "Kwai-Keye/Keye-VL-8B-Preview"
+TUNE = "X:1\nT:Harbour at dawn\nM:3/4\nL:1/8\nK:G\nB2 c2 d2 | g4 d2 | e2 d2 B2 | A6 |]\n"
+BUDGET = 448 * 448
+
+
+@dataclass
+class Behaviour:
+    """What the fake server does with chat requests; every field is off by default."""
+
+    fail_first: int = 0  # answer 500 to this many requests, then succeed
+    status: int | None = None  # answer this status to every request
+    retry_after_ms: int | None = None  # sent with error answers, to keep retries fast
+    sleep_s: float = 0.0  # wait this long before answering
+    close_first: int = 0  # drop this many connections without a word
+
+
+@dataclass
+class FakeVLM:
+    """An OpenAI chat-completions server in a thread, recording what it was sent."""
+
+    url: str
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: pytest shows failures, not every request."""
+
+    def do_GET(self) -> None:
+        if self.path == "/v1/models":
+            self._json(200, {"object": "list", "data": [
+                {"id": MODEL, "object": "model", "created": 0, "owned_by": "vllm"}]})
+        else:
+            self._json(404, {"detail": "Not Found"})
+
+    def do_POST(self) -> None:
+        fake = self.server.fake
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with fake.lock:
+            fake.requests.append(body)
+            fake.headers.append({k.lower(): v for k, v in self.headers.items()})
+            fake.times.append(time.monotonic())
+            seen = len(fake.requests)
+        behaviour = fake.behaviour
+        if seen <= behaviour.close_first:
+            self.close_connection = True
+            return
+        if behaviour.sleep_s and fake.stopping.wait(behaviour.sleep_s):
+            return
+        if behaviour.status is not None or seen <= behaviour.fail_first:
+            status = behaviour.status or 500
+            self._json(status, {"object": "error", "message": f"scripted failure {status}",
+                                "type": "InternalServerError", "param": None, "code": status})
+        elif body["model"] != MODEL:
+            self._json(404, {"object": "error", "type": "NotFoundError", "param": None,
+                             "message": f"The model `{body['model']}` does not exist.",
+                             "code": 404})
+        elif body.get("stream"):
+            self._stream(body)
+        else:
+            self._json(200, {
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": MODEL,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": TUNE}}],
+                "usage": {"prompt_tokens": 321, "completion_tokens": 45, "total_tokens": 366},
+            })
+
+    def _json(self, status: int, payload: dict[str, Any]) -> None:
+        data = json.dumps(payload).encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if status >= 400 and self.server.fake.behaviour.retry_after_ms is not None:
+                self.send_header("retry-after-ms", str(self.server.fake.behaviour.retry_after_ms))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:  # the client gave up first (timeouts)
+            self.close_connection = True
+
+    def _stream(self, body: dict[str, Any]) -> None:
+        """Server-sent events as vLLM writes them: deltas, a finish, usage, [DONE]."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        base = {"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 0,
+                "model": MODEL}
+        pieces = [TUNE[i:i + 7] for i in range(0, len(TUNE), 7)]
+        events: list[dict[str, Any]] = [
+            {**base, "choices": [{"index": 0, "finish_reason": None,
+                                  "delta": {"role": "assistant", "content": piece}}]}
+            for piece in pieces
+        ]
+        events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        if body.get("stream_options", {}).get("include_usage"):
+            events.append({**base, "choices": [], "usage": {
+                "prompt_tokens": 321, "completion_tokens": len(pieces),
+                "total_tokens": 321 + len(pieces)}})
+        for event in events:
+            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+            self.wfile.flush()
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.close_connection = True
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, fake: FakeVLM) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.fake = fake
+
+
+@pytest.fixture
+def vlm() -> Iterator[FakeVLM]:
+    fake = FakeVLM(url="")
+    server = Server(fake)
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    yield fake
+    fake.stopping.set()
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def settings_for(tmp_path: Path, **values: Any) -> Settings:
+    return Settings(data_dir=tmp_path, **{"vlm_timeout_s": 10.0, "vlm_retries": 2, **values})
+
+
+def model_for(url: str, settings: Settings, **context: Any) -> Any:
+    return chat_model(Context.from_settings(settings, vlm_base_url=url, **context),
+                      settings=settings)
+
+
+def messages() -> list[HumanMessage]:
+    image = image_data_url(open_image(PHOTO), max_pixels=BUDGET)
+    return [HumanMessage(content=[
+        {"type": "text", "text": f"Write a tune for this picture. {think_suffix(False)}"},
+        {"type": "image_url", "image_url": {"url": image}},
+    ])]
+
+
+def unavailable(url: str, settings: Settings, **context: Any) -> tuple[str, float]:
+    """The VLMUnavailable message of one call, and how long the call took to fail."""
+    started = time.monotonic()
+    with pytest.raises(VLMUnavailable) as caught:
+        call_model(model_for(url, settings, **context), messages(), endpoint=url)
+    message = str(caught.value)
+    assert "\n" not in message and url in message
+    return message, time.monotonic() - started
+
+
+def test_a_call_sends_keyes_sampling_and_the_image(vlm: FakeVLM, tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    model = model_for(vlm.url, settings, vlm_model=MODEL, max_tokens=1234)
+    reply = call_model(model, messages(), endpoint=vlm.url)
+    assert reply == ModelReply(text=TUNE, input_tokens=321, output_tokens=45,
+                               seconds=reply.seconds, finish_reason="stop")
+    assert 0 < reply.seconds < 5
+    [body] = vlm.requests
+    assert body["model"] == MODEL
+    assert (body["temperature"], body["top_p"], body["top_k"]) == (0.6, 0.95, 20)
+    assert body["max_completion_tokens"] == 1234
+    assert "extra_body" not in body and not body.get("stream")
+    text, image = body["messages"][0]["content"]
+    assert text["text"].endswith("/no_think")
+    url = image["image_url"]["url"]
+    assert image["type"] == "image_url" and url.startswith("data:image/jpeg;base64,")
+    sent = image_from_data_url(url)
+    assert sent.width * sent.height <= BUDGET
+
+
+def test_streaming_concatenates_the_chunks(vlm: FakeVLM, tmp_path: Path) -> None:
+    model = model_for(vlm.url, settings_for(tmp_path), vlm_model=MODEL)
+    chunks = list(model.stream(messages()))
+    assert len(chunks) > 5 and all(isinstance(chunk, AIMessageChunk) for chunk in chunks)
+    whole = reduce(operator.add, chunks)
+    assert whole.text == TUNE
+    assert whole.usage_metadata is not None
+    assert (whole.usage_metadata["input_tokens"], whole.usage_metadata["output_tokens"]) == \
+        (321, len(TUNE) // 7 + 1)
+    [body] = vlm.requests
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["top_k"] == 20
+
+
+def test_two_500s_are_retried_with_growing_backoff(vlm: FakeVLM, tmp_path: Path) -> None:
+    vlm.behaviour = Behaviour(fail_first=2)
+    reply = call_model(model_for(vlm.url, settings_for(tmp_path), vlm_model=MODEL), messages(),
+                       endpoint=vlm.url)
+    assert reply.text == TUNE
+    assert [headers["x-stainless-retry-count"] for headers in vlm.headers] == ["0", "1", "2"]
+    start, after_first, after_second = vlm.times
+    first, second = after_first - start, after_second - after_first
+    assert 0.3 < first < second < 2  # 0.5 s then 1 s, less up to 25 % jitter
+
+
+def test_500_every_time_gives_up_after_the_retries(vlm: FakeVLM, tmp_path: Path) -> None:
+    vlm.behaviour = Behaviour(status=500, retry_after_ms=10)
+    message, _ = unavailable(vlm.url, settings_for(tmp_path, vlm_retries=2), vlm_model=MODEL)
+    assert len(vlm.requests) == 3
+    assert "answered 500 Internal Server Error 3 times: scripted failure 500" in message
+
+
+def test_a_closed_port_is_refused_quickly(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    message, seconds = unavailable(url, settings_for(tmp_path, vlm_retries=1))
+    assert "refused the connection" in message and "img2music vlm serve" in message
+    assert seconds < 2
+
+
+def test_a_dropped_connection_is_retried(vlm: FakeVLM, tmp_path: Path) -> None:
+    vlm.behaviour = Behaviour(close_first=1)
+    reply = call_model(model_for(vlm.url, settings_for(tmp_path), vlm_model=MODEL), messages(),
+                       endpoint=vlm.url)
+    assert reply.text == TUNE and len(vlm.requests) == 2
+
+
+def test_a_silent_server_times_out(vlm: FakeVLM, tmp_path: Path) -> None:
+    vlm.behaviour = Behaviour(sleep_s=5)
+    settings = settings_for(tmp_path, vlm_timeout_s=0.5, vlm_retries=1)
+    message, seconds = unavailable(vlm.url, settings, vlm_model=MODEL)
+    assert "did not answer within 0.5 s (2 tries)" in message
+    assert len(vlm.requests) == 2 and seconds < 3
+
+
+def test_an_unknown_model_is_named_with_the_served_ones(vlm: FakeVLM, tmp_path: Path) -> None:
+    message, _ = unavailable(vlm.url, settings_for(tmp_path), vlm_model="Keye-VL-8")
+    assert "does not serve the model 'Keye-VL-8'" in message
+    assert f"(it serves {MODEL})" in message
+    assert len(vlm.requests) == 1  # a 4xx is not retried
+
+
+def test_a_bad_request_says_what_the_server_said(vlm: FakeVLM, tmp_path: Path) -> None:
+    vlm.behaviour = Behaviour(status=400)
+    message, _ = unavailable(vlm.url, settings_for(tmp_path), vlm_model=MODEL)
+    assert "answered 400 Bad Request: scripted failure 400" in message
+    assert len(vlm.requests) == 1
+
+
+def test_a_long_answer_is_cut_and_says_so(vlm: FakeVLM, tmp_path: Path) -> None:
+    model = model_for(vlm.url, settings_for(tmp_path), vlm_model=MODEL)
+    reply = call_model(model, messages(), endpoint=vlm.url, max_chars=10)
+    assert reply.truncated and reply.text == TUNE[:10]
+
+
+def test_models_are_built_once_per_configuration(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path)
+    first = model_for("http://127.0.0.1:9/v1", settings)
+    assert model_for("http://127.0.0.1:9/v1", settings) is first
+    assert model_for("http://127.0.0.1:9/v1", settings, temperature=0.2) is not first
+    assert model_for("http://127.0.0.1:9/v1", settings_for(tmp_path, vlm_retries=0)) is not first
+
+
+def test_the_local_backend_wraps_one_shared_copy_of_the_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from img2music.graph import local_vlm
+
+    loaded: list[tuple[str, bool]] = []
+
+    def fake_load(name: str, *, trust_remote_code: bool = False,
+                  attention: bool = False) -> local_vlm.LocalVLM:
+        loaded.append((name, trust_remote_code))
+        return local_vlm.LocalVLM(model=None, processor=None, name=name)
+
+    monkeypatch.setattr(local_vlm, "shared_local_vlm", fake_load)
+    settings = settings_for(tmp_path, vlm_backend="local", vlm_model=str(tmp_path / "keye"))
+    model = model_for("unused", settings, top_k=7, max_tokens=99)
+    assert isinstance(model, local_vlm.LocalChatModel)
+    assert (model.temperature, model.top_p, model.top_k, model.max_new_tokens) == \
+        (0.6, 0.95, 7, 99)
+    assert model_for("unused", settings, top_k=7, max_tokens=99) is model
+    assert loaded == [(str(tmp_path / "keye"), True)]
+
+
+def test_think_switches() -> None:
+    assert (think_suffix(True), think_suffix(False)) == ("/think", "/no_think")
+
+
+def test_a_big_photo_is_downscaled_to_the_budget_keeping_aspect() -> None:
+    big = Image.open(PHOTO).resize((2000, 2400))
+    sent = image_from_data_url(image_data_url(big, max_pixels=BUDGET))
+    assert sent.width * sent.height <= BUDGET
+    assert sent.width * sent.height > 0.99 * BUDGET
+    assert sent.width / sent.height == pytest.approx(2000 / 2400, rel=0.01)
+
+
+def test_a_small_image_is_not_upscaled_and_loses_its_alpha() -> None:
+    small = Image.new("RGBA", (40, 30), (255, 0, 0, 0))
+    sent = image_from_data_url(image_data_url(small, max_pixels=BUDGET))
+    assert sent.size == (40, 30) and sent.mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://example.com/cat.jpg", "not a data URL"),
+        ("data:text/plain;base64,aGVsbG8=", "holds text/plain, not an image"),
+        ("data:,hello", "holds text/plain, not an image"),
+        ("data:image/png,rawbytes", "not base64-encoded"),
+        ("data:image/png;base64,!!not base64!!", "not valid base64"),
+        ("data:image/png;base64," + base64.b64encode(b"not an image").decode(),
+         "no image format recognised"),
+        ("data:image/png;base64," + "A" * 2_000, "image limit"),
+    ],
+)
+def test_a_data_url_that_is_no_usable_image_is_refused(
+    url: str, message: str, tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path, max_image_bytes=1_000)
+    with pytest.raises(ValueError, match=message):
+        image_from_data_url(url, settings=settings)
