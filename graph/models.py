@@ -189,7 +189,7 @@ def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentatio
     truncated = len(text) > max_chars
     if truncated:
         logger.warning("the model at %s wrote %d characters; kept the first %d",
-                    endpoint, len(text), max_chars)
+                       endpoint, len(text), max_chars)
         text = text[:max_chars]
     usage = message.usage_metadata if isinstance(message, AIMessage) else None
     finish_reason = message.response_metadata.get("finish_reason")
@@ -202,7 +202,7 @@ def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentatio
         finish_reason=finish_reason if isinstance(finish_reason, str) else None,
     )
     logger.info("model call to %s: %d tokens in, %d out, %.1f s, finish %s", endpoint,
-             reply.input_tokens, reply.output_tokens, seconds, reply.finish_reason)
+                reply.input_tokens, reply.output_tokens, seconds, reply.finish_reason)
     return reply
 
 
