@@ -8,8 +8,10 @@ scripted models.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
@@ -33,6 +35,7 @@ RetrieverFor = Callable[[Context], Any]
 MAX_DESCRIPTION_CHARS = 2_000
 MAX_RAW_CHARS = 50_000
 MAX_BARS = 64
+_RETRIEVER_LOCK = threading.Lock()
 NO_TUNE = ("your answer has no ABC tune: write the whole tune in an ```abc block, starting "
            "with X:1 and ending the header with K:")
 
@@ -73,7 +76,17 @@ def retrieve(
 
 
 def default_retriever(context: Context) -> Any:
-    """The configured index, built on first use (the music21 corpus needs no download)."""
+    """The configured index, built on first use (the music21 corpus needs no download).
+
+    One retriever serves every run of the process; the lock keeps concurrent runs from loading
+    CLIP or opening Chroma twice at once (Chroma's bindings do not import safely in parallel).
+    """
+    with _RETRIEVER_LOCK:
+        return _shared_retriever()
+
+
+@lru_cache(maxsize=1)
+def _shared_retriever() -> Any:
     from img2music.settings import get_settings
     from img2music.tools.embedder import load_embedder
     from img2music.tools.index import ensure_index

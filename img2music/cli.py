@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +15,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
+from img2music.graph.context import ExplainMode
 from img2music.settings import get_settings
 from img2music.tools.check import CompiledAbc, compile_abc, decode_abc
 from img2music.tools.diagnostics import Diagnostic
@@ -281,3 +283,82 @@ def _embedder() -> Embedder:
     except EmbedderUnavailable as error:
         errors.print(Text(f"error: {error}"))
         raise typer.Exit(1) from error
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@app.command("compose")
+def compose_command(
+    images: Annotated[list[Path], typer.Argument(help="Images, or folders of images.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the results.")] = Path("out"),
+    note: Annotated[str, typer.Option("--note", help="A line about the mood you want.")] = "",
+    k: Annotated[int | None, typer.Option("-k", min=0, max=20, help="Examples to retrieve.")] = (
+        None),
+    repairs: Annotated[int | None, typer.Option("--repairs", min=0, max=10)] = None,
+    refine_rounds: Annotated[int | None, typer.Option("--refine-rounds", min=0, max=10)] = None,
+    no_rag: Annotated[bool, typer.Option("--no-rag", help="Compose without examples.")] = False,
+    no_refine: Annotated[bool, typer.Option("--no-refine", help="Skip metric feedback.")] = (
+        False),
+    explain: Annotated[ExplainMode | None, typer.Option("--explain")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64)] = 4,
+) -> None:
+    """Compose music for each image: tune.abc, MIDI, audio, score, explanation and reports."""
+    from img2music.runs import Composition, compose
+
+    paths = _image_paths(images)
+    folders = _output_folders(paths, out)
+    overrides: dict[str, Any] = {"rag_k": k, "repairs": repairs, "refine_rounds": refine_rounds,
+                 "rag": False if no_rag else None, "refine": False if no_refine else None,
+                 "explain": explain}
+    results: list[Composition] = []
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=console) as progress:
+        tasks = {str(path): progress.add_task(f"{path.name}: waiting", total=None)
+                 for path in paths}
+
+        def show(image: str, node: str) -> None:
+            progress.update(tasks[image], description=f"{Path(image).name}: {node}")
+
+        def one(path: Path) -> Composition:
+            result = compose(path, out_dir=folders[path], note=note, on_progress=show,
+                             **overrides)
+            verdict = "done" if result.ok else f"no tune: {result.error}"
+            progress.update(tasks[str(path)], description=f"{path.name}: {verdict}")
+            return result
+
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            results = list(pool.map(one, paths))
+    for result in results:
+        if result.ok:
+            console.print(Text(f"{result.image}: {result.out_dir / 'tune.abc'}"))
+        else:
+            errors.print(Text(f"{result.image}: {result.error}"))
+    raise typer.Exit(0 if all(result.ok for result in results) else 1)
+
+
+def _image_paths(arguments: list[Path]) -> list[Path]:
+    paths: list[Path] = []
+    for argument in arguments:
+        if argument.is_dir():
+            paths.extend(sorted(p for p in argument.rglob("*")
+                                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+        else:
+            paths.append(argument)
+    if not paths:
+        errors.print("[red]error:[/red] no images given (jpg, png, gif, webp, bmp, tiff)")
+        raise typer.Exit(EXIT_USAGE)
+    return paths
+
+
+def _output_folders(paths: list[Path], out: Path) -> dict[Path, Path]:
+    """One folder per image, named after it; a repeated name gets a number."""
+    folders: dict[Path, Path] = {}
+    used: set[str] = set()
+    for path in paths:
+        name, number = path.stem, 2
+        while name in used:
+            name, number = f"{path.stem}-{number}", number + 1
+        used.add(name)
+        folders[path] = out / name
+    return folders

@@ -1,0 +1,327 @@
+"""The VLM in-process with transformers: no server needed, and attention maps become possible.
+
+vLLM cannot return attention weights, so the paper's attention map needs a transformers copy of
+the model anyway; with this backend the same copy also writes the tunes. `LocalChatModel` is a
+LangChain chat model, so graph nodes call it exactly like the OpenAI-compatible one, with the same
+OpenAI-style messages (text parts and `image_url` parts holding data URLs). It keeps the last
+conversation and what the model wrote, for the attention pass over the composed tune.
+
+Models are never downloaded here: `LocalVLM.load` reads local files only (a folder or the
+Hugging Face cache) and says so when they are missing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import torch
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatResult
+from PIL import Image
+from pydantic import PrivateAttr
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from img2music.tools.attention import (
+    ImageAttention,
+    image_attention,
+    sections_of,
+    token_spans_for,
+)
+from img2music.tools.images import open_image
+
+logger = logging.getLogger(__name__)
+
+ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+SAMPLING_KEYS = frozenset({"temperature", "top_p", "top_k", "max_new_tokens"})
+# Placeholders the processor inserts for pictures; a model that wrote one would break the
+# attention pass (image features no longer match image tokens), so generation never does.
+VISION_TOKEN_FIELDS = (
+    "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"
+)
+_DATA_URL = re.compile(r"data:[^,]*;base64,(?P<data>.*)", re.S)
+
+
+class LocalModelUnavailable(RuntimeError):
+    """The local model or its processor cannot be loaded from local files."""
+
+
+@dataclass(frozen=True)
+class LocalTurn:
+    """One model call: the conversation as the processor read it, and what the model wrote."""
+
+    conversation: list[dict[str, Any]]
+    text: str
+    generated_ids: tuple[int, ...]  # the written tokens, without the end-of-turn token
+    prompt_tokens: int  # image placeholder tokens included
+    output_tokens: int  # the end-of-turn token included, as servers count it
+    finish_reason: str  # "stop" or "length"
+
+    @property
+    def image(self) -> Image.Image | None:
+        """The conversation's first image: the one an attention map is drawn over."""
+        for message in self.conversation:
+            content = message["content"]
+            for part in content if isinstance(content, list) else ():
+                if part.get("type") == "image":
+                    image: Image.Image = part["image"]
+                    return image
+        return None
+
+
+class LocalVLM:
+    """A transformers image-text-to-text model with its processor, one call at a time."""
+
+    def __init__(self, model: Any, processor: Any, *, name: str = "local") -> None:
+        self.model = model
+        self.processor = processor
+        self.name = name
+        # One generate or forward at a time: graph runs may share the model across threads.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str,
+        *,
+        trust_remote_code: bool = False,
+        attention: bool = False,
+        device: str = "auto",
+    ) -> LocalVLM:
+        """Load from a folder or the Hugging Face cache; never downloads.
+
+        `attention=True` selects eager attention, the only implementation that returns attention
+        weights, at the cost of slower, more memory-hungry generation. Keye-VL needs
+        `trust_remote_code=True` (its modelling code ships with the weights).
+        """
+        target = torch.device(_resolve_device(device))
+        dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+        try:
+            model: Any = AutoModelForImageTextToText.from_pretrained(
+                name_or_path,
+                dtype=dtype,
+                attn_implementation="eager" if attention else None,
+                trust_remote_code=trust_remote_code,
+                local_files_only=True,
+            )
+            processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+                name_or_path, trust_remote_code=trust_remote_code, local_files_only=True
+            )
+        except (OSError, ValueError, ImportError) as error:
+            reason = str(error).strip().rstrip(".")
+            raise LocalModelUnavailable(
+                f"Could not load the local VLM {name_or_path!r} from local files ({reason}). "
+                "It must be downloaded first, on a machine with network (`hf download "
+                f"{name_or_path}`, or a copy of its folder with IMG2MUSIC_VLM_MODEL set to the "
+                "folder): img2music does not download models at run time."
+            ) from error
+        logger.info("loaded %s on %s (%s, %s attention)", name_or_path, target, dtype,
+                    "eager" if attention else "default")
+        return cls(model.to(target).eval(), processor, name=name_or_path)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def image_token_id(self) -> int:
+        found = getattr(self.processor, "image_token_id", None)
+        found = found if isinstance(found, int) else self.model.config.image_token_id
+        return int(found)
+
+    def prompt_inputs(self, conversation: list[dict[str, Any]]) -> Any:
+        """The processor's tensors for the conversation, ending with the assistant's turn."""
+        inputs = self.processor.apply_chat_template(
+            conversation, tokenize=True, add_generation_prompt=True, return_dict=True,
+            return_tensors="pt",
+        )
+        return inputs.to(self.model.device)
+
+    def generate(
+        self,
+        conversation: list[dict[str, Any]],
+        *,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        max_new_tokens: int,
+        stop: Sequence[str] | None = None,
+    ) -> LocalTurn:
+        """Sample an answer; temperature 0 is greedy, top_k 0 or -1 switches top-k off."""
+        options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
+        if temperature > 0:
+            options.update(temperature=temperature, top_p=top_p, top_k=max(top_k, 0))
+        suppressed = [
+            value for field in VISION_TOKEN_FIELDS
+            if isinstance(value := getattr(self.model.config, field, None), int)
+        ]
+        if suppressed:
+            options["suppress_tokens"] = suppressed
+        if stop:
+            options.update(stop_strings=list(stop), tokenizer=self.tokenizer)
+        with self._lock, torch.inference_mode():
+            inputs = self.prompt_inputs(conversation)
+            prompt_tokens = int(inputs["input_ids"].shape[1])
+            output = self.model.generate(**inputs, **options)
+        written = [int(token) for token in output[0, prompt_tokens:]]
+        ends = _end_tokens(self.model.generation_config)
+        finished = bool(written) and written[-1] in ends
+        content = written[:-1] if finished else written
+        text = self.tokenizer.decode(content, skip_special_tokens=True)
+        # Like OpenAI-compatible servers: the text ends before the first stop string it holds.
+        cut = min((text.index(word) for word in stop or () if word in text), default=None)
+        if cut is not None:
+            text, finished = text[:cut], True
+        return LocalTurn(
+            conversation=conversation,
+            text=text,
+            generated_ids=tuple(content),
+            prompt_tokens=prompt_tokens,
+            output_tokens=len(written),
+            finish_reason="stop" if finished else "length",
+        )
+
+    def image_attention(self, turn: LocalTurn) -> ImageAttention:
+        """The attention map of a turn's text to its image, overall and per tune section.
+
+        The text is re-tokenized with offsets so that sections map to tokens exactly; that is the
+        sampled token sequence whenever the model wrote the canonical tokenization (almost always).
+        """
+        encoded = self.tokenizer(turn.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = encoded["input_ids"]
+        if ids != list(turn.generated_ids):
+            logger.info("the written text re-tokenizes differently from the sampled tokens; "
+                        "the attention pass reads the re-tokenized text")
+        spans = token_spans_for(turn.text, encoded["offset_mapping"], sections_of(turn.text))
+        with self._lock:
+            inputs = self.prompt_inputs(turn.conversation)
+            return image_attention(
+                self.model, inputs, ids, self.image_token_id, token_spans=spans
+            )
+
+
+class LocalChatModel(BaseChatModel):
+    """A LangChain chat model over a `LocalVLM`, for OpenAI-style text and image messages."""
+
+    vlm: LocalVLM
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 20
+    max_new_tokens: int = 4096
+    _last_turn: LocalTurn | None = PrivateAttr(default=None)
+
+    @property
+    def _llm_type(self) -> str:
+        return "img2music-local-vlm"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {
+            "model_name": self.vlm.name, "temperature": self.temperature, "top_p": self.top_p,
+            "top_k": self.top_k, "max_new_tokens": self.max_new_tokens,
+        }
+
+    @property
+    def last_turn(self) -> LocalTurn | None:
+        """The latest call's conversation and text, for the attention pass."""
+        return self._last_turn
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        unknown = set(kwargs) - SAMPLING_KEYS
+        if unknown:
+            raise TypeError(f"LocalChatModel does not take {', '.join(sorted(unknown))}")
+        turn = self.vlm.generate(
+            to_conversation(messages),
+            temperature=kwargs.get("temperature", self.temperature),
+            top_p=kwargs.get("top_p", self.top_p),
+            top_k=kwargs.get("top_k", self.top_k),
+            max_new_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),
+            stop=stop,
+        )
+        self._last_turn = turn
+        message = AIMessage(
+            content=turn.text,
+            usage_metadata=UsageMetadata(
+                input_tokens=turn.prompt_tokens,
+                output_tokens=turn.output_tokens,
+                total_tokens=turn.prompt_tokens + turn.output_tokens,
+            ),
+            response_metadata={"model_name": self.vlm.name, "finish_reason": turn.finish_reason},
+        )
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+@lru_cache(maxsize=2)
+def shared_local_vlm(
+    name_or_path: str, *, trust_remote_code: bool = False, attention: bool = False
+) -> LocalVLM:
+    """One loaded copy per process and setting: loading an 8B model takes a minute and 16 GB."""
+    return LocalVLM.load(name_or_path, trust_remote_code=trust_remote_code, attention=attention)
+
+
+def to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """LangChain messages as a processor's chat-template conversation, images decoded to PIL."""
+    conversation: list[dict[str, Any]] = []
+    for message in messages:
+        role = ROLES.get(message.type)
+        if role is None:
+            raise ValueError(
+                f"the local VLM takes system, human and AI messages, not {message.type}"
+            )
+        content = message.content
+        parts: str | list[dict[str, Any]] = (
+            content if isinstance(content, str) else [_part(part) for part in content]
+        )
+        conversation.append({"role": role, "content": parts})
+    return conversation
+
+
+def _part(part: str | dict[Any, Any]) -> dict[str, Any]:
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if part.get("type") == "text":
+        return {"type": "text", "text": part["text"]}
+    if part.get("type") == "image_url":
+        url = part["image_url"]["url"] if isinstance(part["image_url"], dict) else part["image_url"]
+        return {"type": "image", "image": _image_from_data_url(url)}
+    raise ValueError(f"the local VLM takes text and image_url parts, not {part.get('type')!r}")
+
+
+def _image_from_data_url(url: str) -> Image.Image:
+    """The picture in a base64 data URL; other URLs would need the network, so they are refused."""
+    match = _DATA_URL.fullmatch(url)
+    if match is None:
+        raise ValueError("the local VLM takes images as base64 data URLs "
+                         f"(data:image/jpeg;base64,...), not {url[:40]!r}")
+    try:
+        data = base64.b64decode(match.group("data"), validate=True)
+    except binascii.Error as error:
+        raise ValueError(f"the image data URL is not valid base64: {error}") from error
+    return open_image(data)
+
+
+def _end_tokens(generation_config: Any) -> set[int]:
+    ends = generation_config.eos_token_id
+    return set() if ends is None else {ends} if isinstance(ends, int) else set(ends)
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device

@@ -1,0 +1,157 @@
+"""Writing a run's files: the tune, its audio and score, the explanation, and the reports."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, select_autoescape
+from PIL import Image
+
+from img2music.graph.context import Context
+from img2music.graph.state import State
+from img2music.settings import Settings
+from img2music.tools.check import ParseCheck
+from img2music.tools.metrics import TuneMetrics
+from img2music.tools.programs import which
+from img2music.tools.render import AudioFormat, render_all
+
+logger = logging.getLogger(__name__)
+
+DATA_URL = re.compile(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+")
+EMBED_AUDIO_LIMIT = 12_000_000
+ATTENTION_LABELS = {
+    "attention": "Where the model looked while composing: attention of the tune's tokens to "
+                 "the image (mean over layers, heads and tokens)",
+    "clip": "CLIP patch relevance of the motivation (not the model's attention)",
+}
+
+
+def write_run(
+    out: Path, final: State, picture: Image.Image, report: dict[str, Any], *,
+    context: Context, settings: Settings,
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Files of one run; no `tune.abc` unless a valid tune was made."""
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    problems: list[str] = []
+    abc = final.get("final_abc")
+    if abc:
+        files["tune.abc"] = out / "tune.abc"
+        files["tune.abc"].write_text(abc, encoding="utf-8")
+        formats: tuple[AudioFormat, ...] = ("ogg",) if which("sox") else ()
+        rendered = render_all(abc, out, audio_formats=formats, settings=settings)
+        files.update({path.name: path for path in rendered.files.values()})
+        problems.extend(rendered.problems)
+        files["motivation.md"] = out / "motivation.md"
+        files["motivation.md"].write_text(_motivation_markdown(final), encoding="utf-8")
+    grid = (final.get("explanation") or {}).get("grid")
+    if grid is not None:
+        from img2music.tools.attention import draw_overlay
+
+        method = final.get("explanation", {}).get("method", "clip")
+        files["attention.png"] = draw_overlay(picture, np.asarray(grid, dtype=np.float64),
+                                              out / "attention.png",
+                                              title=ATTENTION_LABELS.get(method, method))
+    full = {**report, **_without_images(final), "render_problems": problems,
+            "files": [*sorted(files), "report.json", "report.html"]}
+    files["report.json"] = out / "report.json"
+    files["report.json"].write_text(json.dumps(full, indent=2, default=str), encoding="utf-8")
+    files["report.html"] = out / "report.html"
+    files["report.html"].write_text(_html(final, picture, files, full, context),
+                                    encoding="utf-8")
+    return files, full
+
+
+def _without_images(state: State) -> dict[str, Any]:
+    """The state as JSON, the image data URLs replaced by a marker: reports stay small."""
+    text = json.dumps(dict(state), default=str)
+    return dict(json.loads(DATA_URL.sub("data:image (omitted)", text)))
+
+
+def _motivation_markdown(final: State) -> str:
+    title = _title(final.get("final_abc") or "")
+    return (f"# {title}\n\n{final.get('motivation', '').strip()}\n\n"
+            f"## What the model saw\n\n{final.get('description', '').strip()}\n")
+
+
+def _title(abc: str) -> str:
+    match = re.search(r"^T:\s*(.+)$", abc, flags=re.MULTILINE)
+    return match.group(1).strip() if match else "Untitled"
+
+
+def _data_url(path: Path, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def _image_url(picture: Image.Image) -> str:
+    buffer = io.BytesIO()
+    picture.convert("RGB").save(buffer, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _attempt_summary(attempt: dict[str, Any]) -> str:
+    if attempt.get("check") and not attempt["valid"]:
+        return ParseCheck.model_validate(attempt["check"]).feedback(limit=3)
+    if attempt.get("metrics"):
+        metrics = TuneMetrics.model_validate(attempt["metrics"])
+        return " · ".join(
+            f"{m.name} {m.value:.3g}" if m.value is not None else f"{m.name} undefined"
+            for m in metrics.metric_values()
+        )
+    return "; ".join(attempt.get("notes", []))
+
+
+def _html(final: State, picture: Image.Image, files: dict[str, Path], report: dict[str, Any],
+          context: Context) -> str:
+    environment = Environment(loader=PackageLoader("img2music", "templates"),
+                              autoescape=select_autoescape(["html", "j2"]))
+    audio = files.get("tune.ogg") or files.get("tune.wav")
+    audio_src = None
+    if audio is not None and audio.stat().st_size <= EMBED_AUDIO_LIMIT:
+        audio_src = _data_url(audio, "audio/ogg" if audio.suffix == ".ogg" else "audio/wav")
+    score = files.get("score.svg")
+    usage = final.get("usage", {})
+    method = (final.get("explanation") or {}).get("method", "")
+    return environment.get_template("report.html.j2").render(
+        title=_title(final.get("final_abc") or "") if final.get("final_abc") else "No tune",
+        status_line=f"{final.get('status', 'failed')} · {report.get('image', '')}",
+        failure=final.get("failure"),
+        image_src=_image_url(picture),
+        attention_src=_data_url(files["attention.png"], "image/png")
+        if "attention.png" in files else None,
+        attention_label=ATTENTION_LABELS.get(method, ""),
+        audio_src=audio_src,
+        score_svg=_svg_body(score.read_text(encoding="utf-8")) if score else None,
+        motivation=final.get("motivation", ""),
+        description=final.get("description", ""),
+        examples=[{
+            "title": e.get("metadata", {}).get("title") or e["id"], "caption": e["caption"],
+            "score": e["score"], "image": _similarity(e.get("image_similarity")),
+            "text": _similarity(e.get("text_similarity")),
+        } for e in final.get("examples", [])],
+        attempts=[{**a, "summary": _attempt_summary(dict(a))} for a in final.get("attempts", [])],
+        abc=final.get("final_abc"),
+        prompt_set=report.get("prompt_set", {}).get("hash", ""),
+        model=context.vlm_model,
+        calls=sum(node.get("calls", 0) for node in usage.values()),
+        tokens=sum(node.get("input_tokens", 0) + node.get("output_tokens", 0)
+                   for node in usage.values()),
+        seconds=f"{report.get('wall_seconds', 0):.1f}",
+    )
+
+
+def _svg_body(svg: str) -> str:
+    """abcm2ps's SVG without its XML prolog, to sit inside HTML (it was checked when written)."""
+    start = svg.find("<svg")
+    return svg[start:] if start >= 0 else ""
+
+
+def _similarity(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"

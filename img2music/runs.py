@@ -1,0 +1,110 @@
+"""Composing from Python and the CLI: run the graph on an image and write what a person needs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from img2music.graph.context import Context
+from img2music.graph.graph import build_graph
+from img2music.graph.models import VLMUnavailable, image_data_url
+from img2music.graph.nodes import ModelFor, RetrieverFor
+from img2music.graph.state import State
+from img2music.prompt_files import prompt_set
+from img2music.report import write_run
+from img2music.settings import Settings, get_settings
+from img2music.tools.images import BadImage, open_image
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str, str], None]
+
+
+@dataclass
+class Composition:
+    """What one image gave: the tune (None when none was valid), the files, and the report."""
+
+    image: Path
+    out_dir: Path
+    abc: str | None
+    motivation: str
+    files: dict[str, Path] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.abc is not None and self.error is None
+
+
+def compose(
+    image: Path | str,
+    *,
+    out_dir: Path | str | None = None,
+    note: str = "",
+    settings: Settings | None = None,
+    model_for: ModelFor | None = None,
+    retriever_for: RetrieverFor | None = None,
+    on_progress: Progress | None = None,
+    **overrides: Any,
+) -> Composition:
+    """Compose music for one image; `overrides` are `Context` fields (rag_k, refine_rounds, …).
+
+    A bad image or an unreachable model ends this image with a one-line `error`; nothing is
+    raised, so a batch goes on.
+    """
+    settings = settings or get_settings()
+    image = Path(image)
+    out = Path(out_dir) if out_dir else settings.data_dir / "runs" / image.stem
+    context = Context.from_settings(settings, **overrides)
+    started = time.perf_counter()
+    try:
+        picture = open_image(image, settings=settings)
+    except BadImage as error:
+        return _failed(image, out, f"{image}: {error}")
+    state: State = {"image": image_data_url(picture, max_pixels=settings.vlm_image_pixels),
+                    "note": note}
+    kwargs: dict[str, Any] = {"retriever_for": retriever_for}
+    if model_for is not None:
+        kwargs["model_for"] = model_for
+    graph = build_graph(**kwargs)
+    final: State = {}
+    try:
+        for mode, chunk in graph.stream(state, context=context,
+                                        stream_mode=["updates", "values"]):
+            if mode == "updates" and on_progress is not None:
+                for node in chunk:
+                    on_progress(str(image), node)
+            elif mode == "values":
+                final = chunk  # type: ignore[assignment]
+    except VLMUnavailable as error:
+        return _failed(image, out, str(error))
+    except Exception as error:  # one image's fault must not stop the batch
+        logger.exception("composing for %s failed", image)
+        return _failed(image, out, f"{type(error).__name__}: {error}")
+    prompts = prompt_set(context.prompts_dir or None)
+    report = {
+        "image": str(image),
+        "settings": dict(context.__dict__),
+        "prompt_set": {"name": prompts.name, "hash": prompts.hash},
+        "wall_seconds": time.perf_counter() - started,
+    }
+    files, report = write_run(out, final, picture, report, context=context, settings=settings)
+    return Composition(
+        image=image, out_dir=out, abc=final.get("final_abc"),
+        motivation=final.get("motivation", ""), files=files, report=report,
+        error=None if final.get("status") == "done" else final.get("failure", "no tune"),
+    )
+
+
+def _failed(image: Path, out: Path, reason: str) -> Composition:
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"image": str(image), "status": "failed", "failure": reason}
+    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return Composition(image=image, out_dir=out, abc=None, motivation="",
+                       files={"report.json": out / "report.json"}, report=report, error=reason)

@@ -1,0 +1,86 @@
+"""`img2music compose` end to end: real images, a scripted model server on loopback, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from matplotlib import cbook
+from PIL import Image, ImageDraw
+
+from img2music.tools.check import check_abc
+from img2music.tools.music21_corpus import iter_corpus_tunes
+from tests.openai_server import last_user_text, scripted_server
+from tests.test_graph import REFINED, TUNE, answer
+
+PHOTO = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+def respond(body: dict[str, Any]) -> str:
+    text = last_user_text(body)
+    if "Describe this image" in text:
+        return "<think>a portrait</think>A calm portrait in warm light, dark uniform, a flag."
+    if "Metrics of your tune" in text:
+        return answer(REFINED)
+    return answer(TUNE, think=True)
+
+
+def img2music(tmp_path: Path, url: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    environment = {
+        **os.environ, "IMG2MUSIC_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200",
+        "IMG2MUSIC_CLIP_MODEL": "img2music-tiny", "IMG2MUSIC_CLIP_PRETRAINED": "none",
+        "IMG2MUSIC_VLM_BASE_URL": url, "IMG2MUSIC_VLM_MODEL": "scripted-vlm",
+        "IMG2MUSIC_RAG_SOURCES": "abc-dir",
+    }
+    return subprocess.run([str(Path(sys.executable).with_name("img2music")), *arguments],
+                          env=environment, capture_output=True, text=True, timeout=600,
+                          check=False)
+
+
+def test_compose_writes_every_file_and_names_each_failure(tmp_path: Path) -> None:
+    tunes = tmp_path / "tunes"
+    tunes.mkdir()
+    corpus = [t.text for _, t in zip(range(20), iter_corpus_tunes(("oneills1850",)),
+                                     strict=False)]
+    (tunes / "oneill.abc").write_text("\n".join(corpus), encoding="utf-8")
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "portrait.jpg").write_bytes(PHOTO.read_bytes())
+    drawing = Image.new("RGBA", (320, 200), (20, 40, 120, 255))
+    ImageDraw.Draw(drawing).ellipse((200, 30, 280, 110), fill=(250, 200, 60, 255))
+    drawing.save(images / "sunset.png")
+    (images / "notes.jpg").write_text("not an image", encoding="utf-8")
+    (images / "empty.png").write_bytes(b"")
+    with scripted_server(respond) as server:
+        built = img2music(tmp_path, server.url, "index", "build", "--source", "abc-dir",
+                          "--path", str(tunes))
+        assert built.returncode == 0, built.stderr
+        result = img2music(tmp_path, server.url, "compose", str(images), "--out",
+                           str(tmp_path / "out"), "--note", "solemn", "-k", "2",
+                           "--explain", "none", "--concurrency", "2")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "notes.jpg: " in result.stderr and "not a usable image" in result.stderr
+    assert "empty.png: " in result.stderr and "the file is empty" in result.stderr
+    for name in ("portrait", "sunset"):
+        folder = tmp_path / "out" / name
+        written = {path.name for path in folder.iterdir()}
+        assert {"tune.abc", "tune.mid", "tune.wav", "score.svg", "motivation.md",
+                "report.json", "report.html"} <= written, written
+        assert check_abc((folder / "tune.abc").read_text()).ok
+        assert (folder / "tune.abc").read_text() == REFINED
+        report = json.loads((folder / "report.json").read_text())
+        assert report["status"] == "done"
+        assert [a["kind"] for a in report["attempts"]] == ["compose", "refine"]
+        assert len(report["examples"]) == 2
+        assert report["prompt_set"]["name"] == "default" and report["prompt_set"]["hash"]
+        assert "data:image (omitted)" in json.dumps(report["conversation"])
+        html = (folder / "report.html").read_text()
+        assert "<audio controls" in html and "<svg" in html and "data:image/jpeg;base64" in html
+    for name in ("notes", "empty"):
+        assert not (tmp_path / "out" / name / "tune.abc").exists()
+    assert len(server.requests) == 2 * 3  # describe, compose, refine for each good image
+    assert all(request["model"] == "scripted-vlm" for request in server.requests)
