@@ -1,0 +1,317 @@
+"""Attention maps, the local VLM backend and their drawings, offline: a tiny random Qwen2-VL."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from langchain_core.messages import HumanMessage, SystemMessage
+from matplotlib import cbook
+from PIL import Image
+
+from img2music.graph.local_vlm import LocalChatModel, LocalModelUnavailable, LocalTurn, LocalVLM
+from img2music.settings import Settings
+from img2music.tools.attention import (
+    ATTENTION_TITLE,
+    CLIP_TITLE,
+    AttentionUnavailable,
+    clip_patch_relevance,
+    draw_overlay,
+    draw_section_overlays,
+    image_attention,
+    naive_image_attention,
+    sections_of,
+    token_spans_for,
+)
+from img2music.tools.embedder import load_embedder
+from tests.tiny_vlm import MERGE_SIZE, build_tiny_vlm, tiny_tokenizer
+
+SECTIONS_ABC = """```abc
+X:1
+T:Étude at dawn
+M:4/4
+L:1/8
+K:C
+% [intro]
+CDEF GABc|
+% [theme]
+cBAG FEDC|
+C8|]
+```
+Motivation: the light rises, so the melody does.
+"""
+VOICES_ABC = """X:1
+T:Duet
+M:3/4
+L:1/8
+V:1 name="Flute"
+V:2 name="Bass"
+K:G
+V:1
+B2 c2 d2|g6|
+V:2
+G,4 D,2|G,6|
+V:1
+e2 d2 B2|A6|]
+[V:2] C4 D2|D,6|]
+
+"""
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    """A real photograph (512 × 600) that ships with matplotlib."""
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+        return image.convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def wide(photo: Image.Image) -> Image.Image:
+    return photo.crop((0, 200, 512, 350))
+
+
+@pytest.fixture(scope="module")
+def vlm() -> LocalVLM:
+    model, processor = build_tiny_vlm()
+    return LocalVLM(model, processor, name="tiny-qwen2-vl")
+
+
+@pytest.fixture
+def fresh_vlm() -> LocalVLM:
+    """A model no test has run yet: its hooks are only those a test adds."""
+    model, processor = build_tiny_vlm()
+    return LocalVLM(model, processor, name="tiny-qwen2-vl")
+
+
+def data_url(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG")
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def conversation(image: Image.Image) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": [
+        {"type": "image", "image": image}, {"type": "text", "text": "Compose a tune."}]}]
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    return sum(len(module._forward_hooks) for module in model.modules())
+
+
+def test_chat_model_answers_text_and_image_with_usage(vlm: LocalVLM, photo: Image.Image) -> None:
+    chat = LocalChatModel(vlm=vlm, max_new_tokens=12)
+    messages = [
+        SystemMessage("You are a composer."),
+        HumanMessage([{"type": "text", "text": "Compose a tune for this image."},
+                      {"type": "image_url", "image_url": {"url": data_url(photo)}}]),
+    ]
+    answer = chat.invoke(messages)
+
+    assert isinstance(answer.content, str)
+    usage = answer.usage_metadata
+    assert usage is not None
+    turn = chat.last_turn
+    assert turn is not None
+    grid = vlm.prompt_inputs(turn.conversation)["image_grid_thw"][0]
+    image_tokens = int(grid.prod()) // MERGE_SIZE**2
+    assert usage["input_tokens"] == turn.prompt_tokens > image_tokens
+    assert 0 < usage["output_tokens"] <= 12
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert answer.response_metadata["finish_reason"] in {"stop", "length"}
+    assert turn.text == answer.content
+    assert turn.image is not None and turn.image.size == photo.size
+    assert [message["role"] for message in turn.conversation] == ["system", "user"]
+
+
+def test_greedy_answers_repeat_and_bound_settings_apply(vlm: LocalVLM, photo: Image.Image) -> None:
+    chat = LocalChatModel(vlm=vlm, temperature=0, max_new_tokens=8)
+    messages = [HumanMessage([{"type": "image_url", "image_url": {"url": data_url(photo)}},
+                              {"type": "text", "text": "Compose."}])]
+    first, second = chat.invoke(messages), chat.invoke(messages)
+    assert first.content == second.content
+
+    short = chat.bind(max_new_tokens=3).invoke(messages)
+    assert short.usage_metadata is not None and short.usage_metadata["output_tokens"] <= 3
+    with pytest.raises(TypeError, match="extra_body"):
+        chat.invoke(messages, extra_body={"top_k": 20})
+
+
+def test_text_only_prompts_and_stop_strings(vlm: LocalVLM) -> None:
+    chat = LocalChatModel(vlm=vlm, temperature=0, max_new_tokens=16)
+    messages = [HumanMessage("Compose a tune.")]
+    full = chat.invoke(messages).text
+    assert len(full) >= 7
+    stop = full[5:7]
+
+    stopped = chat.invoke(messages, stop=[stop])
+    assert stopped.text == full[: full.index(stop)]
+    assert stopped.response_metadata["finish_reason"] == "stop"
+
+
+def test_images_must_be_data_urls(vlm: LocalVLM) -> None:
+    chat = LocalChatModel(vlm=vlm, max_new_tokens=2)
+    remote = {"type": "image_url", "image_url": {"url": "https://example.com/a.jpg"}}
+    with pytest.raises(ValueError, match="data URL"):
+        chat.invoke([HumanMessage([remote])])
+
+
+def test_saved_model_loads_and_a_missing_one_is_explained(tmp_path: Path) -> None:
+    model, processor = build_tiny_vlm(eager=False)
+    model.save_pretrained(tmp_path / "tiny")
+    processor.save_pretrained(tmp_path / "tiny")
+
+    loaded = LocalVLM.load(str(tmp_path / "tiny"), attention=True, device="cpu")
+    assert loaded.model.config._attn_implementation == "eager"
+    assert loaded.model.dtype == torch.float32
+    assert loaded.image_token_id == processor.image_token_id
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LocalModelUnavailable, match=r"empty.*must be downloaded first"):
+        LocalVLM.load(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("image_name", ["photo", "wide"])
+def test_hooked_map_equals_the_naive_mean(
+    vlm: LocalVLM, image_name: str, request: pytest.FixtureRequest
+) -> None:
+    image: Image.Image = request.getfixturevalue(image_name)
+    inputs = vlm.prompt_inputs(conversation(image))
+    encoded = vlm.tokenizer(VOICES_ABC, add_special_tokens=False, return_offsets_mapping=True)
+    spans = token_spans_for(VOICES_ABC, encoded["offset_mapping"], sections_of(VOICES_ABC))
+    ids = encoded["input_ids"]
+
+    hooked = image_attention(vlm.model, inputs, ids, vlm.image_token_id, token_spans=spans)
+    naive = naive_image_attention(vlm.model, inputs, ids, vlm.image_token_id, token_spans=spans)
+
+    _, height, width = (int(value) for value in inputs["image_grid_thw"][0])
+    shape = (height // MERGE_SIZE, width // MERGE_SIZE)
+    assert hooked.grid.shape == shape
+    assert (hooked.layers, hooked.heads, hooked.tokens) == (2, 4, len(ids))
+    assert hooked.image_tokens == shape[0] * shape[1]
+    np.testing.assert_allclose(hooked.grid, naive.grid, atol=1e-5, rtol=0)
+    assert set(hooked.sections) == set(naive.sections) == {"V:1", "V:2"}
+    for name, grid in hooked.sections.items():
+        assert grid.shape == shape
+        np.testing.assert_allclose(grid, naive.sections[name], atol=1e-5, rtol=0)
+    assert float(hooked.grid.min()) > 0
+
+
+def test_shapes_follow_the_image(vlm: LocalVLM, photo: Image.Image, wide: Image.Image) -> None:
+    tall_map = vlm.image_attention(_turn(photo, SECTIONS_ABC))
+    wide_map = vlm.image_attention(_turn(wide, SECTIONS_ABC))
+    assert tall_map.grid.shape[0] > tall_map.grid.shape[1]
+    assert wide_map.grid.shape[0] < wide_map.grid.shape[1]
+
+
+def test_a_name_in_several_spans_averages_over_all_their_tokens(
+    vlm: LocalVLM, photo: Image.Image
+) -> None:
+    inputs = vlm.prompt_inputs(conversation(photo))
+    ids = vlm.tokenizer(VOICES_ABC, add_special_tokens=False)["input_ids"]
+    apart = image_attention(vlm.model, inputs, ids, vlm.image_token_id,
+                            token_spans=[("a", 0, 10), ("b", 30, 50)])
+    joined = image_attention(vlm.model, inputs, ids, vlm.image_token_id,
+                             token_spans=[("ab", 0, 10), ("ab", 30, 50)])
+    expected = (10 * apart.sections["a"] + 20 * apart.sections["b"]) / 30
+    np.testing.assert_allclose(joined.sections["ab"], expected, atol=1e-6)
+
+
+def test_hooks_are_removed_after_the_pass_and_after_a_failure(
+    fresh_vlm: LocalVLM, photo: Image.Image
+) -> None:
+    model = fresh_vlm.model
+    assert hook_count(model) == 0
+    fresh_vlm.image_attention(_turn(photo, SECTIONS_ABC))
+    assert hook_count(model) == 0
+
+    model.set_attn_implementation("sdpa")  # returns no weights
+    with pytest.raises(AttentionUnavailable, match="eager attention"):
+        fresh_vlm.image_attention(_turn(photo, SECTIONS_ABC))
+    assert hook_count(model) == 0
+
+
+def test_turn_map_has_one_grid_per_section(vlm: LocalVLM, photo: Image.Image) -> None:
+    attention = vlm.image_attention(_turn(photo, SECTIONS_ABC))
+    assert list(attention.sections) == ["intro", "theme"]
+    assert attention.tokens == len(SECTIONS_ABC.encode())  # one byte, one token
+    for grid in attention.sections.values():
+        assert grid.shape == attention.grid.shape
+        assert not np.allclose(grid, attention.grid, atol=0, rtol=0)
+
+
+def test_clip_patch_relevance_is_on_the_patch_grid(photo: Image.Image) -> None:
+    embedder = load_embedder(Settings(clip_model="img2music-tiny", clip_pretrained="none",
+                                      clip_device="cpu"))
+    grid = clip_patch_relevance(embedder, photo, "a portrait of an officer in uniform")
+    assert grid.shape == (4, 4)  # 64 px / 16 px patches
+    assert grid.dtype == np.float32
+    assert float(grid.min()) == 0.0 and float(grid.max()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("image_name", ["photo", "wide"])
+def test_overlays_are_pngs_of_the_image_aspect(
+    image_name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    image: Image.Image = request.getfixturevalue(image_name)
+    grid = np.arange(12, dtype=np.float32).reshape(4, 3)
+
+    path = draw_overlay(image, grid, tmp_path / "maps" / "overlay.png", title=CLIP_TITLE)
+    with Image.open(path) as drawn:
+        assert drawn.format == "PNG"
+        aspect, expected = drawn.width / drawn.height, image.width / image.height
+        assert aspect == pytest.approx(expected, rel=0.15)
+        colours = np.unique(np.asarray(drawn.convert("RGB")).reshape(-1, 3), axis=0)
+        assert len(colours) > 100  # a picture, not a blank
+
+    sections = {"intro": grid, "theme": grid[::-1], "climax": grid * 2}
+    path = draw_section_overlays(image, sections, tmp_path / "sections.png", title=ATTENTION_TITLE)
+    with Image.open(path) as drawn:
+        assert drawn.format == "PNG"
+        assert drawn.width > drawn.height  # three panels side by side
+    with pytest.raises(ValueError, match="no sections"):
+        draw_section_overlays(image, {}, tmp_path / "none.png")
+
+
+def test_sections_of_comment_blocks() -> None:
+    spans = sections_of(SECTIONS_ABC)
+    assert [name for name, _, _ in spans] == ["intro", "theme"]
+    texts = [SECTIONS_ABC[start:end] for _, start, end in spans]
+    assert texts == ["% [intro]\nCDEF GABc|\n", "% [theme]\ncBAG FEDC|\nC8|]\n"]
+
+
+def test_sections_of_voices_skips_header_declarations() -> None:
+    spans = sections_of(VOICES_ABC)
+    assert [name for name, _, _ in spans] == ["V:1", "V:2", "V:1", "V:2"]
+    texts = [VOICES_ABC[start:end] for _, start, end in spans]
+    assert texts == ["V:1\nB2 c2 d2|g6|\n", "V:2\nG,4 D,2|G,6|\n", "V:1\ne2 d2 B2|A6|]\n",
+                     "[V:2] C4 D2|D,6|]\n"]
+    assert sections_of("X:1\nK:C\nCDEF|\n") == []
+
+
+def test_token_spans_cover_the_section_text() -> None:
+    tokenizer = tiny_tokenizer()
+    encoded = tokenizer(SECTIONS_ABC, add_special_tokens=False, return_offsets_mapping=True)
+    spans = token_spans_for(SECTIONS_ABC, encoded["offset_mapping"], sections_of(SECTIONS_ABC))
+    ids = encoded["input_ids"]
+    assert [tokenizer.decode(ids[start:end]) for _, start, end in spans] == [
+        "% [intro]\nCDEF GABc|\n", "% [theme]\ncBAG FEDC|\nC8|]\n"]
+
+    # "É" is two bytes, so two tokens with the same character offsets: both belong to the span.
+    title = SECTIONS_ABC.index("Étude")
+    [(_, start, end)] = token_spans_for(
+        SECTIONS_ABC, encoded["offset_mapping"], [("title", title, title + 1)])
+    assert end - start == 2
+    assert token_spans_for(SECTIONS_ABC, encoded["offset_mapping"], [("empty", 5, 5)]) == []
+    with pytest.raises(ValueError, match="past the end"):
+        token_spans_for("short", encoded["offset_mapping"], [])
+
+
+def _turn(image: Image.Image, text: str) -> LocalTurn:
+    """A turn as if the model had written `text`: the attention pass only teacher-forces it."""
+    return LocalTurn(conversation=conversation(image), text=text, generated_ids=(),
+                     prompt_tokens=0, output_tokens=0, finish_reason="stop")
