@@ -39,7 +39,7 @@ def build_graph(
     builder.add_node("compose", partial(compose, model_for=model_for))
     builder.add_node("parse_check", parse_check)
     builder.add_node("evaluate", evaluate)
-    builder.add_node("explain", explain)
+    builder.add_node("explain", partial(explain, model_for=model_for))
 
     builder.add_edge(START, "describe")
     builder.add_edge("describe", "retrieve")

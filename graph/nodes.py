@@ -19,6 +19,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langgraph.runtime import Runtime
 
 from img2music.graph.context import Context
+from img2music.graph.explain import image_explanation
 from img2music.graph.models import call_model, chat_model, image_from_data_url, think_suffix
 from img2music.graph.state import Attempt, AttemptKind, Message, State
 from img2music.prompt_files import render_prompt
@@ -189,7 +190,9 @@ def evaluate(state: State) -> State:
             "timings": {"evaluate": time.perf_counter() - started}}
 
 
-def explain(state: State, runtime: Runtime[Context]) -> State:
+def explain(
+    state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model
+) -> State:
     """The chosen tune, its motivation, and what shaped it; or why there is no tune."""
     attempts = state.get("attempts", [])
     best = state.get("best")
@@ -207,8 +210,15 @@ def explain(state: State, runtime: Runtime[Context]) -> State:
         "repairs": sum(a["kind"] == "repair" for a in attempts),
         "examples": [e["id"] for e in state.get("examples", [])],
     }
+    started = time.perf_counter()
+    try:
+        explanation.update(image_explanation(state, best, runtime.context,
+                                             model_for(runtime.context)))
+    except Exception as error:  # the tune stands even when its picture cannot be drawn
+        logger.warning("no image explanation: %s", error)
+        explanation["note"] = f"no image explanation: {type(error).__name__}: {error}"
     return {"status": "done", "final_abc": chosen["abc"], "motivation": chosen["motivation"],
-            "explanation": explanation}
+            "explanation": explanation, "timings": {"explain": time.perf_counter() - started}}
 
 
 def _system(context: Context) -> Message:
