@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 from matplotlib import cbook
 
@@ -187,3 +188,36 @@ def test_after_evaluate(round_number: int, refine: bool, rounds: int, expected: 
 def test_the_tunes_in_these_tests_are_what_they_claim() -> None:
     assert check_abc(TUNE).ok and check_abc(REFINED).ok
     assert not check_abc(BROKEN).ok
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_without_redoing_nodes(
+    tmp_path: Path,
+) -> None:
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    class Outage(RuntimeError):
+        """The endpoint went away in the middle of the run."""
+
+    replies = [DESCRIPTION, answer(TUNE), answer(REFINED)]
+    first = ScriptedChatModel(replies=replies[:2])
+    state: State = {"image": image_data_url(open_image(PHOTO), max_pixels=96 * 96)}
+    config: RunnableConfig = {"configurable": {"thread_id": "photo-1"}}
+    context = Context(explain="none", refine_rounds=1)
+
+    def outage_after_two(_: Context) -> ScriptedChatModel:
+        if len(first.calls) == 2:
+            raise Outage("connection lost")
+        return first
+
+    with SqliteSaver.from_conn_string(str(tmp_path / "runs.sqlite")) as saver:
+        graph = build_graph(model_for=outage_after_two, retriever_for=lambda _: Examples(),
+                            checkpointer=saver)
+        with pytest.raises(Outage):
+            graph.invoke(state, config, context=context)
+    second = ScriptedChatModel(replies=replies[2:])
+    with SqliteSaver.from_conn_string(str(tmp_path / "runs.sqlite")) as saver:
+        graph = build_graph(model_for=lambda _: second, retriever_for=lambda _: Examples(),
+                            checkpointer=saver)
+        final = graph.invoke(None, config, context=context)
+    assert final["status"] == "done" and final["final_abc"] == REFINED
+    assert len(first.calls) == 2 and len(second.calls) == 1  # describe and compose not redone
