@@ -12,11 +12,10 @@ import logging
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
 from img2music.graph.context import Context
-from img2music.graph.models import image_from_data_url
-from img2music.graph.state import Message, State
+from img2music.graph.models import image_from_data_url, to_langchain
+from img2music.graph.state import State
 from img2music.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -68,7 +67,7 @@ def _attention(state: State, chosen: int, vlm: Any) -> dict[str, Any]:
     prompt = conversation[: answers[chosen]]
     answer = conversation[answers[chosen]]
     text = answer["content"] if isinstance(answer["content"], str) else ""
-    turn = LocalTurn(conversation=to_conversation(_messages(prompt)), text=text,
+    turn = LocalTurn(conversation=to_conversation(to_langchain(prompt)), text=text,
                      generated_ids=(), prompt_tokens=0, output_tokens=0, finish_reason="stop")
     attention = vlm.image_attention(turn)
     return {
@@ -76,10 +75,3 @@ def _attention(state: State, chosen: int, vlm: Any) -> dict[str, Any]:
         "sections": {name: grid.tolist() for name, grid in attention.sections.items()},
         "layers": attention.layers, "heads": attention.heads, "tokens": attention.tokens,
     }
-
-
-def _messages(conversation: list[Message]) -> list[BaseMessage]:
-    kinds: dict[str, type[BaseMessage]] = {
-        "system": SystemMessage, "user": HumanMessage, "assistant": AIMessage,
-    }
-    return [kinds[m["role"]](content=m["content"]) for m in conversation]  # type: ignore[arg-type]

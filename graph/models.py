@@ -21,15 +21,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
+from typing import Any, cast
 
 import openai
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, MessageLikeRepresentation
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    MessageLikeRepresentation,
+    SystemMessage,
+)
 from langchain_openai import ChatOpenAI
 from PIL import Image
 from pydantic import SecretStr
 
 from img2music.graph.context import Context
+from img2music.graph.state import Message
 from img2music.settings import Settings, get_settings
 from img2music.tools.images import BadImage, open_image, to_rgb
 
@@ -283,3 +291,11 @@ def _served_models(model: BaseChatModel) -> list[str]:
 def _one_line(text: str) -> str:
     line = " ".join(text.split())
     return line if len(line) <= _DETAIL_CHARS else line[:_DETAIL_CHARS - 1] + "…"
+
+
+def to_langchain(messages: Sequence[Message]) -> list[BaseMessage]:
+    """The state's plain-JSON conversation as LangChain messages, images as data-URL parts."""
+    kinds: dict[str, type[BaseMessage]] = {
+        "system": SystemMessage, "user": HumanMessage, "assistant": AIMessage,
+    }
+    return [kinds[m["role"]](content=cast(Any, m["content"])) for m in messages]

@@ -12,15 +12,20 @@ import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 
 from img2music.graph.context import Context
 from img2music.graph.explain import image_explanation
-from img2music.graph.models import call_model, chat_model, image_from_data_url, think_suffix
+from img2music.graph.models import (
+    call_model,
+    chat_model,
+    image_from_data_url,
+    think_suffix,
+    to_langchain,
+)
 from img2music.graph.state import Attempt, AttemptKind, Message, State
 from img2music.prompt_files import render_prompt
 from img2music.tools.check import ParseCheck, compile_abc
@@ -49,7 +54,7 @@ def describe(
     prompt = render_prompt("describe.j2", folder=context.prompts_dir or None,
                            note=state.get("note", ""), thinking=think_suffix(False))
     messages = [_system(context), _image_message(state["image"], prompt)]
-    reply = call_model(model_for(context), _to_langchain(messages),
+    reply = call_model(model_for(context), to_langchain(messages),
                        endpoint=context.vlm_base_url)
     description = strip_reasoning(reply.text)[:MAX_DESCRIPTION_CHARS]
     return {
@@ -140,7 +145,7 @@ def compose(
             "refine.j2", folder=folder, round=round_number, thinking=thinking,
             feedback=metric_feedback(metrics, folder=folder))}]
     conversation = [*state.get("conversation", []), *turns]
-    reply = call_model(model_for(context), _to_langchain(conversation),
+    reply = call_model(model_for(context), to_langchain(conversation),
                        endpoint=context.vlm_base_url)
     extraction = extract_abc(reply.text)
     repaired = repair_abc(extraction.abc) if extraction.abc else None
@@ -241,13 +246,6 @@ def _answer_turn(attempt: Attempt) -> Message:
     if attempt["motivation"]:
         text += f"\nMotivation: {attempt['motivation']}"
     return {"role": "assistant", "content": text}
-
-
-def _to_langchain(messages: list[Message]) -> list[BaseMessage]:
-    kinds: dict[str, type[BaseMessage]] = {
-        "system": SystemMessage, "user": HumanMessage, "assistant": AIMessage,
-    }
-    return [kinds[message["role"]](content=cast(Any, message["content"])) for message in messages]
 
 
 def _usage(node: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
