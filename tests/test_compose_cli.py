@@ -29,12 +29,13 @@ def respond(body: dict[str, Any]) -> str:
     return answer(TUNE, think=True)
 
 
-def img2music(tmp_path: Path, url: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+def img2music(tmp_path: Path, url: str, *arguments: str,
+              **settings: str) -> subprocess.CompletedProcess[str]:
     environment = {
         **os.environ, "IMG2MUSIC_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200",
         "IMG2MUSIC_CLIP_MODEL": "img2music-tiny", "IMG2MUSIC_CLIP_PRETRAINED": "none",
         "IMG2MUSIC_VLM_BASE_URL": url, "IMG2MUSIC_VLM_MODEL": "scripted-vlm",
-        "IMG2MUSIC_RAG_SOURCES": "abc-dir",
+        "IMG2MUSIC_RAG_SOURCES": "abc-dir", **settings,
     }
     return subprocess.run([str(Path(sys.executable).with_name("img2music")), *arguments],
                           env=environment, capture_output=True, text=True, timeout=600,
@@ -84,3 +85,45 @@ def test_compose_writes_every_file_and_names_each_failure(tmp_path: Path) -> Non
         assert not (tmp_path / "out" / name / "tune.abc").exists()
     assert len(server.requests) == 2 * 3  # describe, compose, refine for each good image
     assert all(request["model"] == "scripted-vlm" for request in server.requests)
+
+
+def test_attention_maps_from_a_local_copy_while_composing_remotely(tmp_path: Path) -> None:
+    from tests.tiny_vlm import build_tiny_vlm
+
+    model, processor = build_tiny_vlm(eager=True)
+    model.save_pretrained(tmp_path / "tiny-vlm")
+    processor.save_pretrained(tmp_path / "tiny-vlm")
+    with scripted_server(respond) as server:
+        result = img2music(tmp_path, server.url, "compose", str(PHOTO), "--out",
+                           str(tmp_path / "out"), "--no-rag", "--explain", "attention",
+                           IMG2MUSIC_ATTENTION_MODEL=str(tmp_path / "tiny-vlm"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    folder = tmp_path / "out" / "grace_hopper"
+    report = json.loads((folder / "report.json").read_text())
+    assert report["explanation"]["method"] == "attention"
+    assert set(report["explanation"]["sections"]) == {"theme", "close"}
+    assert (folder / "attention.png").read_bytes().startswith(b"\x89PNG")
+    assert "attention of the tune&#39;s tokens" in (folder / "report.html").read_text()
+
+
+def test_the_local_backend_runs_end_to_end_and_fails_cleanly_on_noise(tmp_path: Path) -> None:
+    """A random-weight model writes noise, never a tune: the run must still end, in one line."""
+    from tests.tiny_vlm import build_tiny_vlm
+
+    model, processor = build_tiny_vlm(eager=False)
+    model.save_pretrained(tmp_path / "tiny-vlm")
+    processor.save_pretrained(tmp_path / "tiny-vlm")
+    environment = {**os.environ, "IMG2MUSIC_DATA_DIR": str(tmp_path / "data"),
+                   "IMG2MUSIC_VLM_BACKEND": "local",
+                   "IMG2MUSIC_VLM_MODEL": str(tmp_path / "tiny-vlm"),
+                   "IMG2MUSIC_VLM_MAX_TOKENS": "24", "IMG2MUSIC_MAX_REPAIRS": "1"}
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("img2music")), "compose", str(PHOTO), "--out",
+         str(tmp_path / "out"), "--no-rag", "--explain", "none"],
+        env=environment, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no valid tune within the limits" in result.stderr
+    report = json.loads((tmp_path / "out" / "grace_hopper" / "report.json").read_text())
+    assert [a["kind"] for a in report["attempts"]] == ["compose", "repair"]
+    assert report["usage"]["compose"]["output_tokens"] > 0
+    assert not (tmp_path / "out" / "grace_hopper" / "tune.abc").exists()

@@ -80,3 +80,21 @@ def test_compose_writes_the_overlay_and_names_its_method(tiny_clip: None, tmp_pa
     assert result.report["explanation"]["method"] == "clip"
     html = (tmp_path / "report.html").read_text()
     assert "CLIP patch relevance of the motivation (not the model&#39;s attention)" in html
+
+
+def test_an_endpoint_that_is_down_fails_the_image_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    from img2music import compose as top_level
+
+    assert top_level is compose
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = compose(PHOTO, out_dir=tmp_path, retriever_for=lambda _: Examples(),
+                     vlm_base_url=f"http://127.0.0.1:{port}/v1", explain="none")
+    assert not result.ok and result.abc is None
+    assert f"http://127.0.0.1:{port}/v1" in (result.error or "")
+    assert "refused the connection" in (result.error or "")
+    assert "\n" not in (result.error or "")
+    assert not (tmp_path / "tune.abc").exists()
