@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from img2music.tools.abc_scan import is_field_line, is_music_line
+from img2music.tools.check import normalise_abc
 
 THINK_TAG = re.compile(r"<(/?)think>", re.IGNORECASE)
 FENCE = re.compile(r"^[ \t]*(?:`{3,}|~{3,})[ \t]*[\w+.-]*[ \t]*$")
@@ -137,7 +138,7 @@ def extract_abc(text: str, *, max_chars: int = 200_000) -> Extraction:
     if len(text) > max_chars:
         text = text[:max_chars]
         notes.append(f"input longer than {max_chars} characters was cut")
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = normalise_abc(text)
     answer, reasoning = _split_thinking(text, notes)
     lines = answer.split("\n")
     spans = _find_spans(lines)
@@ -163,5 +164,5 @@ def extract_abc(text: str, *, max_chars: int = 200_000) -> Extraction:
 
 def strip_reasoning(text: str) -> str:
     """The answer without `<think>` blocks: what a prose step (the description) keeps."""
-    answer, _ = _split_thinking(text.replace("\r\n", "\n").replace("\r", "\n"), [])
+    answer, _ = _split_thinking(normalise_abc(text), [])
     return answer.strip()

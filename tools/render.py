@@ -27,7 +27,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from img2music.settings import Settings, get_settings
-from img2music.tools.check import compile_abc
+from img2music.tools.check import compile_abc, normalise_abc
 from img2music.tools.programs import (
     ProgramFailed,
     ProgramMissing,
@@ -171,7 +171,7 @@ def strip_unsafe_directives(abc: str) -> str:
     continues on the next (ABC 2.0), and a dropped `%%begin…` block is dropped up to its
     `%%end…` line.
     """
-    lines = abc.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = normalise_abc(abc).split("\n")
     kept: list[str] = []
     dropped = index = 0
     while index < len(lines):
