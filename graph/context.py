@@ -14,9 +14,24 @@ ExplainMode = Literal["attention", "clip", "none"]
 Fusion = Literal["rrf", "weighted"]
 
 
+# Each field that has an IMG2MUSIC_* setting, and that setting's name.
+SETTING_FOR = {
+    "vlm_base_url": "vlm_base_url", "vlm_model": "vlm_model", "temperature": "vlm_temperature",
+    "top_p": "vlm_top_p", "top_k": "vlm_top_k", "max_tokens": "vlm_max_tokens",
+    "thinking": "vlm_thinking", "rag_k": "rag_k", "fusion": "rag_fusion",
+    "repairs": "max_repairs", "refine_rounds": "refine_rounds", "explain": "explain",
+    "prompts_dir": "prompts_dir",
+}
+
+
+def _read(settings: Settings, name: str) -> Any:
+    value = getattr(settings, SETTING_FOR[name])
+    return str(value or "") if name == "prompts_dir" else value
+
+
 def _setting(name: str) -> Callable[[], Any]:
     """A default read from the settings when the context is made, not when this module loads."""
-    return lambda: getattr(get_settings(), name)
+    return lambda: _read(get_settings(), name)
 
 
 @dataclass(kw_only=True)
@@ -31,19 +46,19 @@ class Context:
     )] = field(default_factory=_setting("vlm_model"))
     temperature: Annotated[float, Field(
         description="Sampling temperature; Keye recommends 0.6.",
-    )] = field(default_factory=_setting("vlm_temperature"))
+    )] = field(default_factory=_setting("temperature"))
     top_p: Annotated[float, Field(
         description="Nucleus sampling; Keye recommends 0.95.",
-    )] = field(default_factory=_setting("vlm_top_p"))
+    )] = field(default_factory=_setting("top_p"))
     top_k: Annotated[int, Field(
         description="Top-k sampling (vLLM extra_body); Keye recommends 20.",
-    )] = field(default_factory=_setting("vlm_top_k"))
+    )] = field(default_factory=_setting("top_k"))
     max_tokens: Annotated[int, Field(
         description="Most tokens the model may write per call.",
-    )] = field(default_factory=_setting("vlm_max_tokens"))
+    )] = field(default_factory=_setting("max_tokens"))
     thinking: Annotated[bool, Field(
         description="Keye's think mode (/think) when composing.",
-    )] = field(default_factory=_setting("vlm_thinking"))
+    )] = field(default_factory=_setting("thinking"))
     rag: Annotated[bool, Field(
         description="Retrieve real tunes as examples for the compose prompt.",
     )] = True
@@ -52,10 +67,10 @@ class Context:
     )] = field(default_factory=_setting("rag_k"))
     fusion: Annotated[Fusion, Field(
         description="How image and description similarities combine: rrf or weighted.",
-    )] = field(default_factory=_setting("rag_fusion"))
+    )] = field(default_factory=_setting("fusion"))
     repairs: Annotated[int, Field(
         description="Grammar-repair attempts when a tune fails parse-check.",
-    )] = field(default_factory=_setting("max_repairs"))
+    )] = field(default_factory=_setting("repairs"))
     refine: Annotated[bool, Field(
         description="Send the MusPy metrics back so the model can refine its tune.",
     )] = True
@@ -67,20 +82,12 @@ class Context:
     )] = field(default_factory=_setting("explain"))
     prompts_dir: Annotated[str, Field(
         description="A prompt folder of your own; empty for the shipped prompts.")] = field(
-        default_factory=lambda: str(get_settings().prompts_dir or ""))
+        default_factory=_setting("prompts_dir"))
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> Context:
         """Context from explicit settings (the CLI and tests), then per-run overrides."""
-        values: dict[str, Any] = {
-            "vlm_base_url": settings.vlm_base_url, "vlm_model": settings.vlm_model,
-            "temperature": settings.vlm_temperature, "top_p": settings.vlm_top_p,
-            "top_k": settings.vlm_top_k, "max_tokens": settings.vlm_max_tokens,
-            "thinking": settings.vlm_thinking, "rag_k": settings.rag_k,
-            "fusion": settings.rag_fusion, "repairs": settings.max_repairs,
-            "refine_rounds": settings.refine_rounds, "explain": settings.explain,
-            "prompts_dir": str(settings.prompts_dir or ""),
-        }
+        values: dict[str, Any] = {name: _read(settings, name) for name in SETTING_FOR}
         known = {f.name for f in fields(cls)}
         values.update({k: v for k, v in overrides.items() if k in known and v is not None})
         return cls(**values)
