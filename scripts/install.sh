@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(abcmidi abcm2ps fluidsynth timgm6mb-soundfont sox libsox-fmt-all)
+SYSTEM_PACKAGES=(abcmidi abcm2ps fluidsynth timgm6mb-soundfont sox libsox-fmt-all chromium)
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 
 missing=()
