@@ -317,7 +317,7 @@ def compose_command(
         tasks = {str(path): progress.add_task(f"{path.name}: waiting", total=None)
                  for path in paths}
 
-        def show(image: str, node: str) -> None:
+        def show(image: str, node: str, update: object) -> None:
             progress.update(tasks[image], description=f"{Path(image).name}: {node}")
 
         def one(path: Path) -> Composition:
@@ -362,3 +362,81 @@ def _output_folders(paths: list[Path], out: Path) -> dict[Path, Path]:
         used.add(name)
         folders[path] = out / name
     return folders
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Address to bind; loopback by default.")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+) -> None:
+    """Serve the OpenAI-compatible endpoint (model `img2music`) and the runs' files."""
+    import uvicorn
+
+    settings = get_settings()
+    if host not in LOOPBACK and settings.api_key is None:
+        errors.print(f"[yellow]warning:[/yellow] serving on {host} without IMG2MUSIC_API_KEY: "
+                     "anyone who can reach this address can spend your model's time")
+    from img2music.server.app import create_app
+
+    console.print(f"img2music on http://{host}:{port}/v1 (model img2music); runs in "
+                  f"{settings.data_dir / 'runs'}", highlight=False)
+    uvicorn.run(create_app(settings), host=host, port=port,
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
+
+
+STATUS_STYLE = {"ok": "[green]ok[/green]", "warning": "[yellow]warning[/yellow]",
+                "missing": "[red]missing[/red]"}
+
+
+@app.command()
+def doctor() -> None:
+    """Check what the configured path needs, and say how to fix what is missing."""
+    from img2music.readiness import doctor_checks
+
+    checks = doctor_checks(get_settings())
+    table = Table(show_lines=False)
+    for column in ("check", "status", "found", "fix"):
+        table.add_column(column, overflow="fold")
+    for check in checks:
+        table.add_row(escape(check.name), STATUS_STYLE[check.status], escape(check.detail),
+                      escape(check.fix))
+    console.print(table)
+    missing = [check.name for check in checks if not check.ok]
+    if missing:
+        errors.print(f"[red]not ready:[/red] {', '.join(missing)}")
+        raise typer.Exit(1)
+    console.print("[green]ready[/green]: the configured path can run")
+
+
+vlm_app = typer.Typer(help="Host the vision-language model (Keye-VL-8B) with vLLM.",
+                      no_args_is_help=True)
+app.add_typer(vlm_app, name="vlm")
+
+
+@vlm_app.command("serve")
+def vlm_serve(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command, run nothing.")] = (
+        False),
+) -> None:
+    """Run `vllm serve` for the configured model with the flags Keye-VL needs."""
+    import os
+    import shlex
+    import shutil
+
+    from img2music.server.vllm.launch import INSTALL_HINT, vllm_command
+
+    settings = get_settings()
+    executable = shutil.which("vllm")
+    command = vllm_command(settings, executable or "vllm")
+    if dry_run:
+        console.print(shlex.join(command), highlight=False, soft_wrap=True)
+        return
+    if executable is None:
+        errors.print(Text(f"error: {INSTALL_HINT}"))
+        raise typer.Exit(1)
+    console.print(f"starting: {shlex.join(command)}", highlight=False)
+    os.execv(executable, command)

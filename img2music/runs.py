@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
@@ -22,7 +22,19 @@ from img2music.tools.images import BadImage, open_image
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[str, str], None]
+# Called after each node with the image, the node's name and what the node changed; a callback
+# that raises `RunCancelled` stops the run between nodes.
+Progress = Callable[[str, str, State], None]
+FailureKind = Literal["bad_image", "vlm_unavailable", "no_tune", "cancelled", "timeout",
+                      "internal"]
+
+
+class RunCancelled(Exception):
+    """Raised by a progress callback to stop a run (a user's cancel, a server's timeout)."""
+
+    def __init__(self, reason: str, kind: Literal["cancelled", "timeout"] = "cancelled") -> None:
+        super().__init__(reason)
+        self.kind: FailureKind = kind
 
 
 @dataclass
@@ -36,6 +48,7 @@ class Composition:
     files: dict[str, Path] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    failure_kind: FailureKind | None = None
 
     @property
     def ok(self) -> bool:
@@ -66,7 +79,7 @@ def compose(
     try:
         picture = open_image(image, settings=settings)
     except BadImage as error:
-        return _failed(image, out, f"{image}: {error}")
+        return _failed(image, out, f"{image}: {error}", "bad_image")
     state: State = {"image": image_data_url(picture, max_pixels=settings.vlm_image_pixels),
                     "note": note}
     kwargs: dict[str, Any] = {"retriever_for": retriever_for}
@@ -78,15 +91,18 @@ def compose(
         for mode, chunk in graph.stream(state, context=context,
                                         stream_mode=["updates", "values"]):
             if mode == "updates" and on_progress is not None:
-                for node in chunk:
-                    on_progress(str(image), node)
+                updates: dict[str, State | None] = chunk  # type: ignore[assignment]
+                for node, update in updates.items():
+                    on_progress(str(image), node, update or {})
             elif mode == "values":
                 final = chunk  # type: ignore[assignment]
     except VLMUnavailable as error:
-        return _failed(image, out, str(error))
+        return _failed(image, out, str(error), "vlm_unavailable")
+    except RunCancelled as error:
+        return _failed(image, out, str(error), error.kind)
     except Exception as error:  # one image's fault must not stop the batch
         logger.exception("composing for %s failed", image)
-        return _failed(image, out, f"{type(error).__name__}: {error}")
+        return _failed(image, out, f"{type(error).__name__}: {error}", "internal")
     prompts = prompt_set(context.prompts_dir or None)
     report = {
         "image": str(image),
@@ -95,16 +111,20 @@ def compose(
         "wall_seconds": time.perf_counter() - started,
     }
     files, report = write_run(out, final, picture, report, context=context, settings=settings)
+    done = final.get("status") == "done"
     return Composition(
         image=image, out_dir=out, abc=final.get("final_abc"),
         motivation=final.get("motivation", ""), files=files, report=report,
-        error=None if final.get("status") == "done" else final.get("failure", "no tune"),
+        error=None if done else final.get("failure", "no tune"),
+        failure_kind=None if done else "no_tune",
     )
 
 
-def _failed(image: Path, out: Path, reason: str) -> Composition:
+def _failed(image: Path, out: Path, reason: str, kind: FailureKind) -> Composition:
     out.mkdir(parents=True, exist_ok=True)
-    report = {"image": str(image), "status": "failed", "failure": reason}
+    report = {"image": str(image), "status": "failed", "failure": reason, "failure_kind": kind,
+              "files": ["report.json"]}
     (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return Composition(image=image, out_dir=out, abc=None, motivation="",
-                       files={"report.json": out / "report.json"}, report=report, error=reason)
+                       files={"report.json": out / "report.json"}, report=report, error=reason,
+                       failure_kind=kind)

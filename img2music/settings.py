@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from platformdirs import user_data_path
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SOUNDFONT_CANDIDATES = (
@@ -153,6 +153,56 @@ class Settings(BaseSettings):
         default=None,
         description="Local path or id of a transformers copy of the VLM, for attention maps "
         "when the VLM is served remotely.",
+    )
+    chroma_url: str | None = Field(
+        default=None,
+        description="A Chroma server (`http://host:8000`) to use instead of the embedded index "
+        "in data_dir, so several img2music servers share one index.",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer token that `img2music serve` requires on every route but /health; "
+        "unset means no authentication (fine on loopback only).",
+    )
+    server_max_body_bytes: int = Field(
+        default=20_000_000, gt=0, description="Largest request body the server reads."
+    )
+    server_max_concurrent_runs: int = Field(
+        default=4, gt=0, description="Compositions the server runs at once."
+    )
+    server_max_queued_runs: int = Field(
+        default=16, ge=0,
+        description="Compositions that may wait for a free slot; beyond them requests get 429.",
+    )
+    server_run_timeout_s: float = Field(
+        default=900, gt=0, description="Seconds one composition may take before it is stopped."
+    )
+    server_allow_image_urls: bool = Field(
+        default=False,
+        description="Let requests give the image as an http(s) URL the server fetches; off by "
+        "default, since fetching arbitrary URLs from a server is a request-forgery risk.",
+    )
+    vllm_model: str | None = Field(
+        default=None,
+        description="Hugging Face id or path that `img2music vlm serve` loads; unset uses "
+        "vlm_model. It is served under the name vlm_model either way.",
+    )
+    vllm_port: int = Field(
+        default=8001, gt=0, lt=65536,
+        description="Port of `img2music vlm serve`; vlm_base_url points at it by default.",
+    )
+    vllm_host: str = Field(default="127.0.0.1", description="Address `img2music vlm serve` binds.")
+    vllm_max_model_len: int = Field(
+        default=16_384, gt=0,
+        description="Context length vLLM allocates: the image, k examples and a long tune fit in "
+        "16k tokens.",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.9, gt=0, le=1, description="Share of GPU memory vLLM may take."
+    )
+    vllm_extra_args: str = Field(
+        default="", description="More `vllm serve` flags, split as a shell would (never run "
+        "through a shell)."
     )
     log_level: str = Field(default="WARNING", description="Logging level for library messages.")
 

@@ -1,9 +1,14 @@
-"""A scripted OpenAI-compatible chat server on loopback, for end-to-end runs (test support)."""
+"""A scripted OpenAI-compatible chat server on loopback that can be told to fail (test support).
+
+It answers `GET /v1/models` and `POST /v1/chat/completions` (plain, and streamed as vLLM
+streams), with the text a responder function returns, and records what it was sent.
+"""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -11,6 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 Responder = Callable[[dict[str, Any]], str]
+PROMPT_TOKENS = 321  # what every answer reports as its prompt's size
+STREAM_PIECE = 7  # characters per streamed chunk
 
 
 def last_user_text(body: dict[str, Any]) -> str:
@@ -22,54 +29,141 @@ def last_user_text(body: dict[str, Any]) -> str:
 
 
 @dataclass
+class Behaviour:
+    """What the server does with chat requests; every field is off by default."""
+
+    fail_first: int = 0  # answer 500 to this many requests, then succeed
+    status: int | None = None  # answer this status to every request
+    retry_after_ms: int | None = None  # sent with error answers, to keep retries fast
+    sleep_s: float = 0.0  # wait this long before answering
+    close_first: int = 0  # drop this many connections without a word
+
+
+@dataclass
 class ScriptedServer:
+    """The running server: its URL, what it does, and what it was sent."""
+
     url: str = ""
     model: str = "scripted-vlm"
+    behaviour: Behaviour = field(default_factory=Behaviour)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0
+    stopping: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-@contextmanager
-def scripted_server(responder: Responder, model: str = "scripted-vlm") -> Iterator[ScriptedServer]:
-    state = ScriptedServer(model=model)
-
+def _handler(state: ScriptedServer, responder: Responder) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
-            """Quiet."""
+            """Quiet: pytest shows failures, not every request."""
 
         def do_GET(self) -> None:
-            self._send(200, {"object": "list", "data": [{"id": model, "object": "model"}]})
+            if self.path.rstrip("/").endswith("/models"):
+                self._json(200, {"object": "list", "data": [
+                    {"id": state.model, "object": "model", "created": 0, "owned_by": "vllm"}]})
+            else:
+                self._json(404, {"detail": "Not Found"})
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with state.lock:
                 state.requests.append(body)
-            text = responder(body)
-            self._send(200, {
-                "id": "chatcmpl-scripted", "object": "chat.completion", "created": 0,
-                "model": model,
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": text}}],
-                "usage": {"prompt_tokens": 100, "completion_tokens": len(text) // 4,
-                          "total_tokens": 100 + len(text) // 4},
-            })
+                state.headers.append({k.lower(): v for k, v in self.headers.items()})
+                state.times.append(time.monotonic())
+                seen = len(state.requests)
+                state.in_flight += 1
+                state.most_in_flight = max(state.most_in_flight, state.in_flight)
+            try:
+                self._answer(body, seen)
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
 
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
+        def _answer(self, body: dict[str, Any], seen: int) -> None:
+            behaviour = state.behaviour
+            if seen <= behaviour.close_first:
+                self.close_connection = True
+                return
+            if behaviour.sleep_s and state.stopping.wait(behaviour.sleep_s):
+                return
+            if behaviour.status is not None or seen <= behaviour.fail_first:
+                status = behaviour.status or 500
+                self._json(status, {"object": "error", "message": f"scripted failure {status}",
+                                    "type": "InternalServerError", "param": None, "code": status})
+            elif body["model"] != state.model:
+                self._json(404, {"object": "error", "type": "NotFoundError", "param": None,
+                                 "message": f"The model `{body['model']}` does not exist.",
+                                 "code": 404})
+            elif body.get("stream"):
+                self._stream(body, responder(body))
+            else:
+                text = responder(body)
+                self._json(200, {
+                    "id": "chatcmpl-scripted", "object": "chat.completion", "created": 0,
+                    "model": state.model,
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": text}}],
+                    "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(text) // 4,
+                              "total_tokens": PROMPT_TOKENS + len(text) // 4},
+                })
+
+        def _json(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if status >= 400 and state.behaviour.retry_after_ms is not None:
+                    self.send_header("retry-after-ms", str(state.behaviour.retry_after_ms))
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:  # the client gave up first (timeouts)
+                self.close_connection = True
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        def _stream(self, body: dict[str, Any], text: str) -> None:
+            """Server-sent events as vLLM writes them: deltas, a finish, usage, [DONE]."""
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            base = {"id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": 0,
+                    "model": state.model}
+            pieces = [text[i:i + STREAM_PIECE] for i in range(0, len(text), STREAM_PIECE)]
+            events: list[dict[str, Any]] = [
+                {**base, "choices": [{"index": 0, "finish_reason": None,
+                                      "delta": {"role": "assistant", "content": piece}}]}
+                for piece in pieces
+            ]
+            events.append({**base, "choices": [{"index": 0, "delta": {},
+                                                "finish_reason": "stop"}]})
+            if body.get("stream_options", {}).get("include_usage"):
+                events.append({**base, "choices": [], "usage": {
+                    "prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(pieces),
+                    "total_tokens": PROMPT_TOKENS + len(pieces)}})
+            for event in events:
+                self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.close_connection = True
+
+    return Handler
+
+
+@contextmanager
+def scripted_server(responder: Responder, model: str = "scripted-vlm",
+                    behaviour: Behaviour | None = None) -> Iterator[ScriptedServer]:
+    state = ScriptedServer(model=model, behaviour=behaviour or Behaviour())
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state, responder))
     server.daemon_threads = True
     state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
         yield state
     finally:
+        state.stopping.set()
         server.shutdown()
         server.server_close()
         thread.join()

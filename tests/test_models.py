@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import base64
-import json
 import operator
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from functools import reduce
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +28,13 @@ from img2music.graph.models import (
 )
 from img2music.settings import Settings
 from img2music.tools.images import open_image
+from tests.openai_server import (
+    PROMPT_TOKENS,
+    STREAM_PIECE,
+    Behaviour,
+    ScriptedServer,
+    scripted_server,
+)
 
 PHOTO = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 MODEL = "Kwai-Keye/Keye-VL-8B-Preview"
@@ -39,133 +42,10 @@ TUNE = "X:1\nT:Harbour at dawn\nM:3/4\nL:1/8\nK:G\nB2 c2 d2 | g4 d2 | e2 d2 B2 |
 BUDGET = 448 * 448
 
 
-@dataclass
-class Behaviour:
-    """What the fake server does with chat requests; every field is off by default."""
-
-    fail_first: int = 0  # answer 500 to this many requests, then succeed
-    status: int | None = None  # answer this status to every request
-    retry_after_ms: int | None = None  # sent with error answers, to keep retries fast
-    sleep_s: float = 0.0  # wait this long before answering
-    close_first: int = 0  # drop this many connections without a word
-
-
-@dataclass
-class FakeVLM:
-    """An OpenAI chat-completions server in a thread, recording what it was sent."""
-
-    url: str
-    behaviour: Behaviour = field(default_factory=Behaviour)
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
-    stopping: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class Handler(BaseHTTPRequestHandler):
-    server: Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Quiet: pytest shows failures, not every request."""
-
-    def do_GET(self) -> None:
-        if self.path == "/v1/models":
-            self._json(200, {"object": "list", "data": [
-                {"id": MODEL, "object": "model", "created": 0, "owned_by": "vllm"}]})
-        else:
-            self._json(404, {"detail": "Not Found"})
-
-    def do_POST(self) -> None:
-        fake = self.server.fake
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        with fake.lock:
-            fake.requests.append(body)
-            fake.headers.append({k.lower(): v for k, v in self.headers.items()})
-            fake.times.append(time.monotonic())
-            seen = len(fake.requests)
-        behaviour = fake.behaviour
-        if seen <= behaviour.close_first:
-            self.close_connection = True
-            return
-        if behaviour.sleep_s and fake.stopping.wait(behaviour.sleep_s):
-            return
-        if behaviour.status is not None or seen <= behaviour.fail_first:
-            status = behaviour.status or 500
-            self._json(status, {"object": "error", "message": f"scripted failure {status}",
-                                "type": "InternalServerError", "param": None, "code": status})
-        elif body["model"] != MODEL:
-            self._json(404, {"object": "error", "type": "NotFoundError", "param": None,
-                             "message": f"The model `{body['model']}` does not exist.",
-                             "code": 404})
-        elif body.get("stream"):
-            self._stream(body)
-        else:
-            self._json(200, {
-                "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": MODEL,
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": TUNE}}],
-                "usage": {"prompt_tokens": 321, "completion_tokens": 45, "total_tokens": 366},
-            })
-
-    def _json(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if status >= 400 and self.server.fake.behaviour.retry_after_ms is not None:
-                self.send_header("retry-after-ms", str(self.server.fake.behaviour.retry_after_ms))
-            self.end_headers()
-            self.wfile.write(data)
-        except OSError:  # the client gave up first (timeouts)
-            self.close_connection = True
-
-    def _stream(self, body: dict[str, Any]) -> None:
-        """Server-sent events as vLLM writes them: deltas, a finish, usage, [DONE]."""
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        base = {"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 0,
-                "model": MODEL}
-        pieces = [TUNE[i:i + 7] for i in range(0, len(TUNE), 7)]
-        events: list[dict[str, Any]] = [
-            {**base, "choices": [{"index": 0, "finish_reason": None,
-                                  "delta": {"role": "assistant", "content": piece}}]}
-            for piece in pieces
-        ]
-        events.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-        if body.get("stream_options", {}).get("include_usage"):
-            events.append({**base, "choices": [], "usage": {
-                "prompt_tokens": 321, "completion_tokens": len(pieces),
-                "total_tokens": 321 + len(pieces)}})
-        for event in events:
-            self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
-            self.wfile.flush()
-        self.wfile.write(b"data: [DONE]\n\n")
-        self.close_connection = True
-
-
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, fake: FakeVLM) -> None:
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.fake = fake
-
-
 @pytest.fixture
-def vlm() -> Iterator[FakeVLM]:
-    fake = FakeVLM(url="")
-    server = Server(fake)
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    yield fake
-    fake.stopping.set()
-    server.shutdown()
-    server.server_close()
-    thread.join()
+def vlm() -> Iterator[ScriptedServer]:
+    with scripted_server(lambda body: TUNE, model=MODEL) as server:
+        yield server
 
 
 def settings_for(tmp_path: Path, **values: Any) -> Settings:
@@ -195,11 +75,11 @@ def unavailable(url: str, settings: Settings, **context: Any) -> tuple[str, floa
     return message, time.monotonic() - started
 
 
-def test_a_call_sends_keyes_sampling_and_the_image(vlm: FakeVLM, tmp_path: Path) -> None:
+def test_a_call_sends_keyes_sampling_and_the_image(vlm: ScriptedServer, tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     model = model_for(vlm.url, settings, vlm_model=MODEL, max_tokens=1234)
     reply = call_model(model, messages(), endpoint=vlm.url)
-    assert reply == ModelReply(text=TUNE, input_tokens=321, output_tokens=45,
+    assert reply == ModelReply(text=TUNE, input_tokens=PROMPT_TOKENS, output_tokens=len(TUNE) // 4,
                                seconds=reply.seconds, finish_reason="stop")
     assert 0 < reply.seconds < 5
     [body] = vlm.requests
@@ -215,7 +95,7 @@ def test_a_call_sends_keyes_sampling_and_the_image(vlm: FakeVLM, tmp_path: Path)
     assert sent.width * sent.height <= BUDGET
 
 
-def test_streaming_concatenates_the_chunks(vlm: FakeVLM, tmp_path: Path) -> None:
+def test_streaming_concatenates_the_chunks(vlm: ScriptedServer, tmp_path: Path) -> None:
     model = model_for(vlm.url, settings_for(tmp_path), vlm_model=MODEL)
     chunks = list(model.stream(messages()))
     assert len(chunks) > 5 and all(isinstance(chunk, AIMessageChunk) for chunk in chunks)
@@ -223,13 +103,13 @@ def test_streaming_concatenates_the_chunks(vlm: FakeVLM, tmp_path: Path) -> None
     assert whole.text == TUNE
     assert whole.usage_metadata is not None
     assert (whole.usage_metadata["input_tokens"], whole.usage_metadata["output_tokens"]) == \
-        (321, len(TUNE) // 7 + 1)
+        (PROMPT_TOKENS, -(-len(TUNE) // STREAM_PIECE))
     [body] = vlm.requests
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert body["top_k"] == 20
 
 
-def test_two_500s_are_retried_with_growing_backoff(vlm: FakeVLM, tmp_path: Path) -> None:
+def test_two_500s_are_retried_with_growing_backoff(vlm: ScriptedServer, tmp_path: Path) -> None:
     vlm.behaviour = Behaviour(fail_first=2)
     reply = call_model(model_for(vlm.url, settings_for(tmp_path), vlm_model=MODEL), messages(),
                        endpoint=vlm.url)
@@ -240,7 +120,7 @@ def test_two_500s_are_retried_with_growing_backoff(vlm: FakeVLM, tmp_path: Path)
     assert 0.3 < first < second < 2  # 0.5 s then 1 s, less up to 25 % jitter
 
 
-def test_500_every_time_gives_up_after_the_retries(vlm: FakeVLM, tmp_path: Path) -> None:
+def test_500_every_time_gives_up_after_the_retries(vlm: ScriptedServer, tmp_path: Path) -> None:
     vlm.behaviour = Behaviour(status=500, retry_after_ms=10)
     message, _ = unavailable(vlm.url, settings_for(tmp_path, vlm_retries=2), vlm_model=MODEL)
     assert len(vlm.requests) == 3
@@ -256,14 +136,14 @@ def test_a_closed_port_is_refused_quickly(tmp_path: Path) -> None:
     assert seconds < 2
 
 
-def test_a_dropped_connection_is_retried(vlm: FakeVLM, tmp_path: Path) -> None:
+def test_a_dropped_connection_is_retried(vlm: ScriptedServer, tmp_path: Path) -> None:
     vlm.behaviour = Behaviour(close_first=1)
     reply = call_model(model_for(vlm.url, settings_for(tmp_path), vlm_model=MODEL), messages(),
                        endpoint=vlm.url)
     assert reply.text == TUNE and len(vlm.requests) == 2
 
 
-def test_a_silent_server_times_out(vlm: FakeVLM, tmp_path: Path) -> None:
+def test_a_silent_server_times_out(vlm: ScriptedServer, tmp_path: Path) -> None:
     vlm.behaviour = Behaviour(sleep_s=5)
     settings = settings_for(tmp_path, vlm_timeout_s=0.5, vlm_retries=1)
     message, seconds = unavailable(vlm.url, settings, vlm_model=MODEL)
@@ -271,21 +151,23 @@ def test_a_silent_server_times_out(vlm: FakeVLM, tmp_path: Path) -> None:
     assert len(vlm.requests) == 2 and seconds < 3
 
 
-def test_an_unknown_model_is_named_with_the_served_ones(vlm: FakeVLM, tmp_path: Path) -> None:
+def test_an_unknown_model_is_named_with_the_served_ones(
+    vlm: ScriptedServer, tmp_path: Path
+) -> None:
     message, _ = unavailable(vlm.url, settings_for(tmp_path), vlm_model="Keye-VL-8")
     assert "does not serve the model 'Keye-VL-8'" in message
     assert f"(it serves {MODEL})" in message
     assert len(vlm.requests) == 1  # a 4xx is not retried
 
 
-def test_a_bad_request_says_what_the_server_said(vlm: FakeVLM, tmp_path: Path) -> None:
+def test_a_bad_request_says_what_the_server_said(vlm: ScriptedServer, tmp_path: Path) -> None:
     vlm.behaviour = Behaviour(status=400)
     message, _ = unavailable(vlm.url, settings_for(tmp_path), vlm_model=MODEL)
     assert "answered 400 Bad Request: scripted failure 400" in message
     assert len(vlm.requests) == 1
 
 
-def test_a_long_answer_is_cut_and_says_so(vlm: FakeVLM, tmp_path: Path) -> None:
+def test_a_long_answer_is_cut_and_says_so(vlm: ScriptedServer, tmp_path: Path) -> None:
     model = model_for(vlm.url, settings_for(tmp_path), vlm_model=MODEL)
     reply = call_model(model, messages(), endpoint=vlm.url, max_chars=10)
     assert reply.truncated and reply.text == TUNE[:10]

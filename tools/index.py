@@ -13,6 +13,7 @@ from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -75,8 +76,24 @@ def _client(path: Path) -> ClientAPI:
     )
 
 
+@lru_cache(maxsize=4)
+def _http_client(url: str) -> ClientAPI:
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    parsed = urlsplit(url)
+    return chromadb.HttpClient(
+        host=parsed.hostname or "localhost", port=parsed.port or 8000,
+        ssl=parsed.scheme == "https", settings=ChromaSettings(anonymized_telemetry=False),
+    )
+
+
 def open_client(settings: Settings | None = None) -> ClientAPI:
-    return _client((settings or get_settings()).index_dir)
+    """The Chroma server when one is configured (shared by many servers), else the local index."""
+    settings = settings or get_settings()
+    if settings.chroma_url:
+        return _http_client(settings.chroma_url)
+    return _client(settings.index_dir)
 
 
 def collection_name(source: str, embedder_name: str) -> str:

@@ -1,0 +1,154 @@
+"""The OpenAI chat-completions protocol as img2music reads it: lenient in what it ignores,
+strict in what it uses, and every refusal in OpenAI's error shape with one clear line."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MODEL_ID = "img2music"
+MAX_NOTE_CHARS = 1_000
+DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,",
+                      re.IGNORECASE)
+ErrorType = Literal["invalid_request_error", "authentication_error", "not_found_error",
+                    "rate_limit_error", "server_error", "upstream_error", "timeout_error"]
+
+
+class ApiError(Exception):
+    """A refusal the client gets as `{"error": {...}}` with this status."""
+
+    def __init__(self, status: int, message: str, *, type: ErrorType = "invalid_request_error",
+                 code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.code, self.param = (
+            status, message, type, code, param)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+class Options(BaseModel):
+    """The `img2music` extension object of a request: the run's settings a client may change."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    k: int | None = Field(default=None, ge=0, le=20, description="Examples to retrieve.")
+    rag: bool | None = Field(default=None, description="Retrieve examples at all.")
+    refine: bool | None = Field(default=None, description="Refine with metric feedback.")
+    refine_rounds: int | None = Field(default=None, ge=0, le=10)
+    repairs: int | None = Field(default=None, ge=0, le=10)
+    explain: Literal["attention", "clip", "none"] | None = None
+    thinking: bool | None = None
+    fusion: Literal["rrf", "weighted"] | None = None
+
+
+class ChatRequest(BaseModel):
+    """The fields img2music honours; the rest of OpenAI's request is accepted and ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    n: int = Field(default=1, ge=1, le=1)
+    img2music: Options = Field(default_factory=Options)
+
+    def context_overrides(self) -> dict[str, Any]:
+        """Graph context fields this request sets; the rest keep the server's settings."""
+        options = self.img2music
+        overrides: dict[str, Any] = {
+            "temperature": self.temperature, "top_p": self.top_p,
+            "max_tokens": self.max_completion_tokens or self.max_tokens,
+            "rag_k": options.k, "rag": options.rag, "refine": options.refine,
+            "refine_rounds": options.refine_rounds, "repairs": options.repairs,
+            "explain": options.explain, "thinking": options.thinking, "fusion": options.fusion,
+        }
+        return {name: value for name, value in overrides.items() if value is not None}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
+
+
+def parse_request(body: bytes) -> ChatRequest:
+    """The request, or a 400 that names the first thing wrong with it."""
+    try:
+        request = ChatRequest.model_validate_json(body)
+    except ValidationError as error:
+        first = error.errors()[0]
+        if first["type"] == "json_invalid":
+            raise ApiError(400, "the request body is not valid JSON", code="invalid_json") from None
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise ApiError(400, f"{where}: {first['msg']}", param=where,
+                       code="invalid_value") from None
+    if request.model != MODEL_ID:
+        raise ApiError(404, f"the model {request.model!r} does not exist; this server serves "
+                       f"{MODEL_ID!r}", type="not_found_error", code="model_not_found",
+                       param="model")
+    return request
+
+
+class ImageInput(BaseModel):
+    """What the last user message carries: an image (bytes, or a URL to fetch) and a note."""
+
+    data: bytes | None = None
+    url: str | None = None
+    note: str = ""
+
+
+def image_input(request: ChatRequest) -> ImageInput:
+    """The image and note of the last user message; earlier turns do not steer a composition."""
+    users = [message for message in request.messages if message.get("role") == "user"]
+    if not users:
+        raise ApiError(400, "no user message: send the image in a user message",
+                       param="messages", code="no_image")
+    content = users[-1].get("content")
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    if not isinstance(parts, list):
+        raise ApiError(400, "the user message's content must be text or a list of parts",
+                       param="messages", code="invalid_value")
+    texts = [str(part.get("text", "")) for part in parts
+             if isinstance(part, dict) and part.get("type") == "text"]
+    images = [part for part in parts if isinstance(part, dict) and part.get("type") == "image_url"]
+    note = " ".join(text.strip() for text in texts if text.strip())
+    if len(note) > MAX_NOTE_CHARS:
+        raise ApiError(400, f"the text is {len(note):,} characters; at most {MAX_NOTE_CHARS:,} "
+                       "are read as the note about the music", param="messages",
+                       code="note_too_long")
+    if not images:
+        raise ApiError(400, "no image: the last user message needs an image_url part (a "
+                       "base64 data URL)", param="messages", code="no_image")
+    if len(images) > 1:
+        raise ApiError(400, f"{len(images)} images: img2music composes for one image per "
+                       "request", param="messages", code="too_many_images")
+    reference = images[0].get("image_url")
+    url = reference.get("url") if isinstance(reference, dict) else reference
+    if not isinstance(url, str) or not url:
+        raise ApiError(400, "the image_url part has no url", param="messages",
+                       code="no_image")
+    if url.lower().startswith(("http://", "https://")):
+        return ImageInput(url=url, note=note)
+    return ImageInput(data=decode_data_url(url), note=note)
+
+
+def decode_data_url(url: str) -> bytes:
+    match = DATA_URL.match(url)
+    if match is None:
+        raise ApiError(400, "the image must be a base64 data URL (data:image/png;base64,...)",
+                       param="messages", code="invalid_image_url")
+    payload = re.sub(r"\s+", "", url[match.end():])
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "the image's base64 data is damaged", param="messages",
+                       code="invalid_base64") from None

@@ -1,0 +1,1 @@
+"""Hosting Keye-VL-8B with vLLM: the one command that serves the model img2music calls."""

@@ -1,0 +1,34 @@
+"""The `vllm serve` command for Keye-VL, built from the settings, so the flags live in one place.
+
+Keye's model code ships with its weights (`--trust-remote-code`); one image per prompt keeps
+vLLM from reserving memory for more; prefix caching lets the repair and refine turns reuse the
+instructions, image and examples they repeat.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from img2music.settings import Settings
+
+INSTALL_HINT = ("vLLM is not installed here: on a machine with an NVIDIA GPU, "
+                "pip install 'img2music[vllm]' (see the README's vLLM notes for versions)")
+
+
+def vllm_command(settings: Settings, executable: str = "vllm") -> list[str]:
+    """Arguments of `vllm serve`, never a shell line: extra flags are split, not interpreted."""
+    command = [
+        executable, "serve", settings.vllm_model or settings.vlm_model,
+        "--served-model-name", settings.vlm_model,
+        "--host", settings.vllm_host,
+        "--port", str(settings.vllm_port),
+        "--trust-remote-code",
+        "--limit-mm-per-prompt", json.dumps({"image": 1}),
+        "--max-model-len", str(settings.vllm_max_model_len),
+        "--enable-prefix-caching",
+        "--gpu-memory-utilization", str(settings.vllm_gpu_memory_utilization),
+    ]
+    if settings.vlm_api_key not in ("", "EMPTY"):
+        command += ["--api-key", settings.vlm_api_key]
+    return command + shlex.split(settings.vllm_extra_args)
