@@ -24,6 +24,21 @@ SETTING_FOR = {
 }
 
 
+# Each prompt template a run can replace, and the context field that holds its replacement.
+PROMPT_FIELDS = {"system.j2": "system_prompt", "describe.j2": "describe_prompt",
+                 "compose.j2": "compose_prompt", "repair.j2": "repair_prompt",
+                 "refine.j2": "refine_prompt"}
+
+
+def _prompt_field(file: str, *nodes: str) -> Any:
+    """A prompt Studio shows on its nodes for editing (`langgraph_type: prompt`)."""
+    return Field(
+        description=f"A Jinja template that replaces prompts/{file} for this run, with the same "
+        "variables; empty uses the prompt folder's file.",
+        json_schema_extra={"langgraph_nodes": list(nodes), "langgraph_type": "prompt"},
+    )
+
+
 def _read(settings: Settings, name: str) -> Any:
     value = getattr(settings, SETTING_FOR[name])
     return str(value or "") if name == "prompts_dir" else value
@@ -83,6 +98,16 @@ class Context:
     prompts_dir: Annotated[str, Field(
         description="A prompt folder of your own; empty for the shipped prompts.")] = field(
         default_factory=_setting("prompts_dir"))
+    system_prompt: Annotated[str, _prompt_field("system.j2", "describe", "compose")] = ""
+    describe_prompt: Annotated[str, _prompt_field("describe.j2", "describe")] = ""
+    compose_prompt: Annotated[str, _prompt_field("compose.j2", "compose")] = ""
+    repair_prompt: Annotated[str, _prompt_field("repair.j2", "compose")] = ""
+    refine_prompt: Annotated[str, _prompt_field("refine.j2", "compose")] = ""
+
+    def prompt_edits(self) -> dict[str, str]:
+        """Prompt templates this run replaces, by file name (edited in LangGraph Studio)."""
+        return {name: getattr(self, attribute) for name, attribute in PROMPT_FIELDS.items()
+                if getattr(self, attribute)}
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> Context:

@@ -51,8 +51,8 @@ def describe(
 ) -> State:
     """The model looks at the image first; retrieval matches its words to real tunes."""
     context = runtime.context
-    prompt = render_prompt("describe.j2", folder=context.prompts_dir or None,
-                           note=state.get("note", ""), thinking=think_suffix(False))
+    prompt = _render(context, "describe.j2", note=state.get("note", ""),
+                     thinking=think_suffix(False))
     messages = [_system(context), _image_message(state["image"], prompt)]
     reply = call_model(model_for(context), to_langchain(messages),
                        endpoint=context.vlm_base_url)
@@ -129,20 +129,20 @@ def compose(
     folder = context.prompts_dir or None
     thinking = think_suffix(context.thinking)
     if kind == "compose":
-        prompt = render_prompt(
-            "compose.j2", folder=folder, description=state.get("description", ""),
+        prompt = _render(
+            context, "compose.j2", description=state.get("description", ""),
             note=state.get("note", ""), examples=state.get("examples", []), max_bars=MAX_BARS,
             thinking=thinking,
         )
         turns: list[Message] = [_system(context), _image_message(state["image"], prompt)]
     elif kind == "repair":
         errors = ParseCheck.model_validate(attempts[-1]["check"]).feedback()
-        turns = [{"role": "user", "content": render_prompt(
-            "repair.j2", folder=folder, errors=errors, thinking=thinking)}]
+        turns = [{"role": "user", "content": _render(
+            context, "repair.j2", errors=errors, thinking=thinking)}]
     else:
         metrics = TuneMetrics.model_validate(attempts[-1]["metrics"])
-        turns = [{"role": "user", "content": render_prompt(
-            "refine.j2", folder=folder, round=round_number, thinking=thinking,
+        turns = [{"role": "user", "content": _render(
+            context, "refine.j2", round=round_number, thinking=thinking,
             feedback=metric_feedback(metrics, folder=folder))}]
     conversation = [*state.get("conversation", []), *turns]
     reply = call_model(model_for(context), to_langchain(conversation),
@@ -227,8 +227,13 @@ def explain(
 
 
 def _system(context: Context) -> Message:
-    return {"role": "system", "content": render_prompt("system.j2",
-                                                       folder=context.prompts_dir or None)}
+    return {"role": "system", "content": _render(context, "system.j2")}
+
+
+def _render(context: Context, name: str, **variables: object) -> str:
+    """A prompt from the run's folder, or the replacement the run was given (from Studio)."""
+    return render_prompt(name, folder=context.prompts_dir or None,
+                         text=context.prompt_edits().get(name, ""), **variables)
 
 
 def _image_message(data_url: str, text: str) -> Message:

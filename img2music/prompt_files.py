@@ -33,16 +33,22 @@ def prompts_folder(folder: Path | str | None = None) -> Path:
     return configured if configured is not None else Path(str(files("img2music.prompts")))
 
 
-def prompt_set(folder: Path | str | None = None) -> PromptSet:
-    """Name and hash of the prompt files (templates and data), so runs can be compared."""
+def prompt_set(folder: Path | str | None = None,
+               edits: dict[str, str] | None = None) -> PromptSet:
+    """Name and hash of the prompt files (templates and data), so runs can be compared; `edits`
+    are templates a run replaced (from Studio), and change both."""
     resolved = prompts_folder(folder)
+    edits = edits or {}
+    texts = {path.name: path.read_bytes() for path in resolved.glob("*")
+             if path.suffix in (".j2", ".toml") and path.is_file()}
+    texts.update({name: text.encode() for name, text in edits.items()})
     digest = hashlib.sha256()
-    for path in sorted(resolved.glob("*")):
-        if path.suffix in (".j2", ".toml") and path.is_file():
-            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for name in sorted(texts):
+        digest.update(name.encode() + b"\0" + texts[name] + b"\0")
     shipped = resolved.resolve() == Path(str(files("img2music.prompts"))).resolve()
-    return PromptSet(name=SHIPPED_NAME if shipped else resolved.name,
-                     hash=digest.hexdigest()[:12], folder=resolved)
+    name = SHIPPED_NAME if shipped else resolved.name
+    return PromptSet(name=f"{name}+edited" if edits else name, hash=digest.hexdigest()[:12],
+                     folder=resolved)
 
 
 @lru_cache(maxsize=8)
@@ -56,9 +62,13 @@ def _environment(folder: Path) -> Environment:
     )
 
 
-def render_prompt(name: str, *, folder: Path | str | None = None, **variables: object) -> str:
-    """Render `name` (e.g. "compose.j2"); a missing variable is an error, never a blank."""
-    return _environment(prompts_folder(folder)).get_template(name).render(**variables).strip()
+def render_prompt(name: str, *, folder: Path | str | None = None, text: str = "",
+                  **variables: object) -> str:
+    """Render `name` (e.g. "compose.j2"), or `text` in its place when a run replaced it; a
+    missing variable is an error, never a blank."""
+    environment = _environment(prompts_folder(folder))
+    template = environment.from_string(text) if text else environment.get_template(name)
+    return template.render(**variables).strip()
 
 
 def load_prompt_data(name: str, *, folder: Path | str | None = None) -> dict[str, object]:

@@ -103,7 +103,7 @@ def compose(
     except Exception as error:  # one image's fault must not stop the batch
         logger.exception("composing for %s failed", image)
         return _failed(image, out, f"{type(error).__name__}: {error}", "internal")
-    prompts = prompt_set(context.prompts_dir or None)
+    prompts = prompt_set(context.prompts_dir or None, context.prompt_edits())
     report = {
         "image": str(image),
         "settings": dict(context.__dict__),

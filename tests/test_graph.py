@@ -15,7 +15,9 @@ from img2music.graph.graph import build_graph
 from img2music.graph.models import image_data_url
 from img2music.graph.routing import after_evaluate, after_parse_check
 from img2music.graph.state import Attempt, State
+from img2music.prompt_files import prompt_set
 from img2music.tools.check import check_abc
+from img2music.tools.extract import strip_reasoning
 from img2music.tools.images import open_image
 from img2music.tools.music21_corpus import iter_corpus_tunes
 from img2music.tools.retrieve import RetrievedExample
@@ -107,6 +109,22 @@ def test_the_conversation_grows_and_its_prefix_never_changes() -> None:
     compose_prompt = model.texts(1)[1]
     assert "An Irish air, number 0." in compose_prompt and "something solemn" in compose_prompt
     assert model.texts(1)[1].count("X:") >= 2  # the examples' ABC is in the prompt
+
+
+def test_a_prompt_edited_in_studio_replaces_its_file_for_that_run() -> None:
+    edited = "Write a lullaby for {{ description }} ({{ examples | length }} examples)."
+    _, model, _, _ = run([DESCRIPTION, answer(TUNE), answer(REFINED)], refine_rounds=1,
+                         compose_prompt=edited, refine_prompt="Round {{ round }}: {{ feedback }}")
+    assert model.texts(1)[1].strip() == ("Write a lullaby for " + strip_reasoning(DESCRIPTION)
+                                 + " (2 examples).")
+    assert model.texts(2)[-1].startswith("Round 1: ") and "Pitch range" in model.texts(2)[-1]
+    assert "Describe this image" in model.texts(0)[1]  # the describe prompt was not edited
+    shipped = prompt_set()
+    edited_set = prompt_set(edits={"compose.j2": edited})
+    assert edited_set.name == "default+edited" and edited_set.hash != shipped.hash
+    schema = (build_graph().get_context_jsonschema() or {})["properties"]
+    assert schema["compose_prompt"]["langgraph_type"] == "prompt"
+    assert schema["compose_prompt"]["langgraph_nodes"] == ["compose"]
 
 
 def test_a_broken_tune_is_repaired_with_the_errors_shown() -> None:
