@@ -117,15 +117,16 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
         result = _result(job)
         if result.failure_kind in FAILURE_STATUS:
             raise _failure_error(job, result)
-        return JSONResponse(_completion(job, result, base))
+        return JSONResponse(await asyncio.to_thread(_completion, job, result, base))
 
     @app.get("/v1/runs/{run_id}", dependencies=authorised)
     async def get_run(run_id: str, request: Request) -> dict[str, Any]:
         job = pool.get(_checked_id(run_id))
         if job is not None and not job.finished:
             return {"run_id": run_id, "status": "running", "stopping": job.stop_reason}
-        report = _report(pool, run_id)
-        return run_summary(run_id, report, pool.runs_dir / run_id, _base_url(request))
+        report = await asyncio.to_thread(_report, pool, run_id)
+        return await asyncio.to_thread(run_summary, run_id, report, pool.runs_dir / run_id,
+                                       _base_url(request))
 
     @app.get("/v1/runs/{run_id}/events", dependencies=authorised)
     async def run_events(run_id: str) -> StreamingResponse:
@@ -148,12 +149,12 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
 
     @app.get("/v1/runs/{run_id}/{name}", dependencies=authorised, response_model=None)
     async def run_file(run_id: str, name: str) -> FileResponse:
-        report = _report(pool, _checked_id(run_id))
+        report = await asyncio.to_thread(_report, pool, _checked_id(run_id))
         if not FILE_NAME.match(name) or name not in report.get("files", []):
             raise ApiError(404, f"run {run_id} has no file {name!r}", type="not_found_error",
                            code="file_not_found")
         path = pool.runs_dir / run_id / name
-        if not path.is_file():
+        if not await asyncio.to_thread(path.is_file):
             raise ApiError(404, f"run {run_id} has no file {name!r}", type="not_found_error",
                            code="file_not_found")
         return FileResponse(path, media_type=_media_type(name), headers=FILE_HEADERS)
@@ -269,7 +270,7 @@ async def _start(chat: ChatRequest, pool: RunPool, settings: Settings) -> Job:
     # Stored re-encoded: the photo's metadata (location, camera) does not reach the run folder.
     buffer = io.BytesIO()
     await asyncio.to_thread(image.save, buffer, format="JPEG", quality=92)
-    return pool.submit(buffer.getvalue(), ".jpg", given.note, chat.context_overrides())
+    return await pool.submit(buffer.getvalue(), ".jpg", given.note, chat.context_overrides())
 
 
 async def _fetch_image(given: ImageInput, settings: Settings) -> bytes:
@@ -398,10 +399,10 @@ async def _stream(job: Job, chat: ChatRequest, base: str) -> AsyncIterator[str]:
             yield _sse(_failure_error(job, result).body())
             yield "data: [DONE]\n\n"
             return
-        report = _read_report(job.folder)
+        report = await asyncio.to_thread(_read_report, job.folder)
+        summary = await asyncio.to_thread(run_summary, job.id, report, job.folder, base)
         yield chunk({"content": answer_text(result)})
-        yield chunk({}, "stop", {"type": "result",
-                                 **run_summary(job.id, report, job.folder, base)})
+        yield chunk({}, "stop", {"type": "result", **summary})
         if chat.include_usage:
             yield _sse({"id": f"chatcmpl-{job.id}", "object": "chat.completion.chunk",
                         "created": created, "model": MODEL_ID, "choices": [],

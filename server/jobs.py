@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -36,7 +35,11 @@ StopReason = Literal["cancelled", "timeout"]
 
 @dataclass
 class Job:
-    """One accepted run: where its files go, what it has done so far, and how to stop it."""
+    """One accepted run: where its files go, what it has done so far, and how to stop it.
+
+    Its feed lives on the event loop: worker threads hand events over with
+    `call_soon_threadsafe`, so readers never wait on a lock (the loop must not block).
+    """
 
     id: str
     folder: Path
@@ -46,7 +49,6 @@ class Job:
     result: Composition | None = None
     stop_reason: StopReason | None = None
     started: float | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
     _listeners: list[asyncio.Event] = field(default_factory=list)
 
     @property
@@ -54,33 +56,31 @@ class Job:
         return self.result is not None
 
     def publish(self, event: dict[str, Any]) -> None:
-        """Thread-safe: worker threads publish, the event loop's subscribers read."""
-        with self._lock:
-            self.events.append(event)
-            listeners = list(self._listeners)
-        for listener in listeners:
-            self.loop.call_soon_threadsafe(listener.set)
+        """Safe from any thread."""
+        self.loop.call_soon_threadsafe(self._append, event)
+
+    def _append(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+        for listener in self._listeners:
+            listener.set()
 
     async def feed(self) -> AsyncIterator[dict[str, Any]]:
         """Every event from the first, then live ones until the run has finished."""
         listener = asyncio.Event()
-        with self._lock:
-            self._listeners.append(listener)
+        self._listeners.append(listener)
         try:
             seen = 0
             while True:
                 listener.clear()
-                with self._lock:
-                    fresh = self.events[seen:]
-                    seen = len(self.events)
+                fresh = self.events[seen:]
+                seen = len(self.events)
                 for event in fresh:
                     yield event
                 if fresh and fresh[-1]["type"] in ("done", "failed"):
                     return
                 await listener.wait()
         finally:
-            with self._lock:
-                self._listeners.remove(listener)
+            self._listeners.remove(listener)
 
     def stop(self, reason: StopReason) -> None:
         """Ask the run to stop at the next node boundary (a model call is not interrupted)."""
@@ -121,8 +121,7 @@ class RunPool:
         self._retriever_for = retriever_for
         self._executor = ThreadPoolExecutor(max_workers=settings.server_max_concurrent_runs,
                                             thread_name_prefix="img2music-run")
-        self._admitted = 0
-        self._lock = threading.Lock()
+        self._admitted = 0  # changed on the event loop only
         self._jobs: OrderedDict[str, Job] = OrderedDict()
 
     @property
@@ -130,24 +129,23 @@ class RunPool:
         """Runs running or waiting now."""
         return self._admitted
 
-    def submit(self, image: bytes, suffix: str, note: str, overrides: dict[str, Any]) -> Job:
+    async def submit(self, image: bytes, suffix: str, note: str,
+                     overrides: dict[str, Any]) -> Job:
         """Accept a run or refuse it with 429; the image was checked by the caller."""
-        with self._lock:
-            if self._admitted >= self.capacity:
-                raise ApiError(429, f"the server is busy: {self.capacity} compositions are "
-                               "running or waiting; try again shortly", type="rate_limit_error",
-                               code="rate_limit_exceeded")
-            self._admitted += 1
+        if self._admitted >= self.capacity:
+            raise ApiError(429, f"the server is busy: {self.capacity} compositions are running "
+                           "or waiting; try again shortly", type="rate_limit_error",
+                           code="rate_limit_exceeded")
+        self._admitted += 1
+        loop = asyncio.get_running_loop()
         run_id = secrets.token_hex(RUN_ID_BYTES)
-        folder = self.runs_dir / run_id
-        job = Job(id=run_id, folder=folder, loop=asyncio.get_running_loop(),
+        job = Job(id=run_id, folder=self.runs_dir / run_id, loop=loop,
                   timeout_s=self.settings.server_run_timeout_s)
+        image_path = job.folder / f"image{suffix}"
         try:
-            folder.mkdir(parents=True)
-            image_path = folder / f"image{suffix}"
-            image_path.write_bytes(image)
+            await asyncio.to_thread(_write_new, image_path, image)
         except OSError:
-            self._release()
+            self._admitted -= 1
             raise
         self._remember(job)
         job.publish({"type": "queued", "run_id": run_id})
@@ -176,18 +174,21 @@ class RunPool:
                                      motivation="", error=f"{type(error).__name__}: {error}",
                                      failure_kind="internal")
         finally:
-            self._release()
+            job.loop.call_soon_threadsafe(self._release)
         job.publish({"type": "done" if job.result.ok else "failed", "run_id": job.id})
 
     def _release(self) -> None:
-        with self._lock:
-            self._admitted -= 1
+        self._admitted -= 1
 
     def _remember(self, job: Job) -> None:
-        with self._lock:
-            self._jobs[job.id] = job
-            while len(self._jobs) > KEPT_IN_MEMORY:
-                oldest_id, oldest = next(iter(self._jobs.items()))
-                if not oldest.finished:
-                    break
-                del self._jobs[oldest_id]
+        self._jobs[job.id] = job
+        while len(self._jobs) > KEPT_IN_MEMORY:
+            oldest_id, oldest = next(iter(self._jobs.items()))
+            if not oldest.finished:
+                break
+            del self._jobs[oldest_id]
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
