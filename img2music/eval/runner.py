@@ -292,9 +292,14 @@ class _Job:
     repeat: int = 0
 
     @property
-    def key(self) -> tuple[str, str, str | None, int]:
-        return (self.run["run_id"], self.kind, self.question.key if self.question else None,
-                self.repeat)
+    def key(self) -> tuple[str, str, str, str | None, int]:
+        return (self.run["run_id"], _tune_hash(self.run), self.kind,
+                self.question.key if self.question else None, self.repeat)
+
+
+def _tune_hash(run: dict[str, Any]) -> str:
+    """Judgements belong to a tune: a run composed again with another tune is judged again."""
+    return hashlib.sha256(str(run.get("abc")).encode()).hexdigest()[:12]
 
 
 def _judge_all(
@@ -304,9 +309,8 @@ def _judge_all(
 ) -> int:
     """Every question for every valid tune, `repeats` times, in one seeded shuffled order."""
     repeats = options.repeats or settings.judge_repeats
-    done = {(j["run_id"], j["kind"], j.get("question"), j.get("repeat", 0))
-            for j in log.read() if j.get("judge") == judge_fp and j["kind"] in ("score",
-                                                                                 "caption")}
+    done = {(j["run_id"], j.get("tune"), j["kind"], j.get("question"), j.get("repeat", 0))
+            for j in log.read() if j.get("judge") == judge_fp}
     valid = [r for r in runs if r["valid"]]
     jobs = [_Job(run, "score", q, n) for run in valid for q in asked for n in range(repeats)]
     if options.clip:
@@ -346,7 +350,8 @@ def _judge_all(
                 continue
             calls += 1
             log.append({
-                "run_id": job.run["run_id"], "judge": judge_fp, "kind": job.kind,
+                "run_id": job.run["run_id"], "tune": _tune_hash(job.run), "judge": judge_fp,
+                "kind": job.kind,
                 "question": job.question.key if job.question else None, "repeat": job.repeat,
                 "score": reply.score.value, "parsed_by": reply.score.parsed_by,
                 "reason": reply.score.reason, "reply": reply.text, "tokens": reply.tokens,
@@ -363,9 +368,12 @@ def _clip_all(
     from img2music.tools.embedder import EmbedderUnavailable, load_embedder
 
     current = {r["run_id"]: r for r in runs}
-    records = [j for j in log.read() if j.get("judge") == judge_fp]
+    records = [j for j in log.read() if j.get("judge") == judge_fp and j["run_id"] in current
+               and j.get("tune") == _tune_hash(current[j["run_id"]])]
     captions = {j["run_id"]: j["reply"] for j in records
-                if j["kind"] == "caption" and j["run_id"] in current and j["reply"]}
+                if j["kind"] == "caption" and j["reply"]}
+    if not captions:
+        return
     try:
         clip = embedder or load_embedder(settings)
     except EmbedderUnavailable as error:
@@ -384,8 +392,8 @@ def _clip_all(
     texts = clip.embed_texts([captions[rid] for rid in todo])
     for rid, text in zip(todo, texts, strict=True):
         similarity = float(image_vectors[current[rid]["image_key"]] @ text)
-        log.append({"run_id": rid, "judge": judge_fp, "kind": "clip", "embedder": clip.name,
-                    "similarity": similarity})
+        log.append({"run_id": rid, "tune": _tune_hash(current[rid]), "judge": judge_fp,
+                    "kind": "clip", "embedder": clip.name, "similarity": similarity})
     progress("CLIP proxy", len(todo), len(todo))
 
 
@@ -394,7 +402,8 @@ def _items(runs: Sequence[dict[str, Any]], judgments: Sequence[dict[str, Any]],
     """Each run with its judge scores (mean over the answers with a score) and CLIP proxy."""
     items = []
     for run in runs:
-        mine = [j for j in judgments if j["run_id"] == run["run_id"]]
+        mine = [j for j in judgments
+                if j["run_id"] == run["run_id"] and j.get("tune") == _tune_hash(run)]
         scores = {q.key: [j["score"] for j in mine if j["kind"] == "score"
                           and j["question"] == q.key and j["score"] is not None] for q in asked}
         clip = [j["similarity"] for j in mine if j["kind"] == "clip"]
