@@ -77,6 +77,10 @@ class Context:
     rag: Annotated[bool, Field(
         description="Retrieve real tunes as examples for the compose prompt.",
     )] = True
+    see_image: Annotated[bool, Field(
+        description="The composer sees the image; off, it composes from the description alone "
+        "(the caption-only baseline).",
+    )] = True
     rag_k: Annotated[int, Field(
         description="How many examples to retrieve.",
     )] = field(default_factory=_setting("rag_k"))

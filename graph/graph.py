@@ -1,4 +1,4 @@
-"""describe → retrieve → compose → parse_check ⟲ (repair) → evaluate ⟲ (refine) → explain."""
+"""describe → (retrieve) → compose → parse_check ⟲ (repair) → evaluate ⟲ (refine) → explain."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from img2music.graph.nodes import (
     parse_check,
     retrieve,
 )
-from img2music.graph.routing import after_evaluate, after_parse_check
+from img2music.graph.routing import after_describe, after_evaluate, after_parse_check
 from img2music.graph.state import State
 
 GRAPH_NAME = "img2music"
@@ -42,7 +42,7 @@ def build_graph(
     builder.add_node("explain", partial(explain, model_for=model_for))
 
     builder.add_edge(START, "describe")
-    builder.add_edge("describe", "retrieve")
+    builder.add_conditional_edges("describe", after_describe)
     builder.add_edge("retrieve", "compose")
     builder.add_edge("compose", "parse_check")
     builder.add_conditional_edges("parse_check", after_parse_check)

@@ -121,7 +121,7 @@ class _OpenAIConfig:
     api_key: str
     temperature: float
     top_p: float
-    top_k: int
+    top_k: int | None  # None: not sent, for servers other than vLLM
     max_tokens: int
     timeout_s: float
     retries: int
@@ -141,6 +141,19 @@ def chat_model(context: Context, *, settings: Settings | None = None) -> BaseCha
     ))
 
 
+def judge_chat_model(settings: Settings | None = None) -> BaseChatModel:
+    """The evaluation judge (`IMG2MUSIC_JUDGE_*`): any OpenAI-compatible endpoint, so no
+    vLLM-only sampling parameters; timeouts and retries as for the VLM."""
+    settings = settings or get_settings()
+    return _openai_model(_OpenAIConfig(
+        base_url=settings.judge_endpoint, model=settings.judge_served_model,
+        api_key=settings.judge_api_key or settings.vlm_api_key,
+        temperature=settings.judge_temperature, top_p=1.0, top_k=None,
+        max_tokens=settings.judge_max_tokens, timeout_s=settings.vlm_timeout_s,
+        retries=settings.vlm_retries,
+    ))
+
+
 @lru_cache(maxsize=8)
 def _openai_model(config: _OpenAIConfig) -> ChatOpenAI:
     # top_k is no OpenAI parameter: extra_body puts it at the top level of the request, where
@@ -155,7 +168,7 @@ def _openai_model(config: _OpenAIConfig) -> ChatOpenAI:
         timeout=openai.Timeout(config.timeout_s,
                                connect=min(config.timeout_s, CONNECT_TIMEOUT_S)),
         max_retries=config.retries,
-        extra_body={"top_k": config.top_k},
+        extra_body={"top_k": config.top_k} if config.top_k is not None else None,
         stream_usage=True,
     )
 

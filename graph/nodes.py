@@ -69,8 +69,6 @@ def retrieve(
 ) -> State:
     """The k real tunes whose captions best match both the image and its description."""
     context = runtime.context
-    if not context.rag or context.rag_k == 0:
-        return {"examples": []}
     started = time.perf_counter()
     retriever = (retriever_for or default_retriever)(context)
     examples = retriever.retrieve(
@@ -121,7 +119,8 @@ def compose(
     """One model turn: the first tune, a repair, or a refinement, in one growing conversation.
 
     What stays the same (instructions, image, examples) comes first and only the new feedback
-    is appended, so the model server's prefix cache serves the repeated part.
+    is appended, so the model server's prefix cache serves the repeated part. Without
+    `see_image` the composer gets the description alone (the caption-only baseline).
     """
     context = runtime.context
     attempts = state.get("attempts", [])
@@ -132,9 +131,11 @@ def compose(
         prompt = _render(
             context, "compose.j2", description=state.get("description", ""),
             note=state.get("note", ""), examples=state.get("examples", []), max_bars=MAX_BARS,
-            thinking=thinking,
+            thinking=thinking, sees_image=context.see_image,
         )
-        turns: list[Message] = [_system(context), _image_message(state["image"], prompt)]
+        first: Message = (_image_message(state["image"], prompt) if context.see_image
+                          else {"role": "user", "content": prompt})
+        turns: list[Message] = [_system(context), first]
     elif kind == "repair":
         errors = ParseCheck.model_validate(attempts[-1]["check"]).feedback()
         turns = [{"role": "user", "content": _render(
@@ -143,6 +144,7 @@ def compose(
         metrics = TuneMetrics.model_validate(attempts[-1]["metrics"])
         turns = [{"role": "user", "content": _render(
             context, "refine.j2", round=round_number, thinking=thinking,
+            sees_image=context.see_image,
             feedback=metric_feedback(metrics, folder=folder))}]
     conversation = [*state.get("conversation", []), *turns]
     reply = call_model(model_for(context), to_langchain(conversation),

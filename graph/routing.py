@@ -1,4 +1,4 @@
-"""Where the graph goes after checking and after measuring a tune: plain functions of the state."""
+"""Where the graph goes after describing, checking and measuring: plain functions of the state."""
 
 from __future__ import annotations
 
@@ -8,6 +8,12 @@ from langgraph.runtime import Runtime
 
 from img2music.graph.context import Context
 from img2music.graph.state import State
+
+
+def after_describe(state: State, runtime: Runtime[Context]) -> Literal["retrieve", "compose"]:
+    """Retrieval runs only when examples are wanted, so a run without RAG never visits it."""
+    context = runtime.context
+    return "retrieve" if context.rag and context.rag_k > 0 else "compose"
 
 
 def after_parse_check(

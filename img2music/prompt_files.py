@@ -25,12 +25,17 @@ class PromptSet:
     folder: Path
 
 
+def shipped_prompts() -> Path:
+    """The prompt folder that ships with img2music (the judge always reads its prompts here)."""
+    return Path(str(files("img2music.prompts")))
+
+
 def prompts_folder(folder: Path | str | None = None) -> Path:
     """The given folder, else the configured one, else the shipped one."""
     if folder:
         return Path(folder)
     configured = get_settings().prompts_dir
-    return configured if configured is not None else Path(str(files("img2music.prompts")))
+    return configured if configured is not None else shipped_prompts()
 
 
 def prompt_set(folder: Path | str | None = None,
@@ -45,7 +50,7 @@ def prompt_set(folder: Path | str | None = None,
     digest = hashlib.sha256()
     for name in sorted(texts):
         digest.update(name.encode() + b"\0" + texts[name] + b"\0")
-    shipped = resolved.resolve() == Path(str(files("img2music.prompts"))).resolve()
+    shipped = resolved.resolve() == shipped_prompts().resolve()
     name = SHIPPED_NAME if shipped else resolved.name
     return PromptSet(name=f"{name}+edited" if edits else name, hash=digest.hexdigest()[:12],
                      folder=resolved)

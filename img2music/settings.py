@@ -204,11 +204,47 @@ class Settings(BaseSettings):
         default="", description="More `vllm serve` flags, split as a shell would (never run "
         "through a shell)."
     )
+    judge_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible endpoint of the multimodal judge that `img2music eval` "
+        "asks the human study's questions; unset: the VLM's endpoint (the composer judges "
+        "itself, which the summary says).",
+    )
+    judge_model: str | None = Field(
+        default=None, description="Model the judge endpoint serves; unset: the VLM's model."
+    )
+    judge_api_key: str | None = Field(
+        default=None, description="API key for the judge endpoint; unset: the VLM's key."
+    )
+    judge_temperature: float = Field(
+        default=0.7, ge=0, le=2,
+        description="Judge sampling temperature; above 0 so that repeated answers differ and "
+        "their mean says more than one answer.",
+    )
+    judge_repeats: int = Field(
+        default=3, ge=1, le=20,
+        description="Times the judge answers each question for each tune; the answers are "
+        "averaged.",
+    )
+    judge_max_tokens: int = Field(
+        default=1024, gt=0,
+        description="Most tokens per judge answer (room for a reasoning model's thoughts).",
+    )
     log_level: str = Field(default="WARNING", description="Logging level for library messages.")
 
     @property
     def rag_source_list(self) -> list[str]:
         return [name.strip() for name in self.rag_sources.split(",") if name.strip()]
+
+    @property
+    def judge_endpoint(self) -> str:
+        """The judge's endpoint: its own, else the composer's."""
+        return self.judge_base_url or self.vlm_base_url
+
+    @property
+    def judge_served_model(self) -> str:
+        """The judge's model: its own, else the composer's."""
+        return self.judge_model or self.vlm_model
 
     @property
     def index_dir(self) -> Path:

@@ -13,7 +13,7 @@ from matplotlib import cbook
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
 from img2music.graph.models import image_data_url
-from img2music.graph.routing import after_evaluate, after_parse_check
+from img2music.graph.routing import after_describe, after_evaluate, after_parse_check
 from img2music.graph.state import Attempt, State
 from img2music.prompt_files import prompt_set
 from img2music.tools.check import check_abc
@@ -160,11 +160,38 @@ def test_a_refinement_that_breaks_the_tune_keeps_the_valid_one() -> None:
     assert state["best"] == 0
 
 
-def test_without_rag_no_examples_are_fetched() -> None:
-    state, model, _, examples = run([DESCRIPTION, answer(TUNE)], rag=False, refine=False)
+@pytest.mark.parametrize("context", [{"rag": False}, {"rag_k": 0}])
+def test_without_rag_the_retrieve_node_is_not_visited(context: dict[str, Any]) -> None:
+    state, model, order, examples = run([DESCRIPTION, answer(TUNE)], refine=False, **context)
+    assert order == ["describe", "compose", "parse_check", "evaluate", "explain"]
     assert examples.queries == []
-    assert state["examples"] == []
+    assert "examples" not in state
     assert "real tunes" not in model.texts(1)[1]
+    assert state["status"] == "done"
+
+
+def test_caption_only_the_composer_gets_the_description_and_not_the_image() -> None:
+    state, model, order, _ = run([DESCRIPTION, answer(TUNE)], rag=False, refine=False,
+                                 see_image=False)
+    assert "retrieve" not in order and state["status"] == "done"
+
+    def images(call: int) -> int:
+        return sum(1 for message in model.calls[call] if isinstance(message.content, list)
+                   for part in message.content
+                   if isinstance(part, dict) and part.get("type") == "image_url")
+
+    assert images(0) == 1  # the describe step still looks at the image
+    assert images(1) == 0
+    compose_prompt = model.texts(1)[1]
+    assert "A formal portrait of an officer" in compose_prompt
+    assert "know only from its description" in compose_prompt
+    assert "for this image" not in compose_prompt
+
+
+def test_with_the_image_the_composer_is_told_to_look_at_it() -> None:
+    _, model, _, _ = run([DESCRIPTION, answer(TUNE), answer(REFINED)], refine_rounds=1)
+    assert "Compose an original piece of music for this image." in model.texts(1)[1]
+    assert "Look at the image again" in model.texts(2)[-1]
 
 
 def attempt(n: int, round_number: int, valid: bool) -> Attempt:
@@ -175,6 +202,15 @@ def attempt(n: int, round_number: int, valid: bool) -> Attempt:
 
 def runtime(**context: Any) -> Runtime[Context]:
     return Runtime(context=Context(**context))
+
+
+@pytest.mark.parametrize(
+    ("rag", "k", "expected"),
+    [(True, 4, "retrieve"), (False, 4, "compose"), (True, 0, "compose")],
+)
+def test_after_describe(rag: bool, k: int, expected: str) -> None:
+    state: State = {"description": "a calm sea"}
+    assert after_describe(state, runtime(rag=rag, rag_k=k)) == expected
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,20 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from img2music.settings import Settings, get_settings
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
+
+
+def image_files(arguments: list[Path]) -> list[Path]:
+    """Files as given; folders expanded to their images (by suffix, recursively, sorted)."""
+    paths: list[Path] = []
+    for argument in arguments:
+        if argument.is_dir():
+            paths.extend(sorted(p for p in argument.rglob("*")
+                                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+        else:
+            paths.append(argument)
+    return paths
+
 
 class BadImage(ValueError):
     """The input is not an image img2music can use; the message says why in one line."""
