@@ -1,0 +1,106 @@
+"""`img2music serve`, `doctor` and `vlm serve` as a new user runs them."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.openai_server import scripted_server
+from tests.test_studio import free_port
+
+IMG2MUSIC = str(Path(sys.executable).with_name("img2music"))
+
+
+def run(tmp_path: Path, *arguments: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "COLUMNS": "250", "IMG2MUSIC_DATA_DIR": str(tmp_path / "data"),
+                   **settings}
+    return subprocess.run([IMG2MUSIC, *arguments], env=environment, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_doctor_names_what_is_missing_with_the_fix(tmp_path: Path) -> None:
+    down = run(tmp_path, "doctor", IMG2MUSIC_VLM_BASE_URL="http://127.0.0.1:9/v1")
+    assert down.returncode == 1
+    lines = down.stdout.splitlines()
+    vlm = next(line for line in lines if "VLM endpoint" in line)
+    assert "missing" in vlm and "127.0.0.1:9" in vlm and "img2music vlm serve" in vlm
+    for ready in ("abc2midi", "abcm2ps", "fluidsynth", "SoundFont", "Python packages"):
+        assert "ok" in next(line for line in lines if ready in line), ready
+    index = next(line for line in lines if "index music21" in line)
+    assert "warning" in index and "img2music index build" in index
+    assert "not ready: VLM endpoint" in down.stderr
+
+
+def test_doctor_passes_when_the_configured_path_can_run(tmp_path: Path) -> None:
+    with scripted_server(lambda body: "") as vlm:
+        ready = run(tmp_path, "doctor", IMG2MUSIC_VLM_BASE_URL=vlm.url,
+                    IMG2MUSIC_VLM_MODEL=vlm.model, IMG2MUSIC_CLIP_MODEL="img2music-tiny",
+                    IMG2MUSIC_CLIP_PRETRAINED="none")
+        wrong_model = run(tmp_path, "doctor", IMG2MUSIC_VLM_BASE_URL=vlm.url,
+                          IMG2MUSIC_VLM_MODEL="Kwai-Keye/Keye-VL-1_5-8B",
+                          IMG2MUSIC_CLIP_PRETRAINED="none")
+    assert ready.returncode == 0, ready.stdout + ready.stderr
+    assert "ready" in ready.stdout and "random weights" in ready.stdout
+    assert wrong_model.returncode == 1
+    assert f"serves {vlm.model}, not Kwai-Keye/Keye-VL-1_5-8B" in wrong_model.stdout
+
+
+def test_attention_without_a_local_model_is_missing(tmp_path: Path) -> None:
+    with scripted_server(lambda body: "") as vlm:
+        result = run(tmp_path, "doctor", IMG2MUSIC_VLM_BASE_URL=vlm.url,
+                     IMG2MUSIC_VLM_MODEL=vlm.model, IMG2MUSIC_CLIP_PRETRAINED="none",
+                     IMG2MUSIC_EXPLAIN="attention")
+    assert result.returncode == 1
+    assert "IMG2MUSIC_ATTENTION_MODEL" in next(
+        line for line in result.stdout.splitlines() if "attention model" in line)
+
+
+def test_the_vllm_command_has_keyes_flags_and_the_settings(tmp_path: Path) -> None:
+    dry = run(tmp_path, "vlm", "serve", "--dry-run",
+              IMG2MUSIC_VLLM_MODEL="/models/keye", IMG2MUSIC_VLLM_MAX_MODEL_LEN="32768",
+              IMG2MUSIC_VLLM_EXTRA_ARGS="--tensor-parallel-size 2 --dtype 'bfloat16'",
+              IMG2MUSIC_VLM_API_KEY="secret")
+    assert dry.returncode == 0, dry.stderr
+    command = shlex.split(dry.stdout)
+    assert Path(command[0]).name == "vllm" and command[1:3] == ["serve", "/models/keye"]
+    assert "--trust-remote-code" in command and "--enable-prefix-caching" in command
+    assert command[command.index("--served-model-name") + 1] == "Kwai-Keye/Keye-VL-8B-Preview"
+    assert command[command.index("--limit-mm-per-prompt") + 1] == '{"image": 1}'
+    assert command[command.index("--max-model-len") + 1] == "32768"
+    assert command[command.index("--port") + 1] == "8001"
+    assert command[command.index("--api-key") + 1] == "secret"
+    assert command[-4:] == ["--tensor-parallel-size", "2", "--dtype", "bfloat16"]
+
+
+def test_vlm_serve_without_vllm_says_how_to_get_it(tmp_path: Path) -> None:
+    result = run(tmp_path, "vlm", "serve", PATH="/usr/bin:/bin")
+    assert result.returncode == 1
+    assert "pip install 'img2music[vllm]'" in result.stderr
+
+
+def test_serve_warns_when_it_is_open_without_a_key_and_answers(tmp_path: Path) -> None:
+    port = free_port()
+    environment = {**os.environ, "IMG2MUSIC_DATA_DIR": str(tmp_path / "data")}
+    process = subprocess.Popen([IMG2MUSIC, "serve", "--host", "0.0.0.0", "--port", str(port)],
+                               env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+                break
+            except httpx.HTTPError:
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.3)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert models.json()["data"][0]["id"] == "img2music"
+    assert "without IMG2MUSIC_API_KEY" in stderr
