@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 RUN_ID = re.compile(r"^[0-9a-f]{20}$")
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HEALTH_CACHE_S = 5.0
+RETRY_AFTER_S = 1  # a slot frees whenever any run ends; clients should ask again soon
 # A run's files are model output: served so that nothing in them can run scripts on this origin.
 FILE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; media-src 'self' data:; "
@@ -206,7 +207,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        headers = {"Retry-After": "5"} if error.status == 429 else None
+        headers = {"Retry-After": str(RETRY_AFTER_S)} if error.status == 429 else None
         return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
     @app.exception_handler(HTTPException)
