@@ -450,7 +450,8 @@ def eval_command(
         "--prompts", help="NAME=DIR: the variants again with this prompt folder, as variant "
         "NAME; repeat to compare prompt sets image by image.")] = None,
     config: Annotated[Path | None, typer.Option(
-        "--config", help="TOML file of [variants.NAME] tables of settings.")] = None,
+        "--config", help="TOML file of variants: a table per name (variants.NAME), each a "
+        "set of settings.")] = None,
     reference: Annotated[str | None, typer.Option(
         "--reference", help="The variant the others are compared with, image by image. "
         "Default: the first.")] = None,

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from img2music.graph.nodes import ModelFor, RetrieverFor
-from img2music.readiness import health_checks
+from img2music.readiness import Check, health_checks
 from img2music.runs import Composition
 from img2music.server.jobs import Job, RunPool
 from img2music.server.protocol import (
@@ -244,10 +244,10 @@ class _HealthCache:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.checked_at = -HEALTH_CACHE_S
-        self.checks: list[Any] = []
+        self.checks: list[Check] = []
         self.lock = asyncio.Lock()
 
-    async def get(self) -> list[Any]:
+    async def get(self) -> list[Check]:
         async with self.lock:
             if time.monotonic() - self.checked_at >= HEALTH_CACHE_S:
                 self.checks = await asyncio.to_thread(health_checks, self.settings)
