@@ -23,7 +23,9 @@ def test_wheel_has_only_the_img2music_top_level(tmp_path: Path) -> None:
     assert top_level == {"img2music", wheel.name.split("-py3")[0] + ".dist-info"}
     for expected in ("img2music/tools/check.py", "img2music/graph/__init__.py",
                      "img2music/server/__init__.py", "img2music/prompts/metrics.toml",
-                     "img2music/prompts/metric_feedback.j2", "img2music/py.typed"):
+                     "img2music/prompts/metric_feedback.j2", "img2music/py.typed",
+                     "img2music/server/page/index.html", "img2music/server/page/page.js",
+                     "img2music/server/page/page.css", "img2music/server/page/icon.svg"):
         assert expected in names
 
 

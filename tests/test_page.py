@@ -22,16 +22,13 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
+import img2music.server.page as page_module
 from tests.openai_server import Behaviour
 from tests.test_compose_cli import PHOTO
 from tests.test_graph import REFINED
 from tests.test_server import KEY, Served, img2music_server
 
 CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.is_file(),
-    reason="the browser test needs Debian's chromium at /usr/bin/chromium (scripts/install.sh "
-           "installs it; Playwright's own browser download is not used)")
 
 PHONE = {"width": 375, "height": 740}
 WAIT_MS = 120_000  # a whole run on two shared CPU cores, CLIP and rendering included
@@ -39,6 +36,9 @@ WAIT_MS = 120_000  # a whole run on two shared CPU cores, CLIP and rendering inc
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    if not CHROMIUM.is_file():
+        pytest.skip("the browser tests need Debian's chromium at /usr/bin/chromium "
+                    "(scripts/install.sh installs it; Playwright's browser download is not used)")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=str(CHROMIUM),
@@ -231,6 +231,12 @@ def test_with_a_key_the_page_asks_for_it_and_works_on_a_phone(
         key = page.get_by_label("API key")
         expect(key).to_be_visible()
         assert key.get_attribute("type") == "password"
+        # The keyboard reaches the key, then the drop zone's file input, with a visible ring.
+        page.keyboard.press("Tab")
+        expect(key).to_be_focused()
+        page.keyboard.press("Tab")
+        expect(page.locator("#image")).to_be_focused()
+        assert page.locator("#drop").evaluate("e => getComputedStyle(e).outlineStyle") != "none"
         drop_image(page, PHOTO)
         expect(page.locator("#preview")).to_be_visible()
         page.get_by_role("button", name="Compose").click()
@@ -354,3 +360,38 @@ def wait_for_end(server: Served, run_id: str) -> dict[str, Any]:
         if summary["status"] != "running" or time.monotonic() > deadline:
             return summary
         time.sleep(0.1)
+
+
+def test_a_silent_server_does_not_leave_the_page_waiting(
+    browser: Browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page gives up by itself when nothing comes back in time, and stops the run."""
+    monkeypatch.setattr(page_module, "CLIENT_MARGIN_S", 0.0)
+    with img2music_server(tmp_path, behaviour=Behaviour(sleep_s=5.0),
+                          server_run_timeout_s=0.5) as server, \
+            visit(browser, server, tmp_path) as seen:
+        compose_with(seen.page, PHOTO)
+        expect(seen.page.locator("#failure")).to_have_text(
+            "No answer within 0.5 s, so the run was stopped")
+        expect(seen.page.get_by_role("button", name="Compose")).to_be_enabled()
+        (run,) = server.runs.iterdir()
+        assert wait_for_end(server, run.name)["status"] == "failed"
+
+
+def test_the_page_and_its_settings_need_no_key_but_the_api_does(tmp_path: Path) -> None:
+    with img2music_server(tmp_path, api_key=KEY, rag_k=3) as server:
+        index = httpx.get(f"{server.url}/")
+        script = httpx.get(f"{server.url}/page/page.js")
+        config = httpx.get(f"{server.url}/page/config.json").json()
+        missing = httpx.get(f"{server.url}/page/secret.py")
+        models = httpx.get(f"{server.url}/v1/models")
+    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    policy = index.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy
+    assert "<script src=\"page/page.js\"" in index.text
+    assert script.status_code == 200 and "textContent" in script.text
+    assert "innerHTML" not in script.text  # model output never becomes markup
+    assert config["auth"] is True and config["defaults"]["k"] == 3
+    assert config["client_timeout_s"] > config["run_timeout_s"]
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "file_not_found"
+    assert models.status_code == 401

@@ -16,7 +16,8 @@ const SIZES = {length_seconds: "Length (s)", length_beats: "Length (beats)", bar
 const KEY_STORE = "img2music.key";
 
 const $ = (id) => document.getElementById(id);
-const page = {config: null, file: null, preview: null, run: null};
+// The run in progress (null when none) and the last run, whose results are on screen.
+const page = {config: null, file: null, preview: null, run: null, last: null};
 
 function element(tag, text, attributes = {}) {
   const node = document.createElement(tag);
@@ -153,13 +154,13 @@ async function compose(event) {
     $("advanced").open = true;
     return formError(chosen, $("k"));
   }
+  const run = beginRun(chosen);
   let image;
   try {
     image = await readAsDataUrl(page.file);
   } catch (error) {
-    return formError(`${page.file.name} cannot be read (${error.message}).`);
+    return finishRun(run, "failed", `${page.file.name} cannot be read (${error.message})`);
   }
-  const run = beginRun(chosen);
   const note = $("note").value.trim();
   const content = [{type: "image_url", image_url: {url: image}}];
   if (note) content.push({type: "text", text: note});
@@ -252,7 +253,7 @@ function finishRun(run, outcome, message, status = "Stopped.") {
   $("progress").removeAttribute("aria-busy");
   const active = $("steps").querySelector("[data-state=active]");
   if (outcome === "done") {
-    if (active) setStep(active.dataset.step, null);
+    if (active) active.removeAttribute("data-state");
     const seconds = run.result && run.result.wall_seconds;
     say(seconds ? `Done in ${seconds.toFixed(1)} s.` : "Done.");
     return;
