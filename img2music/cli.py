@@ -366,7 +366,7 @@ def serve(
         "127.0.0.1"),
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
 ) -> None:
-    """Serve the OpenAI-compatible endpoint (model `img2music`) and the runs' files."""
+    """Serve the web page, the OpenAI-compatible endpoint (model `img2music`) and runs' files."""
     import uvicorn
 
     settings = get_settings()
@@ -375,8 +375,8 @@ def serve(
                      "anyone who can reach this address can spend your model's time")
     from img2music.server.app import create_app
 
-    console.print(f"img2music on http://{host}:{port}/v1 (model img2music); runs in "
-                  f"{settings.data_dir / 'runs'}", highlight=False)
+    console.print(f"img2music on http://{host}:{port}/ (the page) and http://{host}:{port}/v1 "
+                  f"(model img2music); runs in {settings.data_dir / 'runs'}", highlight=False)
     uvicorn.run(create_app(settings), host=host, port=port,
                 log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
 

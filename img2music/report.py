@@ -51,22 +51,47 @@ def write_run(
         problems.extend(rendered.problems)
         files["motivation.md"] = out / "motivation.md"
         files["motivation.md"].write_text(_motivation_markdown(final), encoding="utf-8")
-    grid = (final.get("explanation") or {}).get("grid")
-    if grid is not None:
-        from img2music.tools.attention import draw_overlay
-
-        method = final.get("explanation", {}).get("method", "clip")
-        files["attention.png"] = draw_overlay(picture, np.asarray(grid, dtype=np.float64),
-                                              out / "attention.png",
-                                              title=ATTENTION_LABELS.get(method, method))
+    maps = _attention_maps(out, final, picture)
+    files.update({name: out / name for name in _map_files(maps)})
     full = {**report, **_without_images(final), "render_problems": problems,
-            "files": [*sorted(files), "report.json", "report.html"]}
+            "attention_maps": maps, "files": [*sorted(files), "report.json", "report.html"]}
     files["report.json"] = out / "report.json"
     files["report.json"].write_text(json.dumps(full, indent=2, default=str), encoding="utf-8")
     files["report.html"] = out / "report.html"
     files["report.html"].write_text(_html(final, picture, files, full, context),
                                     encoding="utf-8")
     return files, full
+
+
+def _attention_maps(out: Path, final: State, picture: Image.Image) -> dict[str, Any] | None:
+    """The explanation's overlays: the whole tune's, then one per section when there are any.
+
+    Returns what a client needs to offer them: the method, its label, any note, and the file of
+    each map (`attention.png`, then `attention-1.png`... in the tune's order of sections).
+    """
+    explanation = final.get("explanation") or {}
+    grid = explanation.get("grid")
+    if grid is None:
+        return None
+    from img2music.tools.attention import draw_overlay
+
+    method = explanation.get("method", "clip")
+    label = ATTENTION_LABELS.get(method, method)
+    draw_overlay(picture, np.asarray(grid, dtype=np.float64), out / "attention.png", title=label)
+    sections = []
+    for index, (name, section) in enumerate((explanation.get("sections") or {}).items(), 1):
+        file = f"attention-{index}.png"
+        draw_overlay(picture, np.asarray(section, dtype=np.float64), out / file,
+                     title=f"{label}; section {name}")
+        sections.append({"name": name, "file": file})
+    return {"method": method, "label": label, "note": explanation.get("note"),
+            "file": "attention.png", "sections": sections}
+
+
+def _map_files(maps: dict[str, Any] | None) -> list[str]:
+    if maps is None:
+        return []
+    return [maps["file"], *(section["file"] for section in maps["sections"])]
 
 
 def _without_images(state: State) -> dict[str, Any]:
@@ -119,6 +144,7 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path], report: di
     score = files.get("score.svg")
     usage = final.get("usage", {})
     method = (final.get("explanation") or {}).get("method", "")
+    maps = report.get("attention_maps") or {"sections": []}
     return environment.get_template("report.html.j2").render(
         title=_title(final.get("final_abc") or "") if final.get("final_abc") else "No tune",
         status_line=f"{final.get('status', 'failed')} · {report.get('image', '')}",
@@ -127,6 +153,9 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path], report: di
         attention_src=_data_url(files["attention.png"], "image/png")
         if "attention.png" in files else None,
         attention_label=ATTENTION_LABELS.get(method, ""),
+        section_maps=[{"name": section["name"],
+                       "src": _data_url(files[section["file"]], "image/png")}
+                      for section in maps["sections"]],
         audio_src=audio_src,
         score_svg=_svg_body(score.read_text(encoding="utf-8")) if score else None,
         motivation=final.get("motivation", ""),

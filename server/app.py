@@ -3,7 +3,8 @@
 `POST /v1/chat/completions` takes the image from the last user message (its text is the note
 about the music) and answers with the motivation and the tune; the `img2music` extension object
 of the answer carries the run id, the ABC, the metrics and the URLs of the run's files, which
-`/v1/runs/{id}/...` serves. The same app is mounted into `langgraph dev` by `langgraph.json`.
+`/v1/runs/{id}/...` serves; `/` is a web page over the same API. The same app is mounted into
+`langgraph dev` by `langgraph.json`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.readiness import Check, health_checks
 from img2music.runs import Composition
 from img2music.server.jobs import Job, RunPool
+from img2music.server.page import mount_page
 from img2music.server.protocol import (
     MODEL_ID,
     ApiError,
@@ -160,6 +162,7 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
                            code="file_not_found")
         return FileResponse(path, media_type=_media_type(name), headers=FILE_HEADERS)
 
+    mount_page(app, settings)
     return app
 
 
@@ -349,6 +352,7 @@ def run_summary(run_id: str, report: dict[str, Any], folder: Path,
         "prompt_set": report.get("prompt_set"),
         "wall_seconds": report.get("wall_seconds"),
         "usage": usage_of(report),
+        "attention_maps": report.get("attention_maps"),
         "files": {name: f"{base}v1/runs/{run_id}/{name}" for name in report.get("files", [])
                   if (folder / name).is_file()},
     }

@@ -103,7 +103,15 @@ def test_attention_maps_from_a_local_copy_while_composing_remotely(tmp_path: Pat
     assert report["explanation"]["method"] == "attention"
     assert set(report["explanation"]["sections"]) == {"theme", "close"}
     assert (folder / "attention.png").read_bytes().startswith(b"\x89PNG")
-    assert "attention of the tune&#39;s tokens" in (folder / "report.html").read_text()
+    maps = report["attention_maps"]
+    assert maps["method"] == "attention" and maps["file"] == "attention.png"
+    assert maps["sections"] == [{"name": "theme", "file": "attention-1.png"},
+                                {"name": "close", "file": "attention-2.png"}]
+    for section in maps["sections"]:
+        assert (folder / section["file"]).read_bytes().startswith(b"\x89PNG")
+        assert section["file"] in report["files"]
+    html = (folder / "report.html").read_text()
+    assert "attention of the tune&#39;s tokens" in html and "section close" in html
 
 
 def test_the_local_backend_runs_end_to_end_and_fails_cleanly_on_noise(tmp_path: Path) -> None:

@@ -1,0 +1,595 @@
+"use strict";
+// img2music's page: one run at a time through the server's OpenAI-compatible API, streamed.
+// Everything the model wrote is untrusted text: it goes in with textContent, never as markup,
+// and the run's files are shown from blob URLs in <img> and <audio>, never inlined.
+
+const STEPS = ["describe", "retrieve", "compose", "parse_check", "evaluate", "explain"];
+const STEP_NAMES = {describe: "Describe", retrieve: "Retrieve", compose: "Compose",
+                    parse_check: "Check", evaluate: "Evaluate", explain: "Explain"};
+const DOWNLOADS = [["tune.abc", "ABC"], ["tune.mid", "MIDI"], ["tune.wav", "WAV"],
+                   ["tune.ogg", "Ogg Vorbis"], ["score.svg", "Score (SVG)"],
+                   ["pianoroll.png", "Piano roll"], ["attention.png", "Map (PNG)"],
+                   ["motivation.md", "Motivation"], ["report.html", "Report (HTML)"],
+                   ["report.json", "Report (JSON)"]];
+const SIZES = {length_seconds: "Length (s)", length_beats: "Length (beats)", bars: "Bars",
+               voices: "Voices", notes: "Notes"};
+const KEY_STORE = "img2music.key";
+
+const $ = (id) => document.getElementById(id);
+// The run in progress (null when none) and the last run, whose results are on screen.
+const page = {config: null, file: null, preview: null, run: null, last: null};
+
+function element(tag, text, attributes = {}) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  return node;
+}
+
+function oneLine(text) {
+  const line = String(text || "").replace(/\s+/g, " ").trim();
+  return line.charAt(0).toUpperCase() + line.slice(1);
+}
+
+function apiKey() {
+  return page.config && page.config.auth ? $("key").value.trim() : "";
+}
+
+function authHeaders(extra = {}) {
+  const key = apiKey();
+  return key ? {...extra, Authorization: `Bearer ${key}`} : extra;
+}
+
+function runUrl(run) {
+  return `v1/runs/${encodeURIComponent(run.id)}`;
+}
+
+function fileUrl(run, name) {
+  return `${runUrl(run)}/${encodeURIComponent(name)}`;
+}
+
+// ---- the form --------------------------------------------------------------------------------
+
+async function start() {
+  try {
+    const response = await fetch("page/config.json");
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    page.config = await response.json();
+  } catch (error) {
+    formError(`This page cannot reach its server (${error.message}); reload to try again.`);
+    $("compose").disabled = true;
+    return;
+  }
+  const {defaults, auth} = page.config;
+  $("k").value = defaults.k;
+  $("rounds").value = defaults.refine_rounds;
+  $("rag").checked = defaults.rag;
+  $("explain").value = defaults.explain;
+  $("key-row").hidden = !auth;
+  if (auth) $("key").value = sessionStorage.getItem(KEY_STORE) || "";
+  $("key").addEventListener("input", () => sessionStorage.setItem(KEY_STORE, $("key").value));
+  $("rag").addEventListener("change", () => { $("k").disabled = !$("rag").checked; });
+  $("image").addEventListener("change", () => chooseFile($("image").files[0]));
+  const drop = $("drop");
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (event) => { event.preventDefault(); drop.classList.add("over"); });
+  }
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    chooseFile(event.dataTransfer.files[0]);
+  });
+  $("form").addEventListener("submit", compose);
+  $("cancel").addEventListener("click", () => page.run && stopRun(page.run, "cancelled"));
+  $("copy").addEventListener("click", copyAbc);
+  $("map-section").addEventListener("change", () => {
+    showMap(page.last).catch((error) => log(`The map cannot be shown: ${error.message}`));
+  });
+}
+
+function chooseFile(file) {
+  if (!file) return;
+  hideFormError();
+  if (file.type && !file.type.startsWith("image/")) {
+    formError(`${file.name} is not an image (${file.type}); choose a photo or a picture.`);
+    return;
+  }
+  page.file = file;
+  if (page.preview) URL.revokeObjectURL(page.preview);
+  page.preview = URL.createObjectURL(file);
+  const preview = $("preview");
+  preview.onerror = () => { preview.hidden = true; };
+  preview.src = page.preview;
+  preview.alt = `The chosen image: ${file.name}`;
+  preview.hidden = false;
+  $("drop-text").textContent = `${file.name}: drop or choose another to change it`;
+}
+
+function formError(message, focus) {
+  const box = $("form-error");
+  box.textContent = message;
+  box.hidden = false;
+  if (focus) focus.focus();
+}
+
+function hideFormError() {
+  $("form-error").hidden = true;
+}
+
+function options() {
+  const k = Number($("k").value), rounds = Number($("rounds").value);
+  if (!Number.isInteger(k) || k < 0 || k > 20) return "Examples to retrieve must be 0 to 20.";
+  if (!Number.isInteger(rounds) || rounds < 0 || rounds > 10) {
+    return "Refinement rounds must be 0 to 10.";
+  }
+  return {k, rag: $("rag").checked, refine: rounds > 0, refine_rounds: rounds,
+          explain: $("explain").value};
+}
+
+function readAsDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+// ---- a run -----------------------------------------------------------------------------------
+
+async function compose(event) {
+  event.preventDefault();
+  if (page.run || !page.config) return;
+  hideFormError();
+  if (!page.file) return formError("Choose an image first.", $("image"));
+  if (page.config.auth && !apiKey()) return formError("Enter the API key first.", $("key"));
+  const limit = page.config.max_upload_bytes;
+  if (page.file.size > limit) {
+    return formError(`${page.file.name} is ${megabytes(page.file.size)}; this server takes ` +
+                     `images up to ${megabytes(limit)}.`);
+  }
+  const chosen = options();
+  if (typeof chosen === "string") {
+    $("advanced").open = true;
+    return formError(chosen, $("k"));
+  }
+  const run = beginRun(chosen);
+  let image;
+  try {
+    image = await readAsDataUrl(page.file);
+  } catch (error) {
+    return finishRun(run, "failed", `${page.file.name} cannot be read (${error.message})`);
+  }
+  const note = $("note").value.trim();
+  const content = [{type: "image_url", image_url: {url: image}}];
+  if (note) content.push({type: "text", text: note});
+  const body = {model: "img2music", stream: true, img2music: chosen,
+                messages: [{role: "user", content}]};
+  try {
+    const response = await fetch("v1/chat/completions", {
+      method: "POST", body: JSON.stringify(body), signal: run.controller.signal,
+      headers: authHeaders({"Content-Type": "application/json"})});
+    if (!response.ok) {
+      const error = await errorOf(response);
+      finishRun(run, "failed", error.message);
+      if (response.status === 401) $("key").focus();
+      return;
+    }
+    await readStream(response, run);
+    if (!run.finished) finishRun(run, "failed", "the server closed the connection early");
+  } catch (error) {
+    if (!run.finished) finishRun(run, "failed", `the server cannot be reached (${error.message})`);
+  }
+}
+
+function megabytes(bytes) {
+  return `${(bytes / 1e6).toFixed(1)} MB`;
+}
+
+async function errorOf(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error && body.error.message) return body.error;
+  } catch (ignored) { /* not JSON: the status says enough */ }
+  return {message: `the server answered ${response.status} ${response.statusText}`};
+}
+
+function beginRun(chosen) {
+  if (page.last) page.last.blobs.forEach((url) => URL.revokeObjectURL(url));
+  const run = {id: null, controller: new AbortController(), timer: null, finished: false,
+               options: chosen, attempts: new Map(), blobs: [], maps: new Map(), result: null,
+               repairs: page.config.defaults.repairs};
+  page.run = run;
+  page.last = run;
+  armTimer(run);
+  for (const id of ["description", "motivation", "abc", "copy-status", "log", "examples",
+                    "attempts", "metrics", "downloads", "map-label", "map-section"]) {
+    $(id).replaceChildren();
+  }
+  for (const id of ["result", "story", "description-box", "examples-box", "attempts-box",
+                    "metrics-box", "failure", "map-box", "score-box"]) {
+    $(id).hidden = true;
+  }
+  $("audio").removeAttribute("src");
+  for (const step of $("steps").children) {
+    step.removeAttribute("data-state");
+    step.removeAttribute("aria-current");
+    step.textContent = STEP_NAMES[step.dataset.step];
+  }
+  $("progress").hidden = false;
+  $("progress").setAttribute("aria-busy", "true");
+  $("compose").disabled = true;
+  $("cancel").hidden = false;
+  say("Sending the image…");
+  return run;
+}
+
+function armTimer(run) {
+  clearTimeout(run.timer);
+  run.timer = setTimeout(() => stopRun(run, "timeout"), page.config.client_timeout_s * 1000);
+}
+
+function stopRun(run, why) {
+  if (run.finished) return;
+  if (run.id) {
+    fetch(runUrl(run), {method: "DELETE", headers: authHeaders(), keepalive: true})
+      .catch(() => {});  // the aborted stream stops the run on the server as well
+  }
+  run.controller.abort();
+  const message = why === "timeout"
+    ? `no answer within ${page.config.client_timeout_s} s, so the run was stopped`
+    : "cancelled: the run stops at its next step";
+  finishRun(run, "failed", message);
+}
+
+function finishRun(run, outcome, message, status = "Stopped.") {
+  if (run.finished) return;
+  run.finished = true;
+  clearTimeout(run.timer);
+  page.run = null;
+  $("compose").disabled = false;
+  $("cancel").hidden = true;
+  $("progress").removeAttribute("aria-busy");
+  const active = $("steps").querySelector("[data-state=active]");
+  if (outcome === "done") {
+    if (active) active.removeAttribute("data-state");
+    const seconds = run.result && run.result.wall_seconds;
+    say(seconds ? `Done in ${seconds.toFixed(1)} s.` : "Done.");
+    return;
+  }
+  if (active) setStep(active.dataset.step, "failed");
+  const failure = $("failure");
+  failure.textContent = oneLine(message);
+  failure.hidden = false;
+  say(status);
+}
+
+function say(text) {
+  $("status").textContent = text;
+}
+
+function log(text) {
+  $("log").append(element("li", text));
+}
+
+async function readStream(response, run) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done || run.finished) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      for (const line of block.split("\n")) {
+        if (!line.startsWith("data: ")) continue;
+        const data = line.slice(6);
+        if (data === "[DONE]") return;
+        await onChunk(JSON.parse(data), run);
+        if (run.finished) return;
+      }
+    }
+  }
+}
+
+async function onChunk(chunk, run) {
+  if (chunk.error) {
+    finishRun(run, "failed", chunk.error.message);
+    return;
+  }
+  const event = chunk.img2music;
+  if (!event) return;  // the answer text: the result event carries the same, structured
+  if (event.type === "queued") {
+    run.id = event.run_id;
+    say("Queued: waiting for a free place on the server…");
+  } else if (event.type === "started") {
+    armTimer(run);
+    say("Started.");
+    setStep("describe", "active");
+  } else if (event.type === "node") {
+    onNode(event.node, event.update || {}, run);
+  } else if (event.type === "result") {
+    run.result = event;
+    await showResult(event, run);
+    if (event.status === "done") {
+      finishRun(run, "done");
+    } else {
+      finishRun(run, "failed", event.failure || "no valid tune within the limits",
+                "Finished without a tune.");
+    }
+  }
+}
+
+// ---- progress, node by node ------------------------------------------------------------------
+
+function setStep(step, state) {
+  const item = $("steps").querySelector(`[data-step="${step}"]`);
+  if (!item) return;
+  if (state === "done") {
+    const count = Number(item.dataset.count || 0) + 1;
+    item.dataset.count = count;
+    item.textContent = count > 1 ? `${STEP_NAMES[step]} ×${count}` : STEP_NAMES[step];
+  }
+  if (state) item.dataset.state = state;
+  if (state === "active") {
+    for (const other of $("steps").querySelectorAll("[aria-current]")) {
+      other.removeAttribute("aria-current");
+    }
+    item.setAttribute("aria-current", "step");
+  } else {
+    item.removeAttribute("aria-current");
+  }
+}
+
+function onNode(node, update, run) {
+  setStep(node, "done");
+  const attempts = update.attempts || [];
+  for (const attempt of attempts) {
+    run.attempts.set(attempt.n, attempt);
+    showAttempt(attempt);
+  }
+  const last = attempts[attempts.length - 1];
+  let next = null;
+  if (node === "describe") {
+    showText("description", update.description);
+    log("Described the image.");
+    next = "retrieve";
+  } else if (node === "retrieve") {
+    const examples = update.examples || [];
+    showExamples(examples);
+    log(examples.length ? `Retrieved ${examples.length} real tunes as examples.`
+                        : "No examples retrieved (RAG is off or the index is empty).");
+    next = "compose";
+  } else if (node === "compose" && last) {
+    log(`Round ${last.round}: attempt ${last.n + 1} written (${last.kind}).`);
+    next = "parse_check";
+  } else if (node === "parse_check" && last) {
+    const errors = (last.check && last.check.errors) || [];
+    log(last.valid ? `Attempt ${last.n + 1} passed the checker.`
+                   : `Attempt ${last.n + 1} rejected: ${errors.length} error(s)` +
+                     (errors.length ? `, first: ${errors[0].message}` : "."));
+    const rejected = [...run.attempts.values()].filter(
+      (a) => a.round === last.round && !a.valid).length;
+    next = last.valid ? "evaluate" : rejected <= run.repairs ? "compose" : "explain";
+  } else if (node === "evaluate" && last) {
+    log(`Attempt ${last.n + 1} measured.`);
+    const more = run.options.refine && last.round < run.options.refine_rounds;
+    next = more ? "compose" : "explain";
+  } else if (node === "explain") {
+    log(update.status === "done" ? "Chose the best valid tune and explained it."
+                                 : `No tune: ${update.failure || "no valid tune"}.`);
+    if (update.description) showText("description", update.description);
+  }
+  if (next) {
+    setStep(next, "active");
+    say(`${STEP_NAMES[node]} done; now: ${STEP_NAMES[next]}…`);
+  } else {
+    say(`${STEP_NAMES[node] || node} done; writing the files…`);
+  }
+  showMetrics(run);
+}
+
+function showText(id, text) {
+  if (!text) return;
+  $(id).textContent = text;
+  $("story").hidden = false;
+  $(`${id}-box`).hidden = false;
+}
+
+function showExamples(examples) {
+  const rows = examples.map((example) => {
+    const row = element("tr");
+    const title = (example.metadata && example.metadata.title) || example.id;
+    row.append(element("td", title), element("td", example.caption),
+               element("td", Number(example.score).toFixed(3), {class: "number"}));
+    return row;
+  });
+  $("examples").replaceChildren(...rows);
+  $("examples-box").hidden = rows.length === 0;
+  if (rows.length) $("story").hidden = false;
+}
+
+function showAttempt(attempt) {
+  const id = `attempt-${attempt.n}`;
+  let item = document.getElementById(id);
+  if (!item) {
+    item = element("li", null, {id});
+    $("attempts").append(item);
+  }
+  const checked = attempt.check !== null && attempt.check !== undefined;
+  const state = !checked ? "pending" : attempt.valid ? "valid" : "rejected";
+  item.dataset.state = state;
+  const heading = element("h4", `Attempt ${attempt.n + 1} · round ${attempt.round} · ` +
+                                `${attempt.kind} · `);
+  heading.append(element("span", {pending: "checking…", valid: "valid",
+                                   rejected: "rejected"}[state], {class: "verdict"}));
+  const parts = [heading];
+  if (state === "rejected") {
+    const errors = attempt.check.errors.length ? attempt.check.errors
+                                               : [{message: "the checker found no tune"}];
+    const list = element("ul", null, {"aria-label": "What the checker said"});
+    for (const error of errors.slice(0, 5)) {
+      const where = error.line ? `line ${error.line}${error.col ? `, col ${error.col}` : ""}: `
+                               : "";
+      list.append(element("li", where + error.message));
+    }
+    parts.push(list);
+  }
+  for (const note of [...(attempt.fixes || []), ...(attempt.notes || [])]) {
+    parts.push(element("p", note, {class: "muted"}));
+  }
+  if (attempt.abc) {
+    const details = element("details");
+    details.append(element("summary", "ABC"), element("pre", attempt.abc));
+    parts.push(details);
+  }
+  item.replaceChildren(...parts);
+  $("attempts-box").hidden = false;
+  $("story").hidden = false;
+}
+
+function showMetrics(run) {
+  const measured = [...run.attempts.values()].filter((attempt) => attempt.metrics);
+  if (!measured.length) return;
+  const head = element("tr");
+  head.append(element("th", "Metric", {scope: "col"}));
+  for (const attempt of measured) {
+    head.append(element("th", `Round ${attempt.round} (attempt ${attempt.n + 1})`,
+                        {scope: "col"}));
+  }
+  const rows = Object.keys(measured[0].metrics).map((key) => {
+    const row = element("tr");
+    const first = measured[0].metrics[key];
+    row.append(element("th", SIZES[key] || (first && first.name) || key, {scope: "row"}));
+    for (const attempt of measured) {
+      row.append(element("td", metricText(attempt.metrics[key]), {class: "number"}));
+    }
+    return row;
+  });
+  const thead = element("thead"), tbody = element("tbody");
+  thead.append(head);
+  tbody.append(...rows);
+  $("metrics").replaceChildren(thead, tbody);
+  $("metrics-box").hidden = false;
+}
+
+function metricText(metric) {
+  // A metric is {value, undefined_reason}; the tune's size (bars, notes...) a plain number.
+  const value = typeof metric === "object" && metric !== null ? metric.value : metric;
+  if (value === null || value === undefined) {
+    const reason = metric && metric.undefined_reason;
+    return reason ? `undefined (${reason})` : "undefined";
+  }
+  return String(Number(Number(value).toFixed(3)));
+}
+
+// ---- the result ------------------------------------------------------------------------------
+
+async function showResult(result, run) {
+  const files = Object.keys(result.files || {});
+  showText("description", result.description);
+  showDownloads(run, files, result.attention_maps);
+  $("result").hidden = files.length === 0;
+  $("tune").hidden = result.status !== "done";
+  if (result.status !== "done") {
+    $("result-heading").textContent = "No tune this time";
+    return;
+  }
+  const title = /^T:\s*(.+)$/m.exec(result.abc || "");
+  $("result-heading").textContent = title ? `The tune: ${title[1].trim()}` : "The tune";
+  $("motivation").textContent = result.motivation || "";
+  $("abc").textContent = result.abc || "";
+  const loads = [];
+  const audio = files.includes("tune.wav") ? "tune.wav" : files.find((f) => f === "tune.ogg");
+  if (audio) loads.push(blobUrl(run, audio).then((url) => { $("audio").src = url; }));
+  if (files.includes("score.svg")) {
+    loads.push(blobUrl(run, "score.svg").then((url) => {
+      $("score").src = url;
+      $("score-box").hidden = false;
+    }));
+  }
+  if (result.attention_maps) loads.push(showMaps(result.attention_maps, run));
+  const outcomes = await Promise.allSettled(loads);
+  const failed = outcomes.find((outcome) => outcome.status === "rejected");
+  if (failed) log(`Some files could not be shown: ${failed.reason.message}`);
+}
+
+async function blobUrl(run, name) {
+  const response = await fetch(fileUrl(run, name), {headers: authHeaders()});
+  if (!response.ok) throw new Error(`${name}: ${(await errorOf(response)).message}`);
+  const url = URL.createObjectURL(await response.blob());
+  run.blobs.push(url);
+  return url;
+}
+
+async function showMaps(maps, run) {
+  const select = $("map-section");
+  const choices = [["", maps.file, "Whole tune"],
+                   ...maps.sections.map((s) => [s.name, s.file, `Section ${s.name}`])];
+  select.replaceChildren(...choices.map(([, file, label]) => element("option", label,
+                                                                     {value: file})));
+  select.disabled = choices.length < 2;
+  run.mapLabel = maps.label + (maps.note ? ` (${maps.note})` : "");
+  run.mapChoices = new Map(choices.map(([, file, label]) => [file, label]));
+  $("map-label").textContent = run.mapLabel;
+  await showMap(run);
+  $("map-box").hidden = false;
+}
+
+async function showMap(run) {
+  if (!run || !run.mapChoices) return;
+  const file = $("map-section").value;
+  if (!run.maps.has(file)) run.maps.set(file, await blobUrl(run, file));
+  const map = $("map");
+  map.src = run.maps.get(file);
+  map.alt = `${run.mapLabel}: ${run.mapChoices.get(file).toLowerCase()}`;
+}
+
+function showDownloads(run, files, maps) {
+  const sections = new Map(((maps && maps.sections) || []).map((s) => [s.file, s.name]));
+  const known = DOWNLOADS.map(([name]) => name);
+  const ordered = [...DOWNLOADS.filter(([name]) => files.includes(name)),
+                   ...files.filter((name) => !known.includes(name)).sort().map(
+                     (name) => [name, sections.has(name) ? `Map: ${sections.get(name)}` : name])];
+  const items = ordered.map(([name, label]) => {
+    const link = element("a", label, {href: fileUrl(run, name), download: name,
+                                      title: name});
+    link.addEventListener("click", (event) => {
+      if (!apiKey()) return;  // no key: a plain link works
+      event.preventDefault();
+      downloadWithKey(run, name).catch((error) => log(`Download failed: ${error.message}`));
+    });
+    const item = element("li");
+    item.append(link);
+    return item;
+  });
+  $("downloads").replaceChildren(...items);
+}
+
+async function downloadWithKey(run, name) {
+  const url = await blobUrl(run, name);
+  const link = element("a", null, {href: url, download: name});
+  document.body.append(link);
+  link.click();
+  link.remove();
+}
+
+async function copyAbc() {
+  const text = $("abc").textContent;
+  try {
+    await navigator.clipboard.writeText(text);
+    $("copy-status").textContent = "Copied.";
+  } catch (error) {
+    const range = document.createRange();
+    range.selectNodeContents($("abc"));
+    const selection = window.getSelection();
+    selection.removeAllRanges();
+    selection.addRange(range);
+    $("copy-status").textContent = "Selected: press Ctrl+C (⌘C) to copy.";
+  }
+}
+
+document.addEventListener("DOMContentLoaded", start);
