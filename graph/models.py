@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import openai
 from langchain_core.language_models import BaseChatModel
@@ -44,6 +44,7 @@ from img2music.tools.images import BadImage, open_image, to_rgb
 logger = logging.getLogger(__name__)
 
 MAX_REPLY_CHARS = 200_000
+EndpointRole = Literal["VLM", "judge"]
 """Longest model text kept; a runaway answer is cut here rather than filling memory and logs."""
 CONNECT_TIMEOUT_S = 10.0
 """A host that does not even accept the connection is not worth the long generation timeout."""
@@ -187,24 +188,27 @@ def _local_model(model_id: str, temperature: float, top_p: float, top_k: int,
 
 
 def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentation], *,
-               endpoint: str, max_chars: int = MAX_REPLY_CHARS) -> ModelReply:
+               endpoint: str, max_chars: int = MAX_REPLY_CHARS,
+               role: EndpointRole = "VLM") -> ModelReply:
     """One model call: its text (capped, as model output is untrusted), tokens and time.
 
-    Raises `VLMUnavailable` with one line naming the endpoint when the call fails for any
-    reason the openai client reports: down, refused, timed out, 5xx after the retries, 4xx.
+    Raises `VLMUnavailable` with one line naming the endpoint (the composer's VLM, or the
+    evaluation judge) when the call fails for any reason the openai client reports: down,
+    refused, timed out, 5xx after the retries, 4xx.
     """
+    where = Endpoint(role, endpoint)
     started = time.monotonic()
     try:
         message = model.invoke(list(messages))
     except openai.APITimeoutError as error:
-        raise VLMUnavailable(_timeout_message(model, endpoint)) from error
+        raise VLMUnavailable(_timeout_message(model, where)) from error
     except openai.APIConnectionError as error:
-        raise VLMUnavailable(_connection_message(error, endpoint)) from error
+        raise VLMUnavailable(_connection_message(error, where)) from error
     except openai.APIStatusError as error:
-        raise VLMUnavailable(_status_message(model, error, endpoint)) from error
+        raise VLMUnavailable(_status_message(model, error, where)) from error
     except openai.APIError as error:
-        raise VLMUnavailable(f"the VLM endpoint {endpoint} gave an answer that could not be "
-                             f"read: {_one_line(str(error))}") from error
+        raise VLMUnavailable(f"{where} gave an answer that could not be read: "
+                             f"{_one_line(str(error))}") from error
     seconds = time.monotonic() - started
     text = str(message.text)
     truncated = len(text) > max_chars
@@ -237,30 +241,50 @@ def _times(count: int) -> str:
     return "once" if count == 1 else f"{count} times"
 
 
-def _timeout_message(model: BaseChatModel, endpoint: str) -> str:
+@dataclass(frozen=True)
+class Endpoint:
+    """Which endpoint a failed call went to, as its messages name it, with the fixes to try."""
+
+    role: EndpointRole
+    url: str
+
+    def __str__(self) -> str:
+        return f"the {self.role} endpoint {self.url}"
+
+    @property
+    def key_setting(self) -> str:
+        return "IMG2MUSIC_VLM_API_KEY" if self.role == "VLM" else "IMG2MUSIC_JUDGE_API_KEY"
+
+    @property
+    def start_hint(self) -> str:
+        return (" (is vLLM running? see `img2music vlm serve`)" if self.role == "VLM"
+                else " (is it running? see IMG2MUSIC_JUDGE_BASE_URL)")
+
+
+def _timeout_message(model: BaseChatModel, endpoint: Endpoint) -> str:
     timeout = model.request_timeout if isinstance(model, ChatOpenAI) else None
     seconds = timeout.read if isinstance(timeout, openai.Timeout) else timeout
     within = f" within {seconds:g} s" if isinstance(seconds, int | float) else " in time"
     tries = _tries(model)
-    return (f"the VLM endpoint {endpoint} did not answer{within}"
+    return (f"{endpoint} did not answer{within}"
             f"{f' ({tries} tries)' if tries > 1 else ''}")
 
 
-def _connection_message(error: openai.APIConnectionError, endpoint: str) -> str:
+def _connection_message(error: openai.APIConnectionError, endpoint: Endpoint) -> str:
     causes: list[BaseException] = []
     cause: BaseException | None = error
     while cause is not None and cause not in causes:
         causes.append(cause)
         cause = cause.__cause__ or cause.__context__
     if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
-        return (f"the VLM endpoint {endpoint} refused the connection "
-                "(is vLLM running? see `img2music vlm serve`)")
+        return f"{endpoint} refused the connection{endpoint.start_hint}"
     if any(isinstance(cause, socket.gaierror) for cause in causes):
-        return f"the VLM endpoint {endpoint} has a host name that does not resolve"
-    return f"the VLM endpoint {endpoint} could not be reached: {_one_line(str(causes[-1]))}"
+        return f"{endpoint} has a host name that does not resolve"
+    return f"{endpoint} could not be reached: {_one_line(str(causes[-1]))}"
 
 
-def _status_message(model: BaseChatModel, error: openai.APIStatusError, endpoint: str) -> str:
+def _status_message(model: BaseChatModel, error: openai.APIStatusError,
+                    endpoint: Endpoint) -> str:
     status = error.status_code
     try:
         reason = HTTPStatus(status).phrase
@@ -275,17 +299,16 @@ def _status_message(model: BaseChatModel, error: openai.APIStatusError, endpoint
     if status == 404 and name is not None and "model" in detail.lower():
         served = _served_models(model)
         serves = f" (it serves {', '.join(served)})" if served else ""
-        return f"the VLM endpoint {endpoint} does not serve the model {name!r}{serves}{said}"
+        return f"{endpoint} does not serve the model {name!r}{serves}{said}"
     if status == 404:
-        return (f"the VLM endpoint {endpoint} answered 404 Not Found (is the URL right? "
-                f"vLLM's ends in /v1){said}")
+        return (f"{endpoint} answered 404 Not Found (is the URL right? vLLM's ends in "
+                f"/v1){said}")
     if status in (401, 403):
-        return (f"the VLM endpoint {endpoint} refused the API key ({status} {reason}; "
-                f"set IMG2MUSIC_VLM_API_KEY){said}")
+        return (f"{endpoint} refused the API key ({status} {reason}; set "
+                f"{endpoint.key_setting}){said}")
     if status >= 500 or status in (408, 409, 429):
-        return (f"the VLM endpoint {endpoint} answered {status} {reason} "
-                f"{_times(_tries(model))}{said}")
-    return f"the VLM endpoint {endpoint} answered {status} {reason}{said}"
+        return f"{endpoint} answered {status} {reason} {_times(_tries(model))}{said}"
+    return f"{endpoint} answered {status} {reason}{said}"
 
 
 def _served_models(model: BaseChatModel) -> list[str]:

@@ -252,6 +252,7 @@ def test_the_command_line_fails_bad_items_in_one_line_and_goes_on(
     assert "notes.png: " in result.stderr and "not a usable image" in result.stderr
     refused = [line for line in result.stderr.splitlines() if "refused the connection" in line]
     assert len(refused) == 4  # each tune's judging fails once, in one line
+    assert all("the judge endpoint http://127.0.0.1" in line for line in refused)
     assert "Machine judge (1–7)" in result.stdout and "caption-only" in result.stdout
     assert "summary.md: " in result.stdout
     assert len((tmp_path / "cli" / "runs.jsonl").read_text().splitlines()) == 4

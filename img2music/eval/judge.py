@@ -154,12 +154,12 @@ class Judge:
 
     def ask(self, image_url: str, abc: str, question: Question) -> JudgeReply:
         reply = call_model(self.model, to_langchain(question_messages(image_url, abc, question)),
-                           endpoint=self.endpoint, max_chars=20_000)
+                           endpoint=self.endpoint, max_chars=20_000, role="judge")
         return JudgeReply(parse_score(reply.text), reply.text[:MAX_KEPT_CHARS],
                           reply.input_tokens + reply.output_tokens)
 
     def caption(self, abc: str) -> JudgeReply:
         reply = call_model(self.model, to_langchain(caption_messages(abc)),
-                           endpoint=self.endpoint, max_chars=20_000)
+                           endpoint=self.endpoint, max_chars=20_000, role="judge")
         text = strip_reasoning(reply.text).strip()[:MAX_CAPTION_CHARS]
         return JudgeReply(Score(None, "", None), text, reply.input_tokens + reply.output_tokens)
