@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +138,38 @@ def test_the_local_backend_runs_end_to_end_and_fails_cleanly_on_noise(tmp_path: 
     assert [a["kind"] for a in report["attempts"]] == ["compose", "repair"]
     assert report["usage"]["compose"]["output_tokens"] > 0
     assert not (tmp_path / "out" / "grace_hopper" / "tune.abc").exists()
+
+
+def test_a_batch_killed_midway_keeps_every_image_it_finished(tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a-first", "b-second"):
+        (images / f"{name}.jpg").write_bytes(PHOTO.read_bytes())
+    calls = itertools.count()
+    release = threading.Event()
+
+    def stall_after_the_first_image(body: dict[str, Any]) -> str:
+        if next(calls) >= 3:  # describe, compose, refine of the first image answer; then stall
+            release.wait(120)
+        return respond(body)
+
+    environment = {**os.environ, "IMG2MUSIC_DATA_DIR": str(tmp_path / "data")}
+    with scripted_server(stall_after_the_first_image) as server:
+        environment.update(IMG2MUSIC_VLM_BASE_URL=server.url, IMG2MUSIC_VLM_MODEL=server.model)
+        batch = subprocess.Popen(
+            [str(Path(sys.executable).with_name("img2music")), "compose", str(images), "--out",
+             str(tmp_path / "out"), "--no-rag", "--explain", "none", "--concurrency", "1"],
+            env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while len(server.requests) < 4:  # the second image is being composed
+            assert batch.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        batch.kill()
+        batch.wait(timeout=30)
+        release.set()
+    first = tmp_path / "out" / "a-first"
+    assert check_abc((first / "tune.abc").read_text()).ok
+    assert json.loads((first / "report.json").read_text())["status"] == "done"
+    assert (first / "tune.wav").read_bytes()[:4] == b"RIFF"
+    assert "</html>" in (first / "report.html").read_text()
+    assert not (tmp_path / "out" / "b-second" / "tune.abc").exists()
