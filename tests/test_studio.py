@@ -90,7 +90,10 @@ def test_studio_sees_the_graph_its_settings_and_prompts_and_runs_it(dev_server: 
     assert check_abc(final["final_abc"]).ok
 
 
-def test_the_openai_routes_answer_on_the_same_port(dev_server: str) -> None:
+def test_the_openai_routes_and_the_page_answer_on_the_same_port(dev_server: str) -> None:
+    page = httpx.get(f"{dev_server}/")
+    assert page.status_code == 200 and "<title>" in page.text
+    assert httpx.get(f"{dev_server}/page/page.js").status_code == 200
     client = openai.OpenAI(base_url=f"{dev_server}/v1", api_key="none", max_retries=0)
     assert [model.id for model in client.models.list()] == ["img2music"]
     completion = client.chat.completions.create(

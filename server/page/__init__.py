@@ -34,11 +34,19 @@ CLIENT_MARGIN_S = 30.0
 
 
 def mount_page(app: FastAPI, settings: Settings) -> None:
-    """Serve the page at `/` and its files under `/page/`; they need no key, the API does."""
+    """Serve the page at `/` and its files under `/page/`; they need no key, the API does.
+
+    The files are read once, here, so that serving them never blocks the event loop.
+    """
+    contents = {name: files(__name__).joinpath(name).read_bytes()
+                for name in ("index.html", *ASSETS)}
+
+    def asset_response(name: str, media_type: str) -> Response:
+        return Response(contents[name], media_type=media_type, headers=PAGE_HEADERS)
 
     @app.get("/", include_in_schema=False)
     async def index() -> Response:
-        return _asset("index.html", "text/html; charset=utf-8")
+        return asset_response("index.html", "text/html; charset=utf-8")
 
     @app.get("/page/config.json", include_in_schema=False)
     async def page_config() -> JSONResponse:
@@ -50,7 +58,7 @@ def mount_page(app: FastAPI, settings: Settings) -> None:
         if name not in ASSETS:
             raise ApiError(404, f"the page has no file {name!r}", type="not_found_error",
                            code="file_not_found")
-        return _asset(name, ASSETS[name])
+        return asset_response(name, ASSETS[name])
 
 
 def page_settings(settings: Settings) -> dict[str, Any]:
@@ -67,7 +75,3 @@ def page_settings(settings: Settings) -> dict[str, Any]:
                      "repairs": settings.max_repairs, "explain": settings.explain},
     }
 
-
-def _asset(name: str, media_type: str) -> Response:
-    return Response(files(__name__).joinpath(name).read_bytes(), media_type=media_type,
-                    headers=PAGE_HEADERS)
