@@ -26,7 +26,7 @@ from img2music.graph.models import (
     think_suffix,
     to_langchain,
 )
-from img2music.graph.state import Attempt, AttemptKind, Message, State
+from img2music.graph.state import Attempt, AttemptKind, Message, State, rounds_and_repairs
 from img2music.prompt_files import render_prompt
 from img2music.tools.check import ParseCheck, compile_abc
 from img2music.tools.diagnostics import Diagnostic
@@ -210,11 +210,12 @@ def explain(
             reason += ": " + ParseCheck.model_validate(last["check"]).feedback(limit=3)
         return {"status": "failed", "failure": reason, "final_abc": None}
     chosen = attempts[best]
+    rounds, repairs = rounds_and_repairs(attempts)
     explanation: dict[str, Any] = {
         "method": runtime.context.explain,
         "chosen_attempt": best,
-        "rounds": max(a["round"] for a in attempts),
-        "repairs": sum(a["kind"] == "repair" for a in attempts),
+        "rounds": rounds,
+        "repairs": repairs,
         "examples": [e["id"] for e in state.get("examples", [])],
     }
     started = time.perf_counter()

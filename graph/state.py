@@ -7,6 +7,7 @@ run after each node and LangGraph Studio can show it.
 from __future__ import annotations
 
 import operator
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, TypedDict
 
 AttemptKind = Literal["compose", "repair", "refine"]
@@ -61,6 +62,18 @@ def upsert_attempts(left: list[Attempt], right: list[Attempt]) -> list[Attempt]:
         else:
             merged.append(attempt)
     return merged
+
+
+def rounds_and_repairs(attempts: Sequence[Attempt]) -> tuple[int, int]:
+    """Refinement rounds reached and grammar repairs asked for: what a tune took to make."""
+    return (max((attempt["round"] for attempt in attempts), default=0),
+            sum(attempt["kind"] == "repair" for attempt in attempts))
+
+
+def usage_totals(usage: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """Model calls and tokens over every node of a run (`State["usage"]`)."""
+    return {key: sum(int(node.get(key, 0)) for node in usage.values())
+            for key in ("calls", "input_tokens", "output_tokens")}
 
 
 class State(TypedDict, total=False):

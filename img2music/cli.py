@@ -373,11 +373,11 @@ def serve(
     if host not in LOOPBACK and settings.api_key is None:
         errors.print(f"[yellow]warning:[/yellow] serving on {host} without IMG2MUSIC_API_KEY: "
                      "anyone who can reach this address can spend your model's time")
-    from img2music.server.app import create_app
+    from img2music.server.app import app as server  # built from these same settings
 
     console.print(f"img2music on http://{host}:{port}/ (the page) and http://{host}:{port}/v1 "
                   f"(model img2music); runs in {settings.data_dir / 'runs'}", highlight=False)
-    uvicorn.run(create_app(settings), host=host, port=port,
+    uvicorn.run(server, host=host, port=port,
                 log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
 
 

@@ -15,7 +15,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 
 from img2music.graph.context import Context
-from img2music.graph.state import State
+from img2music.graph.state import State, usage_totals
 from img2music.settings import Settings
 from img2music.tools.check import ParseCheck
 from img2music.tools.metrics import TuneMetrics
@@ -94,6 +94,14 @@ def _map_files(maps: dict[str, Any] | None) -> list[str]:
     return [maps["file"], *(section["file"] for section in maps["sections"])]
 
 
+def chosen_metrics(report: dict[str, Any]) -> dict[str, float | None] | None:
+    """The eight metrics and the size of the tune a run stands on, flat
+    (`{"pitch_range": 16.0, ...}`); None when it has none."""
+    best = report.get("best")
+    measured = report.get("attempts", [])[best]["metrics"] if best is not None else None
+    return TuneMetrics.model_validate(measured).as_dict() if measured else None
+
+
 def _without_images(state: State) -> dict[str, Any]:
     """The state as JSON, the image data URLs replaced by a marker: reports stay small."""
     text = json.dumps(dict(state), default=str)
@@ -142,7 +150,7 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path], report: di
     if audio is not None and audio.stat().st_size <= EMBED_AUDIO_LIMIT:
         audio_src = _data_url(audio, "audio/ogg" if audio.suffix == ".ogg" else "audio/wav")
     score = files.get("score.svg")
-    usage = final.get("usage", {})
+    usage = usage_totals(final.get("usage", {}))
     method = (final.get("explanation") or {}).get("method", "")
     maps = report.get("attention_maps") or {"sections": []}
     return environment.get_template("report.html.j2").render(
@@ -169,9 +177,8 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path], report: di
         abc=final.get("final_abc"),
         prompt_set=report.get("prompt_set", {}).get("hash", ""),
         model=context.vlm_model,
-        calls=sum(node.get("calls", 0) for node in usage.values()),
-        tokens=sum(node.get("input_tokens", 0) + node.get("output_tokens", 0)
-                   for node in usage.values()),
+        calls=usage["calls"],
+        tokens=usage["input_tokens"] + usage["output_tokens"],
         seconds=f"{report.get('wall_seconds', 0):.1f}",
     )
 

@@ -30,7 +30,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from img2music.graph.nodes import ModelFor, RetrieverFor
+from img2music.graph.state import rounds_and_repairs, usage_totals
 from img2music.readiness import Check, health_checks
+from img2music.report import chosen_metrics
 from img2music.runs import Composition
 from img2music.server.jobs import Job, RunPool
 from img2music.server.page import mount_page
@@ -45,7 +47,6 @@ from img2music.server.protocol import (
 )
 from img2music.settings import Settings, get_settings
 from img2music.tools.images import BadImage, open_image
-from img2music.tools.metrics import TuneMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,6 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
 
     app = FastAPI(title="img2music", version="0.1.0", lifespan=lifespan,
                   description=__doc__, docs_url="/docs", redoc_url=None)
-    app.state.pool = pool
-    app.state.settings = settings
     app.add_middleware(BodyLimit, limit=settings.server_max_body_bytes)
     _add_error_handlers(app)
     authorised = [Depends(_authorisation(settings))]
@@ -128,7 +127,7 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
         if job is not None and not job.finished:
             return {"run_id": run_id, "status": "running", "stopping": job.stop_reason}
         report = await asyncio.to_thread(_report, pool, run_id)
-        return await asyncio.to_thread(run_summary, run_id, report, pool.runs_dir / run_id,
+        return await asyncio.to_thread(run_summary, pool.runs_dir / run_id, report,
                                        _base_url(request))
 
     @app.get("/v1/runs/{run_id}/events", dependencies=authorised)
@@ -153,11 +152,9 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
     @app.get("/v1/runs/{run_id}/{name}", dependencies=authorised, response_model=None)
     async def run_file(run_id: str, name: str) -> FileResponse:
         report = await asyncio.to_thread(_report, pool, _checked_id(run_id))
-        if not FILE_NAME.match(name) or name not in report.get("files", []):
-            raise ApiError(404, f"run {run_id} has no file {name!r}", type="not_found_error",
-                           code="file_not_found")
         path = pool.runs_dir / run_id / name
-        if not await asyncio.to_thread(path.is_file):
+        listed = FILE_NAME.match(name) and name in report.get("files", [])
+        if not listed or not await asyncio.to_thread(path.is_file):
             raise ApiError(404, f"run {run_id} has no file {name!r}", type="not_found_error",
                            code="file_not_found")
         return FileResponse(path, media_type=_media_type(name), headers=FILE_HEADERS)
@@ -321,19 +318,18 @@ def answer_text(result: Composition) -> str:
 
 
 def usage_of(report: dict[str, Any]) -> dict[str, int]:
-    """Model tokens the run spent, over every node and every attempt."""
-    nodes = report.get("usage", {}).values()
-    prompt = sum(int(node.get("input_tokens", 0)) for node in nodes)
-    completion = sum(int(node.get("output_tokens", 0)) for node in nodes)
+    """Model tokens the run spent, over every node and every attempt, as OpenAI counts them."""
+    totals = usage_totals(report.get("usage", {}))
+    prompt, completion = totals["input_tokens"], totals["output_tokens"]
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
 
 
-def run_summary(run_id: str, report: dict[str, Any], folder: Path,
-                base: str) -> dict[str, Any]:
+def run_summary(folder: Path, report: dict[str, Any], base: str) -> dict[str, Any]:
     """The `img2music` extension object: the run, its tune and measures, and its files' URLs."""
+    run_id = folder.name
     attempts = report.get("attempts", [])
-    best = report.get("best")
+    rounds, repairs = rounds_and_repairs(attempts)
     return {
         "run_id": run_id,
         "status": report.get("status", "failed"),
@@ -343,9 +339,9 @@ def run_summary(run_id: str, report: dict[str, Any], folder: Path,
         "abc": report.get("final_abc"),
         "motivation": report.get("motivation", ""),
         "description": report.get("description", ""),
-        "metrics": _metrics(attempts[best]) if best is not None else None,
-        "rounds": max((a["round"] for a in attempts), default=0),
-        "repairs": sum(a["kind"] == "repair" for a in attempts),
+        "metrics": chosen_metrics(report),
+        "rounds": rounds,
+        "repairs": repairs,
         "attempts": len(attempts),
         "examples": [{"id": e.get("id"), "caption": e.get("caption"), "score": e.get("score")}
                      for e in report.get("examples", [])],
@@ -358,21 +354,20 @@ def run_summary(run_id: str, report: dict[str, Any], folder: Path,
     }
 
 
-def _metrics(attempt: dict[str, Any]) -> dict[str, float | None] | None:
-    """The eight metrics and the tune's size, flat: `{"pitch_range": 16.0, ...}`."""
-    measured = attempt.get("metrics")
-    return TuneMetrics.model_validate(measured).as_dict() if measured else None
+def _finished_summary(job: Job, base: str) -> dict[str, Any]:
+    """A finished run's summary, from the report it wrote."""
+    return run_summary(job.folder, _read_report(job.folder), base)
 
 
 def _completion(job: Job, result: Composition, base: str) -> dict[str, Any]:
-    report = _read_report(job.folder)
+    summary = _finished_summary(job, base)
     return {
         "id": f"chatcmpl-{job.id}", "object": "chat.completion", "created": int(time.time()),
         "model": MODEL_ID,
         "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                      "message": {"role": "assistant", "content": answer_text(result)}}],
-        "usage": usage_of(report),
-        "img2music": run_summary(job.id, report, job.folder, base),
+        "usage": summary["usage"],
+        "img2music": summary,
     }
 
 
@@ -404,14 +399,13 @@ async def _stream(job: Job, chat: ChatRequest, base: str) -> AsyncIterator[str]:
             yield _sse(_failure_error(job, result).body())
             yield "data: [DONE]\n\n"
             return
-        report = await asyncio.to_thread(_read_report, job.folder)
-        summary = await asyncio.to_thread(run_summary, job.id, report, job.folder, base)
+        summary = await asyncio.to_thread(_finished_summary, job, base)
         yield chunk({"content": answer_text(result)})
         yield chunk({}, "stop", {"type": "result", **summary})
         if chat.include_usage:
             yield _sse({"id": f"chatcmpl-{job.id}", "object": "chat.completion.chunk",
                         "created": created, "model": MODEL_ID, "choices": [],
-                        "usage": usage_of(report)})
+                        "usage": summary["usage"]})
         yield "data: [DONE]\n\n"
     finally:
         if not job.finished:  # the client went away: spend no more model calls on it

@@ -45,10 +45,12 @@ from img2music.eval.summary import (
 from img2music.eval.variants import EVAL_DEFAULTS, Variant
 from img2music.graph.models import VLMUnavailable, image_data_url, judge_chat_model
 from img2music.graph.nodes import ModelFor, RetrieverFor
+from img2music.graph.state import rounds_and_repairs, usage_totals
+from img2music.report import chosen_metrics
 from img2music.runs import compose
 from img2music.settings import Settings, get_settings
 from img2music.tools.images import BadImage, image_files, open_image
-from img2music.tools.metrics import METRIC_KEYS, TuneMetrics
+from img2music.tools.metrics import METRIC_KEYS
 
 if TYPE_CHECKING:
     from img2music.tools.embedder import Embedder
@@ -262,10 +264,9 @@ def _run_record(rid: str, variant: Variant, fingerprint: str, image: ImageItem,
                 failure: str | None, out_dir: Path) -> dict[str, Any]:
     """The model-free measures of one composition, from its final state."""
     attempts = report.get("attempts", [])
-    usage = report.get("usage", {})
-    best = report.get("best")
-    metrics = (TuneMetrics.model_validate(attempts[best]["metrics"]).as_dict()
-               if valid and best is not None else None)
+    usage = usage_totals(report.get("usage", {}))
+    rounds, repairs = rounds_and_repairs(attempts)
+    metrics = chosen_metrics(report) if valid else None
     return {
         "run_id": rid, "variant": variant.name, "fingerprint": fingerprint,
         "image": str(image.path), "image_name": image.name, "image_key": image.key,
@@ -273,11 +274,11 @@ def _run_record(rid: str, variant: Variant, fingerprint: str, image: ImageItem,
         "status": report.get("status"), "valid": valid, "failure": failure,
         "abc": report.get("final_abc") if valid else None,
         "attempts": len(attempts),
-        "repairs": sum(1 for a in attempts if a["kind"] == "repair"),
-        "refine_rounds": max((a["round"] for a in attempts), default=0),
-        "model_calls": sum(node.get("calls", 0) for node in usage.values()),
-        "input_tokens": sum(node.get("input_tokens", 0) for node in usage.values()),
-        "output_tokens": sum(node.get("output_tokens", 0) for node in usage.values()),
+        "repairs": repairs,
+        "refine_rounds": rounds,
+        "model_calls": usage["calls"],
+        "input_tokens": usage["input_tokens"],
+        "output_tokens": usage["output_tokens"],
         "wall_seconds": report.get("wall_seconds", 0.0),
         "metrics": {key: metrics.get(key) for key in METRIC_KEYS} if metrics else None,
         "path": nodes, "out_dir": str(out_dir),
