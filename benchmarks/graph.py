@@ -19,27 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+from benchmarks.timing import percentile
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
 from img2music.graph.models import chat_model, image_data_url
 from img2music.graph.state import State
 from img2music.settings import get_settings
 from img2music.tools.images import open_image
-from tests.openai_server import last_user_text, scripted_server
+from tests.openai_server import scripted_server
 from tests.scripted import ScriptedChatModel
-from tests.test_graph import DESCRIPTION, PHOTO, REFINED, TUNE, Examples, answer
-
-
-def reply_for(body: dict[str, Any]) -> str:
-    text = last_user_text(body)
-    if "Describe this image" in text:
-        return DESCRIPTION
-    return answer(REFINED) if "Metrics of your tune" in text else answer(TUNE)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+from tests.test_graph import DESCRIPTION, PHOTO, REFINED, TUNE, Examples, answer, reply_for
 
 
 def _same(model: ScriptedChatModel, _: Context) -> ScriptedChatModel:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL.Image import Image
 
+from benchmarks.timing import percentile
 from img2music.settings import Settings
 from img2music.tools.index import Vector, open_collection
 from img2music.tools.retrieve import Retriever
@@ -65,8 +66,7 @@ def latencies(action: Callable[[], object], count: int) -> tuple[float, float]:
         start = time.perf_counter()
         action()
         times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+    return statistics.median(times), percentile(times, 0.95)
 
 
 def run(rows: int, dim: int, rng: np.random.Generator) -> list[str]:

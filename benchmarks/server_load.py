@@ -26,6 +26,7 @@ from tempfile import TemporaryDirectory
 
 import httpx
 
+from benchmarks.timing import percentile
 from tests.openai_server import Behaviour
 from tests.test_server import image_message, img2music_server
 
@@ -49,11 +50,6 @@ class LoadResult:
     @property
     def server_errors(self) -> int:
         return sum(count for status, count in self.statuses.items() if status >= 500)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def load(requests: int, concurrency: int, *, latency: float, max_runs: int, queue: int,

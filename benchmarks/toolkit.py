@@ -17,6 +17,7 @@ from functools import partial
 from itertools import islice
 from typing import TypeVar
 
+from benchmarks.timing import percentile
 from img2music.settings import get_settings
 from img2music.tools.abc_scan import scan_abc
 from img2music.tools.check import Backend, compile_abc
@@ -33,11 +34,6 @@ def timed(action: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     result = action()
     return result, (time.perf_counter() - start) * 1000
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def valid_sample(count: int) -> list[CorpusTune]:

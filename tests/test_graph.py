@@ -21,6 +21,7 @@ from img2music.tools.extract import strip_reasoning
 from img2music.tools.images import open_image
 from img2music.tools.music21_corpus import iter_corpus_tunes
 from img2music.tools.retrieve import RetrievedExample
+from tests.openai_server import last_user_text
 from tests.scripted import ScriptedChatModel
 
 PHOTO = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
@@ -39,6 +40,14 @@ F2 A2 d2 f2 | e2 d2 c4 | d2 A2 F2 E2 | D8 |]
 """
 BROKEN = TUNE.replace("c2 B2 A4 |", "c2 B2 A4 B2 |")
 REFINED = TUNE.replace("T:Dignity", "T:Dignity, refined").replace("D8 |]", "D6 z2 |]")
+
+
+def reply_for(body: dict[str, Any]) -> str:
+    """A scripted VLM server's answers to the graph: a description, a tune, then a refined one."""
+    text = last_user_text(body)
+    if "Describe this image" in text:
+        return DESCRIPTION
+    return answer(REFINED) if "Metrics of your tune" in text else answer(TUNE)
 
 
 def answer(tune: str, *, think: bool = False) -> str:

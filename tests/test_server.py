@@ -31,17 +31,10 @@ from img2music.tools.extract import extract_abc
 from tests.openai_server import Behaviour, ScriptedServer, last_user_text, scripted_server
 from tests.serving import served
 from tests.test_compose_cli import PHOTO
-from tests.test_graph import DESCRIPTION, REFINED, TUNE, Examples, answer
+from tests.test_graph import Examples, reply_for
 
 PHOTO_URL = "data:image/jpeg;base64," + base64.b64encode(PHOTO.read_bytes()).decode()
 KEY = "sk-test-img2music"
-
-
-def respond(body: dict[str, Any]) -> str:
-    text = last_user_text(body)
-    if "Describe this image" in text:
-        return DESCRIPTION
-    return answer(REFINED) if "Metrics of your tune" in text else answer(TUNE)
 
 
 @dataclass
@@ -61,7 +54,7 @@ class Served:
 
 
 @contextmanager
-def img2music_server(tmp_path: Path, responder: Any = respond, behaviour: Behaviour | None = None,
+def img2music_server(tmp_path: Path, responder: Any = reply_for, behaviour: Behaviour | None = None,
                      **settings: Any) -> Iterator[Served]:
     """The app against a scripted VLM; settings as IMG2MUSIC_* values for this test only."""
     with scripted_server(responder, behaviour=behaviour) as vlm:

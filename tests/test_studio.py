@@ -17,7 +17,8 @@ import pytest
 
 from img2music.tools.check import check_abc
 from tests.openai_server import scripted_server
-from tests.test_server import PHOTO_URL, image_message, respond
+from tests.test_graph import reply_for
+from tests.test_server import PHOTO_URL, image_message
 
 ROOT = Path(__file__).resolve().parents[1]
 LANGGRAPH = Path(sys.executable).with_name("langgraph")
@@ -33,7 +34,7 @@ def free_port() -> int:
 def dev_server(tmp_path: Path) -> Iterator[str]:
     if not LANGGRAPH.exists() and shutil.which("langgraph") is None:
         pytest.skip("langgraph-cli[inmem] is not installed (pip install -e '.[dev]')")
-    with scripted_server(respond) as vlm:
+    with scripted_server(reply_for) as vlm:
         port = free_port()
         environment = {
             **os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false",
