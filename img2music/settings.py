@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     max_bars: int = Field(
         default=1_500, gt=0, description="Most bars a tune may have before parse-check refuses it."
     )
+    max_tune_seconds: float = Field(
+        default=300, gt=0,
+        description="Longest a tune may last when played (repeats and tempo included); a longer "
+        "one is a parse-check error, so no render runs for minutes.",
+    )
     max_image_pixels: int = Field(
         default=40_000_000, gt=0,
         description="Largest image accepted, in pixels; larger ones are refused as possible "

@@ -7,6 +7,7 @@ same `ParseCheck`, and compiling yields the MIDI that conversion, metrics and re
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import tempfile
@@ -14,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import mido
 from pydantic import BaseModel, Field
 
 from img2music.settings import Settings, get_settings
+from img2music.tools.abc_directives import filter_directives
 from img2music.tools.abc_scan import ScannedTune, scan_abc
 from img2music.tools.diagnostics import Diagnostic
 from img2music.tools.programs import ProgramFailed, run_program, which
@@ -67,7 +70,8 @@ class ParseCheck(BaseModel):
 
 @dataclass(frozen=True)
 class CompiledAbc:
-    """A checked ABC text with the MIDI of its first tune when that tune is valid."""
+    """A checked ABC text with the MIDI of its first tune when that tune is valid; the text is
+    what the programs read: line ends normalised, forbidden directives removed."""
 
     abc: str
     check: ParseCheck
@@ -116,6 +120,9 @@ def compile_abc(
     size_error = _size_error(text, settings.max_abc_bytes)
     if size_error is not None:
         return CompiledAbc(text, _result([size_error], [], None, backend), None, None)
+    filtered = filter_directives(text)
+    text = filtered.text
+    diagnostics.extend(filtered.removed)
     diagnostics.extend(_control_character_errors(text))
     scanned = scan_abc(text, max_notes=settings.max_notes, max_bars=settings.max_bars)
     diagnostics.extend(scanned.diagnostics)
@@ -126,6 +133,8 @@ def compile_abc(
             continue
         tune_text = "\n".join(scanned.lines[tune.first_line - 1:tune.last_line]) + "\n"
         tune_diagnostics, tune_midi = _read_tune(tune_text, tune.first_line - 1, backend, settings)
+        if tune_midi is not None:
+            tune_diagnostics.extend(_length_errors(tune_midi, tune.first_line, settings))
         diagnostics.extend(tune_diagnostics)
         if index == 0 and not _has_errors(tune_diagnostics):
             midi = tune_midi
@@ -175,6 +184,19 @@ def _size_error(text: str, limit: int) -> Diagnostic | None:
         message=f"the ABC text is {len(encoded):,} bytes, over the {limit:,}-byte limit; "
         f"it passes the limit on line {line}",
     )
+
+
+def _length_errors(midi: bytes, line: int, settings: Settings) -> list[Diagnostic]:
+    """A tune longer than `max_tune_seconds` when played (repeats and tempo included) is an
+    error, so no render (a WAV grows by 10 MB a minute) can run for minutes."""
+    seconds = mido.MidiFile(file=io.BytesIO(midi)).length
+    if seconds <= settings.max_tune_seconds:
+        return []
+    return [Diagnostic(
+        severity="error", line=line, col=0,
+        message=f"the tune lasts {seconds:.0f} s when played (repeats and Q: tempo included), "
+        f"over the {settings.max_tune_seconds:g}-second limit: write fewer bars or a faster "
+        "tempo")]
 
 
 def _control_character_errors(text: str) -> list[Diagnostic]:
