@@ -38,6 +38,7 @@ from pydantic import SecretStr
 
 from img2music.graph.context import Context
 from img2music.graph.state import Message
+from img2music.redaction import redact_url
 from img2music.settings import Settings, get_settings
 from img2music.tools.images import BadImage, open_image, to_rgb
 
@@ -119,7 +120,7 @@ def image_from_data_url(url: str, *, settings: Settings | None = None) -> Image.
 class _OpenAIConfig:
     base_url: str
     model: str
-    api_key: str
+    api_key: SecretStr
     temperature: float
     top_p: float
     top_k: int | None  # None: not sent, for servers other than vLLM
@@ -162,7 +163,7 @@ def _openai_model(config: _OpenAIConfig) -> ChatOpenAI:
     return ChatOpenAI(
         base_url=config.base_url,
         model=config.model,
-        api_key=SecretStr(config.api_key),
+        api_key=config.api_key,
         temperature=config.temperature,
         top_p=config.top_p,
         max_completion_tokens=config.max_tokens,
@@ -249,7 +250,7 @@ class Endpoint:
     url: str
 
     def __str__(self) -> str:
-        return f"the {self.role} endpoint {self.url}"
+        return f"the {self.role} endpoint {redact_url(self.url)}"
 
     @property
     def key_setting(self) -> str:

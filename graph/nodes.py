@@ -17,7 +17,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langgraph.runtime import Runtime
 
-from img2music.graph.context import Context
+from img2music.graph.context import Context, edit_label
 from img2music.graph.explain import image_explanation
 from img2music.graph.models import (
     call_model,
@@ -27,7 +27,7 @@ from img2music.graph.models import (
     to_langchain,
 )
 from img2music.graph.state import Attempt, AttemptKind, Message, State, rounds_and_repairs
-from img2music.prompt_files import render_prompt
+from img2music.prompt_files import check_prompt_edits, render_prompt
 from img2music.tools.check import ParseCheck, compile_abc
 from img2music.tools.diagnostics import Diagnostic
 from img2music.tools.extract import extract_abc, strip_reasoning
@@ -49,8 +49,14 @@ NO_TUNE = ("your answer has no ABC tune: write the whole tune in an ```abc block
 def describe(
     state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model
 ) -> State:
-    """The model looks at the image first; retrieval matches its words to real tunes."""
+    """The model looks at the image first; retrieval matches its words to real tunes.
+
+    Prompts a run replaced are tried first, so a template that breaks the sandbox's rules ends
+    the run before any model call.
+    """
     context = runtime.context
+    edits = context.prompt_edits()
+    check_prompt_edits(edits, {name: edit_label(name) for name in edits})
     prompt = _render(context, "describe.j2", note=state.get("note", ""),
                      thinking=think_suffix(False))
     messages = [_system(context), _image_message(state["image"], prompt)]
@@ -235,8 +241,9 @@ def _system(context: Context) -> Message:
 
 def _render(context: Context, name: str, **variables: object) -> str:
     """A prompt from the run's folder, or the replacement the run was given (from Studio)."""
-    return render_prompt(name, folder=context.prompts_dir or None,
-                         text=context.prompt_edits().get(name, ""), **variables)
+    edit = context.prompt_edits().get(name, "")
+    return render_prompt(name, folder=context.prompts_dir or None, text=edit,
+                         label=edit_label(name) if edit else "", **variables)
 
 
 def _image_message(data_url: str, text: str) -> Message:

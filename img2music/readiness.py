@@ -16,6 +16,7 @@ from typing import Literal
 
 import httpx
 
+from img2music.redaction import redact_url, scrub
 from img2music.settings import Settings
 from img2music.tools.programs import which
 
@@ -134,23 +135,26 @@ def vlm_endpoint(settings: Settings) -> Check:
     if settings.vlm_backend == "local":
         return local_model(settings.vlm_model, "local VLM")
     url = settings.vlm_base_url.rstrip("/") + "/models"
-    headers = {"Authorization": f"Bearer {settings.vlm_api_key}"}
+    shown = redact_url(url)
+    endpoint = redact_url(settings.vlm_base_url)
+    headers = {"Authorization": f"Bearer {settings.vlm_api_key.get_secret_value()}"}
     try:
         response = httpx.get(url, headers=headers, timeout=VLM_PROBE_TIMEOUT_S)
         response.raise_for_status()
         served = [str(model.get("id")) for model in response.json().get("data", [])]
     except httpx.HTTPStatusError as error:
-        return Check(name, "missing", f"{url} answered {error.response.status_code}",
+        return Check(name, "missing", f"{shown} answered {error.response.status_code}",
                      "check IMG2MUSIC_VLM_BASE_URL and IMG2MUSIC_VLM_API_KEY")
     except (httpx.HTTPError, ValueError, AttributeError) as error:
-        return Check(name, "missing", f"{url}: {type(error).__name__}: {error}".strip(": "),
+        detail = f"{shown}: {type(error).__name__}: {scrub(str(error), settings)}"
+        return Check(name, "missing", detail.strip(": "),
                      "start it on a GPU machine: img2music vlm serve (or set "
                      "IMG2MUSIC_VLM_BASE_URL)")
     if settings.vlm_model not in served:
         listed = ", ".join(served) or "no model"
-        return Check(name, "missing", f"{settings.vlm_base_url} serves {listed}, not "
+        return Check(name, "missing", f"{endpoint} serves {listed}, not "
                      f"{settings.vlm_model}", "set IMG2MUSIC_VLM_MODEL to one of them, or serve it")
-    return Check(name, "ok", f"{settings.vlm_base_url} serves {settings.vlm_model}")
+    return Check(name, "ok", f"{endpoint} serves {settings.vlm_model}")
 
 
 def attention_model(settings: Settings) -> Check | None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,7 @@ import openai
 import pytest
 
 from img2music.tools.check import check_abc
-from tests.openai_server import scripted_server
+from tests.openai_server import ScriptedServer, scripted_server
 from tests.test_graph import reply_for
 from tests.test_server import PHOTO_URL, image_message
 
@@ -30,19 +31,22 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture
-def dev_server(tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def langgraph_dev(tmp_path: Path, vlm: ScriptedServer, **settings: str) -> Iterator[str]:
+    """`langgraph dev` on a free loopback port with this repository's langgraph.json, the VLM
+    behind it scripted; `settings` are IMG2MUSIC_* values. Yields its base URL."""
     if not LANGGRAPH.exists() and shutil.which("langgraph") is None:
         pytest.skip("langgraph-cli[inmem] is not installed (pip install -e '.[dev]')")
-    with scripted_server(reply_for) as vlm:
-        port = free_port()
-        environment = {
-            **os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false",
-            "IMG2MUSIC_DATA_DIR": str(tmp_path / "data"), "IMG2MUSIC_VLM_BASE_URL": vlm.url,
-            "IMG2MUSIC_VLM_MODEL": vlm.model, "IMG2MUSIC_CLIP_MODEL": "img2music-tiny",
-            "IMG2MUSIC_CLIP_PRETRAINED": "none", "IMG2MUSIC_EXPLAIN": "none",
-        }
-        log = (tmp_path / "langgraph-dev.log").open("w")
+    port = free_port()
+    environment = {
+        **os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false",
+        "IMG2MUSIC_DATA_DIR": str(tmp_path / "data"), "IMG2MUSIC_VLM_BASE_URL": vlm.url,
+        "IMG2MUSIC_VLM_MODEL": vlm.model, "IMG2MUSIC_CLIP_MODEL": "img2music-tiny",
+        "IMG2MUSIC_CLIP_PRETRAINED": "none", "IMG2MUSIC_EXPLAIN": "none",
+        **{f"IMG2MUSIC_{name.upper()}": value for name, value in settings.items()},
+    }
+    log_path = tmp_path / "langgraph-dev.log"
+    with log_path.open("w") as log:
         process = subprocess.Popen(
             [str(LANGGRAPH), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1",
              "--port", str(port)], cwd=ROOT, env=environment, stdout=log,
@@ -58,7 +62,7 @@ def dev_server(tmp_path: Path) -> Iterator[str]:
                     pass
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("langgraph dev did not start: "
-                                       + (tmp_path / "langgraph-dev.log").read_text()[-2000:])
+                                       + log_path.read_text()[-2000:])
                 time.sleep(0.5)
             yield url
         finally:
@@ -67,7 +71,12 @@ def dev_server(tmp_path: Path) -> Iterator[str]:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
-            log.close()
+
+
+@pytest.fixture
+def dev_server(tmp_path: Path) -> Iterator[str]:
+    with scripted_server(reply_for) as vlm, langgraph_dev(tmp_path, vlm) as url:
+        yield url
 
 
 def test_studio_sees_the_graph_its_settings_and_prompts_and_runs_it(dev_server: str) -> None:

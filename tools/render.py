@@ -322,7 +322,7 @@ def clean_svg(svg: bytes) -> bytes:
     if root.tag not in (f"{SVG_NAMESPACE}svg", "svg"):
         raise RenderError(f"abcm2ps wrote <{root.tag}>, not an SVG document")
     for element in root.iter():
-        if element.tag is ET.ProcessingInstruction:
+        if not isinstance(element.tag, str):  # comments are not kept: a processing instruction
             raise RenderError("the score holds a processing instruction; refused as markup "
                               "smuggled in")
         name = str(element.tag).removeprefix(SVG_NAMESPACE)
@@ -337,8 +337,8 @@ def clean_svg(svg: bytes) -> bytes:
                 raise RenderError("the score refers to outside content; refused")
         if name == "style" and EXTERNAL_REFERENCE.search(element.text or ""):
             raise RenderError("the score's style sheet refers to outside content; refused")
-    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="utf-8",
-                                                                   xml_declaration=False)
+    body = ET.tostring(root, encoding="utf-8", xml_declaration=False)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + bytes(body)
 
 
 def _read_notes(midi: bytes) -> list[Notes]:
