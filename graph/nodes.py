@@ -175,16 +175,22 @@ def compose(
 
 
 def parse_check(state: State) -> State:
-    """The checker's verdict on the latest tune; a valid tune becomes the one the run stands on."""
+    """The checker's verdict on the latest tune; a valid tune becomes the one the run stands on.
+
+    The attempt keeps the tune as the checker read it, without the directives the filter
+    removed, so the tune the run delivers is one no program can be tricked by later.
+    """
     started = time.perf_counter()
     attempt = state["attempts"][-1]
-    if attempt["abc"] is None:
+    abc = attempt["abc"]
+    if abc is None:
         check = ParseCheck(ok=False, errors=[
             Diagnostic(severity="error", line=0, col=0, message=NO_TUNE)])
     else:
-        check = compile_abc(attempt["abc"]).check
+        compiled = compile_abc(abc)
+        abc, check = compiled.abc, compiled.check  # as the programs read it: filtered
     update: State = {
-        "attempts": [{**attempt, "check": check.model_dump(), "valid": check.ok}],
+        "attempts": [{**attempt, "abc": abc, "check": check.model_dump(), "valid": check.ok}],
         "timings": {"parse_check": time.perf_counter() - started},
     }
     if check.ok:

@@ -164,11 +164,10 @@ def test_no_program_reads_the_file_a_tune_includes(tmp_path: Path) -> None:
 
 def test_the_report_runs_no_script_from_a_tune(browser: Browser, tmp_path: Path) -> None:  # noqa: F811
     hostile = TUNE.replace("K:D\n", "K:D\n%%musicfont \"serif}<?x ><img src=x "
-                                    "onerror=document.title='pwned'>?>\"\n")
-    tune = hostile.replace("T:Dignity", "T:<img src=x onerror=document.title='pwned2'>")
-    model = ScriptedChatModel(replies=[
-        DESCRIPTION, answer(tune).replace("Motivation: ", "Motivation: <script>document.title="
-                                          "'pwned3'</script>")])
+                                    "onerror=window.pwned=1>?>\"\n")
+    tune = hostile.replace("T:Dignity", "T:<img src=x onerror=window.pwned=2>")
+    model = ScriptedChatModel(replies=[DESCRIPTION, answer(tune).replace(
+        "Motivation: ", "Motivation: <script>window.pwned=3</script>")])
     result = compose(PHOTO, out_dir=tmp_path / "run", model_for=lambda _: model,
                      retriever_for=lambda _: Examples(), rag=False, refine=False,
                      explain="none")
@@ -177,14 +176,17 @@ def test_the_report_runs_no_script_from_a_tune(browser: Browser, tmp_path: Path)
     try:
         page.goto((tmp_path / "run" / "report.html").as_uri())
         page.wait_for_load_state("load")
-        title = page.title()
+        pwned = page.evaluate("() => window.pwned")
         shown = page.inner_text("body")
+        score_width = page.locator("img[alt='The score']").evaluate(
+            "image => image.naturalWidth")
     finally:
         page.close()
-    assert "pwned" not in title
-    assert "<script>document.title='pwned3'</script>" in shown  # the model's text, as text
+    assert pwned is None  # no handler or script of the model's ran
+    assert "<script>window.pwned=3</script>" in shown  # the model's text, shown as text
+    assert score_width > 0  # the score is still there, as an image
     svg = (tmp_path / "run" / "score.svg").read_text(encoding="utf-8")
-    assert "<?x" not in svg and "onerror" not in svg
+    assert "<?x " not in svg and "<img" not in svg and "serif}" not in svg
 
 
 # --- Limits: a tune that plays for an hour, a full server that decodes images anyway. ---------
