@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 PHONE = {"width": 375, "height": 740}
 WAIT_MS = 120_000  # a whole run on two shared CPU cores, CLIP and rendering included
+BLOB_URL = re.compile(r"^blob:")  # the page shows the run's media from blob URLs
 
 
 @pytest.fixture(scope="module")
@@ -167,20 +169,21 @@ def test_from_a_photo_to_music_watching_every_step(browser: Browser, tmp_path: P
 
         # The audio element has a playable source: the Ogg (the WAV is not kept unless asked).
         audio = page.locator("#audio")
-        source = audio.get_attribute("src") or ""
-        assert source.startswith("blob:")
-        assert page_bytes(page, source)[:4] == b"OggS"
+        expect(audio).to_have_attribute("src", BLOB_URL)  # the media loads after the heading
+        assert page_bytes(page, audio.get_attribute("src") or "")[:4] == b"OggS"
         page.wait_for_function("document.getElementById('audio').duration > 0")
 
         # The score and the maps are shown as images, the maps per section selectable.
         score = page.locator("#score")
+        expect(score).to_have_attribute("src", BLOB_URL)
         expect(score).to_be_visible()
         assert page_bytes(page, score.get_attribute("src") or "").lstrip().startswith(b"<")
-        assert score.evaluate("image => image.naturalWidth") > 0
+        page.wait_for_function("document.getElementById('score').naturalWidth > 0")
         options = page.locator("#map-section option").all_inner_texts()
         assert options == ["Whole tune", "Section theme", "Section close"]
+        expect(page.locator("#map")).to_have_attribute("src", BLOB_URL)
         whole = page.locator("#map").get_attribute("src")
-        assert page.locator("#map").evaluate("image => image.naturalWidth") > 0
+        page.wait_for_function("document.getElementById('map').naturalWidth > 0")
         expect(page.locator("#map")).to_have_attribute("alt", "Where the model looked while "
                                                        "composing: attention of the tune's tokens "
                                                        "to the image (mean over layers, heads and "
@@ -253,8 +256,9 @@ def test_with_a_key_the_page_asks_for_it_and_works_on_a_phone(
         expect(page.locator("#result-heading")).to_have_text("The tune: Dignity, refined",
                                                              timeout=WAIT_MS)
         # Media fetched with the key, shown from blob URLs.
+        expect(page.locator("#audio")).to_have_attribute("src", BLOB_URL)
         assert page_bytes(page, page.locator("#audio").get_attribute("src") or "")[:4] == b"OggS"
-        assert page.locator("#score").evaluate("image => image.naturalWidth") > 0
+        page.wait_for_function("document.getElementById('score').naturalWidth > 0")
         with page.expect_download() as download:
             page.get_by_role("link", name="Report (JSON)").click()
         report = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
