@@ -379,7 +379,9 @@ def serve(
     settings = get_settings()
     if host not in LOOPBACK and settings.api_key is None:
         errors.print(f"[yellow]warning:[/yellow] serving on {host} without IMG2MUSIC_API_KEY: "
-                     "anyone who can reach this address can spend your model's time")
+                     "anyone who can reach this address can spend your model's time; requests "
+                     "are answered only for loopback host names and "
+                     "IMG2MUSIC_SERVER_ALLOWED_HOSTS")
     from img2music.server.app import app as server  # built from these same settings
 
     console.print(f"img2music on http://{host}:{port}/ (the page) and http://{host}:{port}/v1 "

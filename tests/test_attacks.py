@@ -86,12 +86,13 @@ def test_a_prompt_edited_for_a_run_still_reaches_the_model_rendered(studio: Stud
 
 
 def test_a_run_cannot_send_the_model_key_to_another_host(studio: Studio) -> None:
-    for field, value in (("vlm_base_url", studio.elsewhere.url),
-                         ("prompts_dir", str(studio.folder))):
-        result = studio.run({field: value})
+    moved = studio.run({"vlm_base_url": studio.elsewhere.url})
+    assert [headers.get("authorization") for headers in studio.elsewhere.headers] == []
+    assert studio.elsewhere.requests == []
+    elsewhere = studio.run({"prompts_dir": str(studio.folder)})
+    for field, result in (("vlm_base_url", moved), ("prompts_dir", elsewhere)):
         assert field in json.dumps(result["body"])
         assert result["body"].get("status") != "done"
-    assert studio.elsewhere.requests == []
 
 
 def test_langgraphs_routes_need_the_key_even_from_studio(studio: Studio) -> None:
@@ -125,7 +126,7 @@ SECRET = "root:x:0:0:SECRET-7f3a"
 def test_a_tune_cannot_read_a_local_file(tmp_path: Path) -> None:
     secret = tmp_path / "passwd"
     secret.write_text(SECRET + "\nT:SECRET-7f3a title\n", encoding="utf-8")
-    tune = TUNE.replace("K:D\n", f"K:D\n%%abc-include {secret}\n")
+    tune = TUNE.replace("M:4/4\n", f"M:4/4\n%%abc-include {secret}\n")
 
     def include(body: dict[str, Any]) -> str:
         text = last_user_text(body)
@@ -152,12 +153,14 @@ def test_a_tune_cannot_read_a_local_file(tmp_path: Path) -> None:
 
 
 def test_no_program_reads_the_file_a_tune_includes(tmp_path: Path) -> None:
-    secret = tmp_path / "secret.abc"
-    secret.write_text("X:1\nT:SECRET-7f3a\nK:C\nCDEF|\n", encoding="utf-8")
-    compiled = compile_abc(f"X:1\nT:Tune\nM:4/4\nL:1/4\n%%abc-include {secret}\nK:C\nCDEF|]\n")
-    assert compiled.check.ok
-    assert "SECRET-7f3a" not in compiled.check.model_dump_json()
-    assert compiled.midi is not None and b"SECRET-7f3a" not in compiled.midi
+    secret = tmp_path / "passwd"
+    secret.write_text(SECRET + "\nT:SECRET-7f3a title\n", encoding="utf-8")
+    for where in ("%%abc-include {}\nK:C\nCDEF|]\n", "K:C\nCDEF|]\n%%abc-include {}\n"):
+        compiled = compile_abc("X:1\nT:Tune\nM:4/4\nL:1/4\n" + where.format(secret))
+        assert "SECRET" not in compiled.check.model_dump_json()
+        assert "0:0" not in compiled.check.model_dump_json()  # not even one character at a time
+        assert compiled.check.ok and compiled.midi is not None
+        assert b"SECRET" not in compiled.midi
 
 
 # --- 3. Script in the report through the score. -----------------------------------------------
@@ -175,14 +178,13 @@ def test_the_report_runs_no_script_from_a_tune(browser: Browser, tmp_path: Path)
     page = browser.new_page()
     try:
         page.goto((tmp_path / "run" / "report.html").as_uri())
-        page.wait_for_load_state("load")
-        pwned = page.evaluate("() => window.pwned")
+        page.wait_for_load_state("load")  # after every image has loaded or failed
+        assert page.evaluate("() => window.pwned") is None  # no handler or script of the model's
         shown = page.inner_text("body")
         score_width = page.locator("img[alt='The score']").evaluate(
             "image => image.naturalWidth")
     finally:
         page.close()
-    assert pwned is None  # no handler or script of the model's ran
     assert "<script>window.pwned=3</script>" in shown  # the model's text, shown as text
     assert score_width > 0  # the score is still there, as an image
     svg = (tmp_path / "run" / "score.svg").read_text(encoding="utf-8")

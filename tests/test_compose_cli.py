@@ -83,7 +83,8 @@ def test_compose_writes_every_file_and_names_each_failure(tmp_path: Path) -> Non
         assert report["prompt_set"]["name"] == "default" and report["prompt_set"]["hash"]
         assert "data:image (omitted)" in json.dumps(report["conversation"])
         html = (folder / "report.html").read_text()
-        assert "<audio controls" in html and "<svg" in html and "data:image/jpeg;base64" in html
+        assert "<audio controls" in html and "data:image/jpeg;base64" in html
+        assert '<img src="data:image/svg+xml;base64,' in html  # the score, as an image
     for name in ("notes", "empty"):
         assert not (tmp_path / "out" / name / "tune.abc").exists()
     assert len(server.requests) == 2 * 3  # describe, compose, refine for each good image
