@@ -80,7 +80,7 @@ def render_prompt(name: str, *, folder: Path | str | None = None, text: str = ""
     `TemplateRefused` naming the template."""
     environment = _environment(prompts_folder(folder))
     return render(environment, template=label or name, text=text or None,
-                  **variables).strip()
+                  variables=variables).strip()
 
 
 def check_prompt_edits(edits: dict[str, str], labels: dict[str, str]) -> None:
@@ -88,7 +88,7 @@ def check_prompt_edits(edits: dict[str, str], labels: dict[str, str]) -> None:
     now rather than after model calls were spent. `labels` name each edit in errors."""
     for name, text in edits.items():
         render(_environment(shipped_prompts()), template=labels.get(name, name), text=text,
-               **SAMPLE_VARIABLES)
+               variables=SAMPLE_VARIABLES)
 
 
 def load_prompt_data(name: str, *, folder: Path | str | None = None) -> dict[str, object]:

@@ -18,7 +18,6 @@ from jinja2 import PackageLoader
 from markupsafe import Markup
 from PIL import Image
 
-from img2music.graph.context import Context
 from img2music.graph.state import State, usage_totals
 from img2music.redaction import scrub
 from img2music.settings import Settings
@@ -47,7 +46,7 @@ ATTENTION_LABELS = {
 
 def write_run(
     out: Path, final: State, picture: Image.Image, report: dict[str, Any], *,
-    context: Context, settings: Settings,
+    settings: Settings,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Files of one run; no `tune.abc` unless a valid tune was made. The WAV is kept only when
     asked (`keep_wav`) or when there is no Ogg made from it. Keys and this machine's paths are
@@ -73,7 +72,7 @@ def write_run(
     files["report.json"] = write_atomic(out / "report.json",
                                         json.dumps(full, indent=2, default=str))
     files["report.html"] = write_atomic(out / "report.html",
-                                        _html(final, picture, files, full, context))
+                                        _html(final, picture, files, full))
     return files, full
 
 
@@ -155,8 +154,8 @@ def _attempt_summary(attempt: dict[str, Any]) -> str:
     return "; ".join(attempt.get("notes", []))
 
 
-def _html(final: State, picture: Image.Image, files: dict[str, Path], report: dict[str, Any],
-          context: Context) -> str:
+def _html(final: State, picture: Image.Image, files: dict[str, Path],
+          report: dict[str, Any]) -> str:
     """The report page: one self-contained file whose Content-Security-Policy lets nothing run
     and loads nothing; everything the model wrote is escaped text, and the score is an image
     (an SVG shown by `<img>` runs no script, whatever it holds)."""
@@ -169,36 +168,37 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path], report: di
     method = (final.get("explanation") or {}).get("method", "")
     maps = report.get("attention_maps") or {"sections": []}
     return render(
-        _report_environment(), template="report.html.j2", max_chars=None,
-        css=Markup(REPORT_CSS),
-        css_hash=REPORT_CSS_HASH,
-        title=_title(final.get("final_abc") or "") if final.get("final_abc") else "No tune",
-        status_line=f"{final.get('status', 'failed')} · {report.get('image', '')}",
-        failure=final.get("failure"),
-        image_src=_image_url(picture),
-        attention_src=_data_url(files["attention.png"], "image/png")
-        if "attention.png" in files else None,
-        attention_label=ATTENTION_LABELS.get(method, ""),
-        section_maps=[{"name": section["name"],
-                       "src": _data_url(files[section["file"]], "image/png")}
-                      for section in maps["sections"]],
-        audio_src=audio_src,
-        score_src=_data_url(score, "image/svg+xml") if score else None,
-        motivation=final.get("motivation", ""),
-        description=final.get("description", ""),
-        examples=[{
-            "title": e.get("metadata", {}).get("title") or e["id"], "caption": e["caption"],
-            "score": e["score"], "image": _similarity(e.get("image_similarity")),
-            "text": _similarity(e.get("text_similarity")),
-        } for e in final.get("examples", [])],
-        attempts=[{**a, "summary": _attempt_summary(dict(a))} for a in final.get("attempts", [])],
-        abc=final.get("final_abc"),
-        prompt_set=report.get("prompt_set", {}).get("hash", ""),
-        model=context.vlm_model,
-        calls=usage["calls"],
-        tokens=usage["input_tokens"] + usage["output_tokens"],
-        seconds=f"{report.get('wall_seconds', 0):.1f}",
-    )
+        _report_environment(), template="report.html.j2", max_chars=None, variables=dict(
+            css=Markup(REPORT_CSS),
+            css_hash=REPORT_CSS_HASH,
+            title=_title(final.get("final_abc") or "") if final.get("final_abc") else "No tune",
+            status_line=f"{final.get('status', 'failed')} · {report.get('image', '')}",
+            failure=final.get("failure"),
+            image_src=_image_url(picture),
+            attention_src=_data_url(files["attention.png"], "image/png")
+            if "attention.png" in files else None,
+            attention_label=ATTENTION_LABELS.get(method, ""),
+            section_maps=[{"name": section["name"],
+                           "src": _data_url(files[section["file"]], "image/png")}
+                          for section in maps["sections"]],
+            audio_src=audio_src,
+            score_src=_data_url(score, "image/svg+xml") if score else None,
+            motivation=final.get("motivation", ""),
+            description=final.get("description", ""),
+            examples=[{
+                "title": e.get("metadata", {}).get("title") or e["id"], "caption": e["caption"],
+                "score": e["score"], "image": _similarity(e.get("image_similarity")),
+                "text": _similarity(e.get("text_similarity")),
+            } for e in final.get("examples", [])],
+            attempts=[{**a, "summary": _attempt_summary(dict(a))}
+                      for a in final.get("attempts", [])],
+            abc=final.get("final_abc"),
+            prompt_set=report.get("prompt_set", {}).get("hash", ""),
+            model=report.get("settings", {}).get("vlm_model", ""),
+            calls=usage["calls"],
+            tokens=usage["input_tokens"] + usage["output_tokens"],
+            seconds=f"{report.get('wall_seconds', 0):.1f}",
+        ))
 
 
 @lru_cache(maxsize=1)

@@ -115,7 +115,7 @@ def compose(
         "prompt_set": {"name": prompts.name, "hash": prompts.hash},
         "wall_seconds": time.perf_counter() - started,
     }
-    files, report = write_run(out, final, picture, report, context=context, settings=settings)
+    files, report = write_run(out, final, picture, report, settings=settings)
     done = final.get("status") == "done"
     return Composition(
         image=image, out_dir=out, abc=final.get("final_abc"),
@@ -126,11 +126,13 @@ def compose(
 
 
 def _shown_settings(context: Context) -> dict[str, Any]:
-    """The run's settings as a report shows them: the endpoint without credentials, the prompt
-    folder by its name."""
+    """The run's settings as a report shows them: the endpoint without credentials, folders by
+    their names."""
     shown = dict(context.__dict__)
     shown["vlm_base_url"] = redact_url(context.vlm_base_url)
     shown["prompts_dir"] = Path(context.prompts_dir).name if context.prompts_dir else ""
+    if Path(context.vlm_model).is_absolute():  # a local model's folder: its name says enough
+        shown["vlm_model"] = Path(context.vlm_model).name
     return shown
 
 

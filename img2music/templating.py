@@ -12,6 +12,7 @@ fails with `TemplateRefused`, one line naming the template; nothing it asked for
 from __future__ import annotations
 
 import operator
+from collections.abc import Mapping
 from typing import Any
 
 from jinja2 import BaseLoader, StrictUndefined, TemplateError, Undefined
@@ -59,8 +60,8 @@ def sandbox(loader: BaseLoader | None = None, *, strict: bool = False,
     return environment
 
 
-def render(environment: BoundedSandbox, *, template: str, text: str | None = None,
-           max_chars: int | None = MAX_RENDERED_CHARS, **variables: object) -> str:
+def render(environment: BoundedSandbox, *, template: str, variables: Mapping[str, object],
+           text: str | None = None, max_chars: int | None = MAX_RENDERED_CHARS) -> str:
     """Render the file `template` from the environment's loader, or `text` in its place (an
     edit, named `template` in errors), into at most `max_chars` characters (None: no limit, for
     a page that embeds its images); every failure is a `TemplateRefused`."""

@@ -337,7 +337,8 @@ def test_no_key_path_or_endpoint_credential_reaches_a_report_or_an_answer(
 
 
 def test_keys_are_never_shown_by_the_settings() -> None:
-    settings = Settings(api_key=KEY, vlm_api_key=VLM_KEY, judge_api_key=VLM_KEY + "-judge")
+    settings = Settings.model_validate({"api_key": KEY, "vlm_api_key": VLM_KEY,
+                                        "judge_api_key": VLM_KEY + "-judge"})
     shown = repr(settings) + str(settings.model_dump()) + settings.model_dump_json()
     assert KEY not in shown and VLM_KEY not in shown
 

@@ -68,9 +68,10 @@ def test_a_run_may_not_move_the_model_or_the_prompt_folder_unless_allowed(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for field, value in (("vlm_base_url", "http://elsewhere.example/v1"),
                          ("vlm_model", str(tmp_path)), ("prompts_dir", str(tmp_path))):
+        overrides: dict[str, Any] = {field: value}
         with pytest.raises(RunOverrideRefused, match=field):
-            Context(**{field: value})
-        assert getattr(Context.from_settings(get_settings(), **{field: value}), field) == value
+            Context(**overrides)  # as LangGraph's API builds it from a request
+        assert getattr(Context.from_settings(get_settings(), **overrides), field) == value
     assert Context(rag_k=2, temperature=0.1).rag_k == 2  # the rest stays the run's to choose
     monkeypatch.setenv("IMG2MUSIC_ALLOW_RUN_OVERRIDES", "true")
     get_settings.cache_clear()
@@ -149,8 +150,9 @@ class Random8:
     name = "random-8d"
 
     def embed_texts(self, texts: Sequence[str]) -> Vector:
-        vectors = np.random.default_rng(0).normal(size=(len(texts), 8)).astype(np.float32)
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = np.random.default_rng(0).normal(size=(len(texts), 8))
+        return np.asarray(vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
+                          dtype=np.float32)
 
     def embed_images(self, images: Sequence[Image]) -> Vector:
         raise AssertionError("not used")
@@ -192,7 +194,8 @@ def test_two_processes_never_write_the_index_at_once(tmp_path: Path) -> None:
 
 @contextmanager
 def redirecting_host(target: str) -> Iterator[int]:
-    """A loopback server that answers every GET with a redirect to `target` (with its port)."""
+    """A loopback server that answers every GET with a redirect to `target` (`{port}`: its own)."""
+    location: list[str] = []
 
     class Host(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
@@ -200,15 +203,17 @@ def redirecting_host(target: str) -> Iterator[int]:
 
         def do_GET(self) -> None:
             self.send_response(302)
-            self.send_header("Location", target.format(port=self.server.server_address[1]))
+            self.send_header("Location", location[0])
             self.send_header("Content-Length", "0")
             self.end_headers()
 
     host = ThreadingHTTPServer(("127.0.0.1", 0), Host)
+    port = int(host.server_address[1])
+    location.append(target.format(port=port))
     thread = threading.Thread(target=host.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
-        yield host.server_address[1]
+        yield port
     finally:
         host.shutdown()
         host.server_close()
