@@ -110,3 +110,9 @@ def test_the_openai_routes_and_the_page_answer_on_the_same_port(dev_server: str)
         model="img2music", messages=image_message(),
         extra_body={"img2music": {"rag": False, "refine": False}})
     assert "```abc" in (completion.choices[0].message.content or "")
+    # Without a key, a page that points its own host name here (DNS rebinding) is refused, on
+    # LangGraph's routes as on the app's: the app's Host check runs for the whole server.
+    foreign = {"Host": "rebound.example"}
+    assert httpx.post(f"{dev_server}/assistants/search", json={},
+                      headers=foreign).status_code == 400
+    assert httpx.get(f"{dev_server}/v1/models", headers=foreign).status_code == 400
