@@ -146,6 +146,7 @@ WRITES = re.compile(r'^\d+ +(?:open|openat|creat)\([^"\n]*"(?P<path>[^"\n]+)"[^\
                     r'|^\d+ +(?:rename|renameat2?|unlink|unlinkat|mkdir|mkdirat|link|symlink)\b.*',
                     re.M)
 MARKUP = ('"ZZZ', "<YYY", "<?x ")
+PROGRAM_SECONDS = 20
 
 
 def documented_directives() -> tuple[set[str], set[str]]:
@@ -165,17 +166,23 @@ def documented_directives() -> tuple[set[str], set[str]]:
 
 
 def traced(program: list[str], folder: Path, output: str) -> list[str]:
-    """What the program did to files other than its input and its one output file."""
+    """What the program did to files other than its input and its one output file, and whether
+    it hung (`timeout` inside strace kills it, so nothing is left running)."""
     log = folder / "trace.log"
-    subprocess.run(["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=%file", "-o", str(log),
-                    *program],
-                   cwd=folder, capture_output=True, timeout=60, check=False)
+    finished = subprocess.run(["strace", "-f", "-qq", "--seccomp-bpf", "-e", "trace=%file",
+                               "-o", str(log), *bounded(program)],
+                              cwd=folder, capture_output=True, check=False)
     trace = log.read_text(errors="replace")
     sentinel = str(folder.parent / "sentinel")
     touched = [line for line in trace.splitlines() if sentinel in line]
     writes = [match[0] for match in WRITES.finditer(trace)
               if match["path"] not in (output, None)]
-    return touched + writes
+    hung = [f"did not finish within {PROGRAM_SECONDS} s"] if finished.returncode == 124 else []
+    return touched + writes + hung
+
+
+def bounded(program: list[str]) -> list[str]:
+    return ["timeout", "-k", "5", str(PROGRAM_SECONDS), *program]
 
 
 def files_touched(case: tuple[str, str, Path]) -> list[str]:
@@ -197,8 +204,8 @@ def markup_leaked(case: tuple[str, str, Path]) -> list[str]:
     with tempfile.TemporaryDirectory(dir=root) as work:
         folder = Path(work)
         (folder / "tune.abc").write_text(filter_directives(text).text, encoding="utf-8")
-        subprocess.run(["abcm2ps", "-q", "-g", "-O", "score", "tune.abc"], cwd=folder,
-                       capture_output=True, timeout=60, check=False)
+        subprocess.run(bounded(["abcm2ps", "-q", "-g", "-O", "score", "tune.abc"]), cwd=folder,
+                       capture_output=True, check=False)
         svg = "".join(path.read_text(errors="replace") for path in folder.glob("score*.svg"))
     return [f"abcm2ps {label}: raw markup {marker!r} in the SVG" for marker in MARKUP
             if marker in svg]
