@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Literal
@@ -34,6 +35,17 @@ _FROM_OPERATOR: ContextVar[bool] = ContextVar("img2music_context_from_operator",
 
 class RunOverrideRefused(ValueError):
     """A run's context set a field only the operator may set; the message names it."""
+
+
+@contextmanager
+def as_operator() -> Iterator[None]:
+    """Contexts made inside this block come from the operator (Python, the CLI, an eval config),
+    not from a request, so they may set the operator fields."""
+    token = _FROM_OPERATOR.set(True)
+    try:
+        yield
+    finally:
+        _FROM_OPERATOR.reset(token)
 
 
 # Each prompt template a run can replace, and the context field that holds its replacement.
@@ -153,8 +165,5 @@ class Context:
         values: dict[str, Any] = {name: _read(settings, name) for name in SETTING_FOR}
         known = {f.name for f in fields(cls)}
         values.update({k: v for k, v in overrides.items() if k in known and v is not None})
-        token = _FROM_OPERATOR.set(True)
-        try:
+        with as_operator():
             return cls(**values)
-        finally:
-            _FROM_OPERATOR.reset(token)
