@@ -181,11 +181,13 @@ def test_the_report_runs_no_script_from_a_tune(browser: Browser, tmp_path: Path)
         page.wait_for_load_state("load")  # after every image has loaded or failed
         assert page.evaluate("() => window.pwned") is None  # no handler or script of the model's
         shown = page.inner_text("body")
+        styled = page.evaluate("() => getComputedStyle(document.body).maxWidth")
         score_width = page.locator("img[alt='The score']").evaluate(
             "image => image.naturalWidth")
     finally:
         page.close()
     assert "<script>window.pwned=3</script>" in shown  # the model's text, shown as text
+    assert styled == "960px"  # the policy lets the report's own style sheet in, by its hash
     assert score_width > 0  # the score is still there, as an image
     svg = (tmp_path / "run" / "score.svg").read_text(encoding="utf-8")
     assert "<?x " not in svg and "<img" not in svg and "serif}" not in svg

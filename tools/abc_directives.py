@@ -78,8 +78,8 @@ RULES: tuple[Rule, ...] = (
 )
 
 LINE_DIRECTIVE = re.compile(
-    r"^[\ufeff \t]*(?P<form>%%(?:abc[ \t]+I:)?|I:)[ \t]*(?P<name>[^\s%\]=]+)(?P<rest>[^%]*)")
-INLINE_DIRECTIVE = re.compile(r"\[[ \t]*I:[ \t]*(?P<name>[^\s%\]=]+)(?P<rest>[^\]\n]*)\]")
+    r'^[\ufeff \t]*(?P<form>%%(?:abc[ \t]+I:)?|I:)[ \t]*(?P<name>[^\s%\]="]+)(?P<rest>[^%]*)')
+INLINE_DIRECTIVE = re.compile(r'\[[ \t]*I:[ \t]*(?P<name>[^\s%\]="]+)(?P<rest>[^\]\n]*)\]')
 CONTINUATION = re.compile(r"\\[ \t]*(?:%.*)?$")
 FIELD_CONTINUATION = re.compile(r"^[ \t]*\+:")
 MAX_SOURCE_CHARS = 200
