@@ -213,6 +213,7 @@ def test_a_full_server_refuses_before_it_decodes_an_image(tmp_path: Path) -> Non
         running.close()
     assert first.model_extra is not None
     assert refused.status_code == 429, refused.text
+    assert len(list(server.runs.iterdir())) == 1  # the running one only
 
 
 def test_old_runs_and_big_intermediates_do_not_pile_up(tmp_path: Path) -> None:
@@ -233,6 +234,11 @@ def test_old_runs_and_big_intermediates_do_not_pile_up(tmp_path: Path) -> None:
 
 
 # --- Image URLs: loopback and the cloud metadata address, with URLs allowed. -------------------
+
+def no_runs(runs: Path) -> bool:
+    """Nothing was left on disk: no run folder."""
+    return not runs.exists() or not any(runs.iterdir())
+
 
 @contextmanager
 def counting_image_host() -> Iterator[tuple[int, list[str]]]:
@@ -274,7 +280,7 @@ def test_image_urls_cannot_reach_loopback_or_link_local_addresses(tmp_path: Path
     assert [response.status_code for response in answers] == [400] * len(urls)
     messages = {response.json()["error"]["message"] for response in answers}
     assert len(messages) == 1  # one text, whatever the address: no port scanning through it
-    assert server.vlm.requests == []
+    assert server.vlm.requests == [] and no_runs(server.runs)
 
 
 # --- The Host header of a server without a key. -------------------------------------------------
@@ -288,7 +294,7 @@ def test_a_server_without_a_key_answers_only_its_own_host_names(tmp_path: Path) 
         named = httpx.get(f"{server.url}/v1/models", headers={"Host": "localhost:8000"})
     assert [response.status_code for response in refused] == [400, 400]
     assert own.status_code == 200 and named.status_code == 200
-    assert server.vlm.requests == []
+    assert server.vlm.requests == [] and no_runs(server.runs)
     with img2music_server(tmp_path, server_allowed_hosts="music.example.org") as server:
         listed = httpx.get(f"{server.url}/v1/models", headers={"Host": "music.example.org"})
     assert listed.status_code == 200
