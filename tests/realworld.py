@@ -44,6 +44,11 @@ def llm_replies() -> list[Path]:
     return replies
 
 
+def papers_tune() -> str:
+    """The method's paper's own Keye-VL-8B tune (Fig. 2a): every bar is short, yet it plays."""
+    return (reference_folder() / "llm-outputs" / "00-paper-fig2.txt").read_text(encoding="utf-8")
+
+
 @cache
 def abc2midi_output(text: str, *, flags: tuple[str, ...] = ()) -> tuple[str, int]:
     """What abc2midi says about a tune, and how many notes sound in the MIDI it writes."""

@@ -60,13 +60,13 @@ ABC2MIDI_DUPLICATES = re.compile(
 # symbol it cannot voice (the accompaniment skips it), an octave mark on the other case (`d,` is
 # D, `C'` is c), a `%%MIDI` directive it cannot use (sometimes reported lines later), notes
 # that a `%%MIDI expand` lets ring past the end, a repeat opened with |: and never closed
-# (played once), and a lone `!` it skips. Notes that are really malformed are caught by
-# the scan first.
+# (played once), and a field, directive or mark it says it ignored (a lone `!`, a bad Q:).
+# Notes that are really malformed are caught by the scan first.
 ABC2MIDI_HARMLESS = re.compile(
     r"I: key .* not recognized|Hornpipe must be in|Could not find note to be tied"
     r"|Malformed note : expecting a-g or A-G|Unrecognized chord name|Bad pitch specifier"
     r"|\bMIDI\b|Sustained notes beyond end of track|Missing :\| at end of tune"
-    r"|in middle of line ignored"
+    r"|\bignored\b"
 )
 # A sentence a model can act on, added to abc2midi's own words.
 ABC2MIDI_HINTS = {
