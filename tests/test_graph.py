@@ -76,10 +76,11 @@ class Examples:
         return self.examples[: query["k"]]
 
 
-def run(replies: list[str], **context: Any) -> tuple[State, ScriptedChatModel, list[str], Examples]:
+def run(replies: list[str], *, examples: Examples | None = None,
+        **context: Any) -> tuple[State, ScriptedChatModel, list[str], Examples]:
     """Run the graph on a real photo; returns the final state, the model, the node order."""
     model = ScriptedChatModel(replies=replies)
-    examples = Examples()
+    examples = examples or Examples()
     graph = build_graph(model_for=lambda _: model, retriever_for=lambda _: examples)
     state: State = {"image": image_data_url(open_image(PHOTO), max_pixels=128 * 128),
                     "note": "something solemn"}
@@ -231,6 +232,21 @@ def test_a_refinement_after_a_failed_repair_shows_the_tune_that_stands() -> None
     assert "this tune stands" in refine_prompt and "c2 B2 A4 B2" in refine_prompt
     assert [a["kind"] for a in state["attempts"]] == ["compose", "repair", "refine"]
     assert state["final_abc"] == REFINED and state["best"] == 2
+
+
+def test_a_retrieved_example_with_an_error_never_reaches_a_prompt() -> None:
+    examples = Examples()
+    broken = examples.examples[0].model_copy(update={
+        "id": "broken", "caption": "A tune cut off inside a chord.",
+        "abc": "X:9\nT:Cut\nM:4/4\nL:1/4\nK:C\nC D E F | [CEG\n"})
+    examples.examples.insert(0, broken)
+    state, model, _, _ = run([DESCRIPTION, answer(TUNE)], examples=examples, refine=False,
+                             rag_k=2)
+    assert examples.queries[0]["k"] > 2  # a few spare, in case some are not playable
+    assert [e["id"] for e in state["examples"]] == [e.id for e in examples.examples[1:3]]
+    prompt = model.texts(1)[1]
+    assert "A tune cut off inside a chord." not in prompt and "[CEG" not in prompt
+    assert "An Irish air, number 1." in prompt
 
 
 @pytest.mark.parametrize("context", [{"rag": False}, {"rag_k": 0}])

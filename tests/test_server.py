@@ -24,6 +24,7 @@ from langchain_core.messages import HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_openai import ChatOpenAI
 
+from img2music.graph.nodes import EXAMPLES_TO_SPARE
 from img2music.server.app import create_app
 from img2music.settings import Settings, get_settings
 from img2music.tools.check import check_abc
@@ -177,7 +178,8 @@ def test_request_fields_and_the_extension_set_the_run(tmp_path: Path) -> None:
                         "seed": 7})
     extension: dict[str, Any] = completion.model_extra["img2music"]  # type: ignore[index]
     assert extension["rounds"] == 0 and len(server.vlm.requests) == 2
-    assert [query["k"] for query in server.examples.queries] == [1]
+    assert [query["k"] for query in server.examples.queries] == [1 + EXAMPLES_TO_SPARE]
+    assert len(extension["examples"]) == 1
     assert len(extension["examples"]) == 1
     assert {body["temperature"] for body in server.vlm.requests} == {0.2}
     assert {body["max_completion_tokens"] for body in server.vlm.requests} == {900}
