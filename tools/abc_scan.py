@@ -105,7 +105,6 @@ class ScannedTune:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     found: Counter[str] = field(default_factory=Counter)  # every diagnostic, kept or not
 
-
     def field_value(self, letter: str) -> str | None:
         return next((f.value.strip() for f in self.header if f.letter == letter), None)
 
