@@ -39,7 +39,8 @@ class RunCancelled(Exception):
 
 @dataclass
 class Composition:
-    """What one image gave: the tune (None when none was valid), the files, and the report."""
+    """What one image gave: the tune (None when no attempt was playable), what a musician would
+    still correct in it, the files, and the report."""
 
     image: Path
     out_dir: Path
@@ -49,10 +50,22 @@ class Composition:
     report: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     failure_kind: FailureKind | None = None
+    faults: list[str] = field(default_factory=list)
+    fault_count: int = 0
 
     @property
     def ok(self) -> bool:
         return self.abc is not None and self.error is None
+
+    def summary(self) -> str:
+        """One line: where the tune is and what is left to correct, or why there is none."""
+        if not self.ok:
+            return f"{self.image}: {self.error}"
+        line = f"{self.image}: {self.out_dir / 'tune.abc'}"
+        if self.fault_count:
+            line += (f" ({self.fault_count} fault{'s' if self.fault_count > 1 else ''} a "
+                     f"musician would correct; first: {self.faults[0]})")
+        return line
 
 
 def compose(
@@ -117,6 +130,7 @@ def compose(
         motivation=final.get("motivation", ""), files=files, report=report,
         error=None if done else final.get("failure", "no tune"),
         failure_kind=None if done else "no_tune",
+        faults=final.get("faults", []), fault_count=final.get("fault_count", 0),
     )
 
 

@@ -49,15 +49,35 @@ def test_check_valid_tune_as_json(tune_file: Path) -> None:
 
 def test_check_invalid_tune_exits_1_with_the_place(tmp_path: Path) -> None:
     path = tmp_path / "broken.abc"
-    path.write_text(TUNE.replace("e3 c2 A", "e3 c2 A B"), encoding="utf-8")
+    path.write_text(TUNE.replace("e3 c2 A", "e3 [c2 A"), encoding="utf-8")
     result = runner.invoke(app, ["check", str(path), "--json"])
     assert result.exit_code == 1
     payload = json.loads(result.stdout)
     assert payload["ok"] is False
+    assert payload["errors"][0]["severity"] == "error"
     assert payload["errors"][0]["line"] == 7
-    assert payload["errors"][0]["col"] == 17  # where the long bar starts
-    assert "too long" in payload["errors"][0]["message"]
+    assert payload["errors"][0]["col"] == 20  # where the chord opens
+    assert "a chord opened with [ is not closed" in payload["errors"][0]["message"]
     assert payload["metrics"] == {}
+
+
+def test_check_lists_faults_as_warnings_and_exits_0_unless_strict(tmp_path: Path) -> None:
+    path = tmp_path / "faulty.abc"
+    path.write_text(TUNE.replace("e3 c2 A", "e3 c2 A B"), encoding="utf-8")
+    result = runner.invoke(app, ["check", str(path), "--json"])
+    assert result.exit_code == 0
+    payload = json.loads(result.stdout)
+    assert (payload["ok"], payload["clean"], payload["errors"]) == (True, False, [])
+    fault = payload["faults"][0]
+    assert (fault["severity"], fault["line"], fault["col"]) == ("fault", 7, 17)  # the long bar
+    assert "too long" in fault["message"] and payload["fault_count"] == 1
+    assert payload["metrics"]["pitch_range"] == 12  # it plays, so it is measured
+    human = runner.invoke(app, ["check", str(path)])
+    assert human.exit_code == 0
+    assert "valid, 1 warning" in human.stdout
+    assert "warning line 7, col 17: bar 3 lasts 7/8" in human.stdout
+    assert runner.invoke(app, ["check", "--strict", str(path)]).exit_code == 1
+    assert runner.invoke(app, ["check", "--strict", "--json", str(path)]).exit_code == 1
 
 
 def test_check_human_output(tune_file: Path) -> None:

@@ -246,8 +246,9 @@ def test_drum_tracks_are_left_out() -> None:
 
 
 def test_invalid_abc_names_its_first_error() -> None:
-    with pytest.raises(ValueError, match=r"line 6, col 11: bar 2 lasts 5/4"):
-        evaluate_abc(HEADER + "K:C\nC D E F | G A B c d |]\n")
+    with pytest.raises(ValueError, match=r"line 6, col 15: a chord opened with"):
+        evaluate_abc(HEADER + "K:C\nC D E F | G A [B c |]\n")
+    assert evaluate_abc(HEADER + "K:C\nC D E F | G A B c d |]\n").notes == 9  # a long bar plays
 
 
 def test_invalid_midi() -> None:

@@ -27,7 +27,7 @@ import img2music.server.page as page_module
 from tests.openai_server import Behaviour
 from tests.test_compose_cli import PHOTO
 from tests.test_graph import REFINED
-from tests.test_server import KEY, Served, img2music_server
+from tests.test_server import KEY, Served, img2music_server, never_fixes_the_papers_tune
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -311,6 +311,30 @@ def test_failures_are_shown_in_one_line(browser: Browser, tmp_path: Path) -> Non
         expect(seen.page.locator('#steps [data-step="describe"]')).to_have_attribute(
             "data-state", "failed")
         seen.shot("5-endpoint-down")
+
+
+def test_a_tune_that_plays_shows_what_a_musician_would_correct(browser: Browser,
+                                                               tmp_path: Path) -> None:
+    with img2music_server(tmp_path, responder=never_fixes_the_papers_tune) as server, \
+            visit(browser, server, tmp_path) as seen:
+        page = seen.page
+        compose_with(page, PHOTO)
+        expect(page.locator("#result-heading")).to_have_text("The tune: Sunset Over the Coast",
+                                                             timeout=WAIT_MS)
+        faults = page.locator("#faults-box")
+        expect(faults).to_be_visible()
+        expect(page.locator("#faults-note")).to_have_text(
+            "The tune plays as it is; the checker found 28 things to correct (the first are "
+            "listed).")
+        expect(page.locator("#faults li")).to_have_count(12)
+        expect(page.locator("#faults li").first).to_contain_text(
+            "line 8, col 13: bar 2 lasts 3/8 but M:6/4 bars last 12/8")
+        expect(page.locator("#attempts > li").first).to_contain_text(
+            "valid, 28 faults to correct")
+        assert ("Attempt 1 plays, with 28 fault(s) a musician would correct, first: bar 2 lasts "
+                "3/8") in " ".join(page.locator("#log li").all_text_contents())
+        expect(page.locator("#failure")).to_be_hidden()
+        seen.shot("7-faults")
 
 
 def test_a_run_without_a_valid_tune_shows_each_rejection(browser: Browser,

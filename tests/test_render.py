@@ -264,9 +264,11 @@ def test_render_all_writes_only_what_is_asked(tmp_path: Path) -> None:
 
 
 def test_render_all_refuses_an_invalid_tune_with_its_first_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"not a valid tune: line 7, col 9: a slur opened"):
-        render_all(SMALL.replace("GABc", "GAB(c"), tmp_path)
+    with pytest.raises(ValueError, match=r"not a valid tune: line 7, col 9: a chord opened"):
+        render_all(SMALL.replace("GABc", "GAB[c"), tmp_path)
     assert not any(tmp_path.iterdir())
+    faulty = render_all(SMALL.replace("GABc", "GAB(c"), tmp_path, wav=False, svg=False)
+    assert set(faulty.files) == {"midi", "png"}  # an open slur is a fault: the tune plays
 
 
 @pytest.mark.parametrize(

@@ -24,11 +24,13 @@ from langchain_core.messages import HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_openai import ChatOpenAI
 
+from img2music.graph.nodes import EXAMPLES_TO_SPARE
 from img2music.server.app import create_app
 from img2music.settings import Settings, get_settings
 from img2music.tools.check import check_abc
 from img2music.tools.extract import extract_abc
 from tests.openai_server import Behaviour, ScriptedServer, last_user_text, scripted_server
+from tests.realworld import papers_tune
 from tests.serving import served
 from tests.test_compose_cli import PHOTO
 from tests.test_graph import Examples, reply_for
@@ -176,7 +178,8 @@ def test_request_fields_and_the_extension_set_the_run(tmp_path: Path) -> None:
                         "seed": 7})
     extension: dict[str, Any] = completion.model_extra["img2music"]  # type: ignore[index]
     assert extension["rounds"] == 0 and len(server.vlm.requests) == 2
-    assert [query["k"] for query in server.examples.queries] == [1]
+    assert [query["k"] for query in server.examples.queries] == [1 + EXAMPLES_TO_SPARE]
+    assert len(extension["examples"]) == 1
     assert len(extension["examples"]) == 1
     assert {body["temperature"] for body in server.vlm.requests} == {0.2}
     assert {body["max_completion_tokens"] for body in server.vlm.requests} == {900}
@@ -323,6 +326,24 @@ def test_no_valid_tune_is_a_200_that_explains_the_failure(tmp_path: Path) -> Non
     content = completion.choices[0].message.content or ""
     assert content.startswith("No tune this time: no valid tune within the limits")
     assert "report.json" in extension["files"]
+
+
+def never_fixes_the_papers_tune(body: dict[str, Any]) -> str:
+    """A model that answers every compose, repair and refine call with the paper's tune."""
+    return reply_for(body) if "Describe this image" in last_user_text(body) else papers_tune()
+
+
+def test_a_tune_that_plays_is_delivered_with_its_faults(tmp_path: Path) -> None:
+    with img2music_server(tmp_path, responder=never_fixes_the_papers_tune) as server:
+        completion = server.client.chat.completions.create(
+            model="img2music", messages=image_message())
+        calls = len(server.vlm.requests)
+    extension: dict[str, Any] = completion.model_extra["img2music"]  # type: ignore[index]
+    assert extension["status"] == "done" and extension["failure_kind"] is None
+    assert extension["fault_count"] == 28
+    assert extension["faults"][0].startswith("line 8, col 13: bar 2 lasts 3/8 but M:6/4")
+    assert "T: Sunset Over the Coast" in (completion.choices[0].message.content or "")
+    assert calls == 4  # describe, compose, one repair and one refinement, each answered alike
 
 
 def test_with_a_key_every_route_but_health_needs_it(tmp_path: Path) -> None:
