@@ -177,6 +177,7 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path], report: di
         abc=final.get("final_abc"),
         prompt_set=report.get("prompt_set", {}).get("hash", ""),
         model=context.vlm_model,
+        endpoint=report.get("vlm_endpoint"),
         calls=usage["calls"],
         tokens=usage["input_tokens"] + usage["output_tokens"],
         seconds=f"{report.get('wall_seconds', 0):.1f}",
