@@ -98,7 +98,12 @@ def profile_for(url: str, *, api_key: str, choice: ProfileSetting,
     if choice != "auto":
         return Detection(PROFILES[choice], f"{setting}={choice}")
     key = url.rstrip("/")
-    with _DETECTING:  # one probe per endpoint, however many runs start at once
+    known = known_profile(key, choice=choice)
+    if known is not None:
+        return known
+    with _LOCK:
+        asking = _ASKING.setdefault(key, threading.Lock())
+    with asking:  # one probe per endpoint, however many runs start at once
         known = known_profile(key, choice=choice)
         if known is not None:
             return known
@@ -136,8 +141,8 @@ def list_models(url: str, *, api_key: str,
     return [entry for entry in data if isinstance(entry, dict)]
 
 
-_LOCK = threading.Lock()  # guards the two tables; held for lookups only
-_DETECTING = threading.Lock()  # held while an endpoint is asked
+_LOCK = threading.Lock()  # guards the tables; held for lookups only
+_ASKING: dict[str, threading.Lock] = {}  # per endpoint, held while it is asked
 _DETECTED: dict[str, Detection] = {}
 
 
