@@ -190,7 +190,7 @@ def no_model_answers(settings: Settings) -> str | None:
     except httpx.TransportError as error:
         return FIRST_RUN.format(url=settings.vlm_base_url, reason=_no_answer(error))
     except (httpx.HTTPError, ValueError, AttributeError):
-        return None
+        pass  # something answered: `doctor` says what is wrong with it
     return None
 
 
