@@ -23,7 +23,7 @@ from img2music.graph.models import (
     call_model,
     chat_model,
     image_from_data_url,
-    think_suffix,
+    prompt_switch,
     to_langchain,
 )
 from img2music.graph.state import (
@@ -61,7 +61,7 @@ def describe(
     """The model looks at the image first; retrieval matches its words to real tunes."""
     context = runtime.context
     prompt = _render(context, "describe.j2", note=state.get("note", ""),
-                     thinking=think_suffix(False))
+                     thinking=prompt_switch(False, context.vlm_model))
     messages = [_system(context), _image_message(state["image"], prompt)]
     reply = call_model(model_for(context), to_langchain(messages),
                        endpoint=context.vlm_base_url)
@@ -153,7 +153,7 @@ def compose(
     best = state.get("best")
     kind, round_number = next_attempt(attempts, best)
     folder = context.prompts_dir or None
-    thinking = think_suffix(context.thinking)
+    thinking = prompt_switch(context.thinking, context.vlm_model)
     if kind == "compose":
         prompt = _render(
             context, "compose.j2", description=state.get("description", ""),

@@ -320,9 +320,14 @@ def compose_command(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64)] = 4,
 ) -> None:
     """Compose music for each image: tune.abc, MIDI, audio, score, explanation and reports."""
+    from img2music.readiness import no_model_answers
     from img2music.runs import Composition, compose
 
     paths = _image_paths(images)
+    help_text = no_model_answers(get_settings())
+    if help_text is not None:  # every image would fail the same way: say how to get a model
+        errors.print(Text(help_text))
+        raise typer.Exit(1)
     folders = _output_folders(paths, out)
     overrides: dict[str, Any] = {"rag_k": k, "repairs": repairs, "refine_rounds": refine_rounds,
                  "rag": False if no_rag else None, "refine": False if no_refine else None,
@@ -386,10 +391,15 @@ def serve(
     """Serve the web page, the OpenAI-compatible endpoint (model `img2music`) and runs' files."""
     import uvicorn
 
+    from img2music.readiness import no_model_answers
+
     settings = get_settings()
     if host not in LOOPBACK and settings.api_key is None:
         errors.print(f"[yellow]warning:[/yellow] serving on {host} without IMG2MUSIC_API_KEY: "
                      "anyone who can reach this address can spend your model's time")
+    help_text = no_model_answers(settings)
+    if help_text is not None:  # serve anyway: the model may come up later, /health says when
+        errors.print(Text.assemble(("warning: ", "yellow"), help_text))
     from img2music.server.app import app as server  # built from these same settings
 
     console.print(f"img2music on http://{host}:{port}/ (the page) and http://{host}:{port}/v1 "
@@ -405,9 +415,10 @@ STATUS_STYLE = {"ok": "[green]ok[/green]", "warning": "[yellow]warning[/yellow]"
 @app.command()
 def doctor() -> None:
     """Check what the configured path needs, and say how to fix what is missing."""
-    from img2music.readiness import doctor_checks
+    from img2music.readiness import doctor_checks, no_model_answers
 
-    checks = doctor_checks(get_settings())
+    settings = get_settings()
+    checks = doctor_checks(settings)
     table = Table(show_lines=False)
     for column in ("check", "status", "found", "fix"):
         table.add_column(column, overflow="fold")
@@ -416,6 +427,9 @@ def doctor() -> None:
                       escape(check.fix))
     console.print(table)
     missing = [check.name for check in checks if not check.ok]
+    help_text = no_model_answers(settings) if "VLM endpoint" in missing else None
+    if help_text is not None:
+        console.print(Text(help_text))
     if missing:
         errors.print(f"[red]not ready:[/red] {', '.join(missing)}")
         raise typer.Exit(1)

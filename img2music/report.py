@@ -191,6 +191,7 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path], report: di
         fault_count=final.get("fault_count", 0),
         prompt_set=report.get("prompt_set", {}).get("hash", ""),
         model=context.vlm_model,
+        endpoint=report.get("vlm_endpoint"),
         calls=usage["calls"],
         tokens=usage["input_tokens"] + usage["output_tokens"],
         seconds=f"{report.get('wall_seconds', 0):.1f}",

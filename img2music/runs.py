@@ -7,12 +7,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
-from img2music.graph.models import VLMUnavailable, image_data_url
+from img2music.graph.models import VLMUnavailable, chat_model, endpoint_report, image_data_url
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import State
 from img2music.prompt_files import prompt_set
@@ -95,10 +96,9 @@ def compose(
         return _failed(image, out, f"{image}: {error}", "bad_image")
     state: State = {"image": image_data_url(picture, max_pixels=settings.vlm_image_pixels),
                     "note": note}
-    kwargs: dict[str, Any] = {"retriever_for": retriever_for}
-    if model_for is not None:
-        kwargs["model_for"] = model_for
-    graph = build_graph(**kwargs)
+    # The model is built from these settings too (profile, key, timeouts), not the process's.
+    graph = build_graph(model_for=model_for or partial(chat_model, settings=settings),
+                        retriever_for=retriever_for)
     final: State = {}
     try:
         for mode, chunk in graph.stream(state, context=context,
@@ -121,6 +121,8 @@ def compose(
         "image": str(image),
         "settings": dict(context.__dict__),
         "prompt_set": {"name": prompts.name, "hash": prompts.hash},
+        "vlm_endpoint": None if settings.vlm_backend == "local" else endpoint_report(
+            context.vlm_base_url, context.vlm_model, choice=settings.vlm_profile),
         "wall_seconds": time.perf_counter() - started,
     }
     files, report = write_run(out, final, picture, report, context=context, settings=settings)
