@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from typer.testing import CliRunner
 
 from img2music.cli import app
 from img2music.tools.music21_corpus import iter_corpus_tunes
+from tests.needs import needs_programs, needs_soundfont
 
 runner = CliRunner()
 
@@ -87,8 +87,8 @@ def test_check_real_corpus_file_with_many_tunes(tmp_path: Path) -> None:
     assert result.exit_code == (0 if payload["ok"] else 1)
 
 
-@pytest.mark.skipif(shutil.which("fluidsynth") is None or shutil.which("abcm2ps") is None,
-                    reason="fluidsynth and abcm2ps (Debian packages) are not installed")
+@needs_programs("fluidsynth", "abcm2ps")
+@needs_soundfont
 def test_render_writes_every_file(tune_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(app, ["render", str(tune_file), "--out", str(out)])

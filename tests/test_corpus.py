@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import subprocess
 import tempfile
 from functools import cache
@@ -20,10 +19,9 @@ import pytest
 
 from img2music.tools.check import Backend, check_abc, compile_abc
 from img2music.tools.music21_corpus import CorpusTune, iter_corpus_tunes
+from tests.needs import needs_programs
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("abc2midi") is None, reason="abc2midi (Debian package abcmidi) is not installed"
-)
+pytestmark = needs_programs("abc2midi")
 
 STRIDE = 16
 ABC2MIDI_COMPLAINT = re.compile(r"^Error|Bar \d+ has", re.MULTILINE)

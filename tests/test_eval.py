@@ -30,6 +30,7 @@ from img2music.prompt_files import shipped_prompts
 from img2music.settings import Settings, get_settings
 from tests.openai_server import ScriptedServer, last_user_text, scripted_server
 from tests.scripted import ScriptedChatModel
+from tests.serving import refusing_port
 from tests.test_graph import REFINED, TUNE, Examples, answer
 
 PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
@@ -238,10 +239,10 @@ def test_the_command_line_fails_bad_items_in_one_line_and_goes_on(
     tmp_path: Path, images: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     (images / "notes.png").write_text("not an image", encoding="utf-8")
-    with scripted_server(composer) as server:
+    with scripted_server(composer) as server, refusing_port() as judge_port:
         for name, value in {"IMG2MUSIC_VLM_BASE_URL": server.url,
                             "IMG2MUSIC_VLM_MODEL": server.model,
-                            "IMG2MUSIC_JUDGE_BASE_URL": "http://127.0.0.1:9/v1",
+                            "IMG2MUSIC_JUDGE_BASE_URL": f"http://127.0.0.1:{judge_port}/v1",
                             "IMG2MUSIC_VLM_RETRIES": "0"}.items():
             monkeypatch.setenv(name, value)
         get_settings.cache_clear()

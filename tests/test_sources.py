@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from functools import cache
 from pathlib import Path
 
@@ -30,11 +29,9 @@ from img2music.tools.sources import (
     range_words,
 )
 from tests.fixtures import JIG, make_midicaps_folder
+from tests.needs import needs_programs
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("abc2midi") is None or shutil.which("midi2abc") is None,
-    reason="abc2midi and midi2abc (Debian package abcmidi) are not installed",
-)
+pytestmark = needs_programs("abc2midi", "midi2abc")
 
 FIRST = 200
 GERMAN_WORDS = re.compile(
