@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import threading
@@ -75,7 +74,7 @@ def _listening_ports(pid: int) -> set[int]:
     inodes = set()
     for descriptor in Path(f"/proc/{pid}/fd").iterdir():
         try:
-            target = os.readlink(descriptor)
+            target = str(descriptor.readlink())
         except OSError:  # closed meanwhile
             continue
         if target.startswith("socket:["):

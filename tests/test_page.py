@@ -29,7 +29,6 @@ from tests.test_compose_cli import PHOTO
 from tests.test_graph import REFINED
 from tests.test_server import KEY, Served, img2music_server
 
-
 PHONE = {"width": 375, "height": 740}
 WAIT_MS = 120_000  # a whole run on two shared CPU cores, CLIP and rendering included
 
