@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,19 @@ def test_installed_entry_point(tune_file: Path) -> None:
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["ok"] is True
+
+
+@needs_programs("abc2midi")
+def test_render_exits_1_naming_a_missing_program_and_writes_the_rest(
+    tune_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    programs = tmp_path / "bin"  # abc2midi alone: no fluidsynth, no abcm2ps
+    programs.mkdir()
+    (programs / "abc2midi").symlink_to(str(shutil.which("abc2midi")))
+    monkeypatch.setenv("PATH", str(programs))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["render", str(tune_file), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "wav: fluidsynth is not installed (Debian package: fluidsynth)" in result.stderr
+    assert "svg: abcm2ps is not installed (Debian package: abcm2ps)" in result.stderr
+    assert {path.name for path in out.iterdir()} == {"tune.mid", "pianoroll.png"}
