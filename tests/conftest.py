@@ -22,6 +22,8 @@ import pytest
 
 from img2music.settings import Settings, get_settings
 
+pytest_plugins = ["pytester"]  # tests/test_suite_rules.py runs small suites under these rules
+
 PREFIX = "IMG2MUSIC_"
 CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 _saved: dict[str, Any] = {}
