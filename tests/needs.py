@@ -28,22 +28,22 @@ def needs_programs(*programs: str) -> pytest.MarkDecorator:
     return pytest.mark.skipif(
         bool(missing),
         reason=f"{' and '.join(missing)} not installed: apt-get install "
-        f"{' '.join(packages)} ({INSTALL})",
+        f"{' '.join(packages)}; {INSTALL}",
     )
 
 
 needs_soundfont = pytest.mark.skipif(
     Settings().find_soundfont() is None,
     reason="no General MIDI SoundFont: apt-get install timgm6mb-soundfont, or set "
-    f"IMG2MUSIC_SOUNDFONT ({INSTALL})",
+    f"IMG2MUSIC_SOUNDFONT; {INSTALL}",
 )
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.is_file(),
-    reason=f"the browser tests need Debian's chromium at {CHROMIUM}: apt-get install chromium "
-    f"({INSTALL}; Playwright's browser download is not used)",
+    reason=f"the browser tests need Debian's chromium at {CHROMIUM}: apt-get install chromium; "
+    f"{INSTALL} (Playwright's own browser download is not used)",
 )
 needs_langgraph_cli = pytest.mark.skipif(
     not LANGGRAPH.exists() and shutil.which("langgraph") is None,
-    reason="langgraph-cli[inmem] is not installed: pip install -e '.[dev]' (scripts/install.sh "
-    "installs it)",
+    reason="langgraph-cli[inmem] is not installed: pip install -e '.[dev]'; scripts/install.sh "
+    "installs it",
 )
