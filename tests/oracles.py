@@ -44,7 +44,7 @@ def abc2midi_problems(abc: str) -> list[str]:
 def music21_voices_and_bars(abc: str) -> tuple[int, int]:
     """Parts, and measures of the longest part, as music21 reads the text."""
     score = converter.parse(abc, format="abc", forceSource=True)
-    parts = list(score.parts) if score.parts else [score]
+    parts = list(score.parts) if isinstance(score, stream.Score) else [score]
     return len(parts), max(len(part.getElementsByClass(stream.Measure)) for part in parts)
 
 

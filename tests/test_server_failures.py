@@ -50,6 +50,12 @@ class Responder:
     def __call__(self, body: dict[str, Any]) -> str:
         return self.gate(body) if self.gate is not None else reply_for(body)
 
+    def reset(self) -> None:
+        """Let any held call go, and hold none from now on."""
+        if self.gate is not None:
+            self.gate.opened.set()
+        self.gate = None
+
 
 @dataclass
 class Shared:
@@ -76,10 +82,9 @@ def server(shared: Shared, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
     vlm = shared.served.vlm
     vlm.requests.clear()
     vlm.behaviour = Behaviour()
-    shared.responder.gate = None
+    shared.responder.reset()
     yield shared.served
-    if shared.responder.gate is not None:
-        shared.responder.gate.opened.set()
+    shared.responder.reset()
 
 
 def post(server: Served, body: dict[str, Any], key: str | None = KEY) -> httpx.Response:
