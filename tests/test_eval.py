@@ -384,14 +384,15 @@ def test_the_seed_sets_the_judging_order(
 ) -> None:
     composer_server, judge_server = servers
     orders = {}
-    for out, seed in (("first", 0), ("again", 0), ("other", 1)):
+    for name, seed in (("first", 0), ("again", 0), ("other", 1)):
         judge_server.requests.clear()
+        (tmp_path / "results" / "judgments.jsonl").unlink(missing_ok=True)  # judge anew
         result = evaluate(tmp_path, images, composer_server, judge_server,
-                          ["no-rag-no-refine"], out=out, repeats=1, clip=False, concurrency=1,
+                          ["no-rag-no-refine"], repeats=1, clip=False, concurrency=1,
                           seed=seed)
         assert result.summary.meta["seed"] == seed
         assert f"shuffled with seed {seed}" in result.markdown
-        orders[out] = judged_order(judge_server)
+        orders[name] = judged_order(judge_server)
     assert len(orders["first"]) == 2 * 8  # two tunes, eight questions
     assert orders["again"] == orders["first"]
     assert orders["other"] != orders["first"]

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL.Image import Image
+from typer.testing import CliRunner
 
-from img2music.settings import Settings
+from img2music.cli import app
+from img2music.settings import Settings, get_settings
 from img2music.tools.check import check_abc
 from img2music.tools.embedder import load_embedder
 from img2music.tools.index import (
@@ -265,9 +267,12 @@ def test_index_commands_build_inspect_and_query(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "cannot read" in bad.stderr
 
 
-def test_query_without_an_index_says_how_to_build_it(tmp_path: Path) -> None:
-    result = _cli(tmp_path, "index", "query", "a song")
-    assert result.returncode == 1
+def test_query_without_an_index_says_how_to_build_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMG2MUSIC_CLIP_MODEL", "img2music-tiny")
+    monkeypatch.setenv("IMG2MUSIC_CLIP_PRETRAINED", "none")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["index", "query", "a song"])
+    assert result.exit_code == 1
     assert "img2music index build --source music21" in result.stderr
 
 
