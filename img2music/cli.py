@@ -386,7 +386,8 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind; loopback by default.")] = (
         "127.0.0.1"),
-    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535,
+                                      help="0 takes a free port (printed).")] = 8000,
 ) -> None:
     """Serve the web page, the OpenAI-compatible endpoint (model `img2music`) and runs' files."""
     import uvicorn
@@ -402,10 +403,13 @@ def serve(
         errors.print(Text.assemble(("warning: ", "yellow"), help_text))
     from img2music.server.app import app as server  # built from these same settings
 
+    config = uvicorn.Config(server, host=host, port=port, log_level=settings.log_level.lower(),
+                            timeout_graceful_shutdown=5)
+    listening = config.bind_socket()  # bound first, so the port printed is the one served
+    port = listening.getsockname()[1]
     console.print(f"img2music on http://{host}:{port}/ (the page) and http://{host}:{port}/v1 "
                   f"(model img2music); runs in {settings.data_dir / 'runs'}", highlight=False)
-    uvicorn.run(server, host=host, port=port,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[listening])
 
 
 STATUS_STYLE = {"ok": "[green]ok[/green]", "warning": "[yellow]warning[/yellow]",

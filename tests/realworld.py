@@ -7,18 +7,15 @@ sharing no code with the checker it judges. Nothing here reads the shared holdou
 
 from __future__ import annotations
 
-import re
-import subprocess
-import tempfile
 from functools import cache
 from pathlib import Path
 
 from img2music.tools.music21_corpus import CorpusTune, iter_corpus_tunes
+from tests.oracles import ABC2MIDI_ERROR, abc2midi_output, sounding_notes
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 DEBIAN_EXAMPLES = (Path("/usr/share/doc/abcmidi/examples"), Path("/usr/share/doc/abcm2ps/examples"))
 CORPUS_STRIDE = 16
-ABC2MIDI_ERROR = re.compile(r"^Error", re.MULTILINE)
 
 
 class MissingTestData(RuntimeError):
@@ -50,34 +47,15 @@ def papers_tune() -> str:
 
 
 @cache
-def abc2midi_output(text: str, *, flags: tuple[str, ...] = ()) -> tuple[str, int]:
-    """What abc2midi says about a tune, and how many notes sound in the MIDI it writes."""
-    import io
-
-    import mido
-
-    with tempfile.TemporaryDirectory() as work:
-        (Path(work) / "tune.abc").write_text(text, encoding="utf-8")
-        result = subprocess.run(["abc2midi", "tune.abc", "-o", "tune.mid", *flags], cwd=work,
-                                capture_output=True, text=True, timeout=30, check=False)
-        midi = Path(work) / "tune.mid"
-        if not midi.is_file():
-            return result.stdout + result.stderr, 0
-        song = mido.MidiFile(file=io.BytesIO(midi.read_bytes()))
-    notes = sum(message.type == "note_on" and message.velocity > 0
-                for track in song.tracks for message in track)
-    return result.stdout + result.stderr, notes
-
-
 def abc2midi_reads_cleanly(text: str) -> bool:
     """abc2midi, as installed, reads the tune with no error and writes a MIDI file."""
-    output, _ = abc2midi_output(text)
-    return ABC2MIDI_ERROR.search(output) is None and "writing MIDI file" in output
+    output, midi = abc2midi_output(text)
+    return ABC2MIDI_ERROR.search(output) is None and midi is not None
 
 
 def written_notes_played(text: str) -> int:
     """Notes abc2midi plays from what is written (chord symbols not voiced)."""
-    return abc2midi_output(text, flags=("-NGUI",))[1]
+    return sounding_notes(abc2midi_output(text, flags=("-NGUI",))[1])
 
 
 def debian_example_tunes() -> list[tuple[str, str]]:

@@ -3,19 +3,15 @@ errors (the tune cannot be played as meant) and faults (a musician would correct
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from img2music.settings import Settings
 from img2music.tools.check import Backend, ParseCheck, check_abc, compile_abc
+from tests.needs import needs_programs
 
-BACKENDS: list[Backend] = ["music21"]
-if shutil.which("abc2midi"):
-    BACKENDS.insert(0, "abc2midi")
-needs_abc2midi = pytest.mark.skipif(
-    shutil.which("abc2midi") is None, reason="abc2midi (Debian package abcmidi) is not installed"
-)
+needs_abc2midi = needs_programs("abc2midi")
+# Both backends, always: without abc2midi its cases skip (and fail under CI), never vanish.
+BACKENDS = [pytest.param("abc2midi", marks=needs_abc2midi), "music21"]
 
 GOOD = """X:1
 T:Morning light
@@ -360,7 +356,10 @@ def test_abc2midi_complaints_about_whole_music_are_faults() -> None:
     assert "Malformed note : expecting a-g or A-G" in {d.message for d in decorated.faults}
 
 
+@needs_abc2midi
 def test_both_backends_agree_on_the_shape() -> None:
-    checks = [check_abc(GOOD, backend=backend) for backend in BACKENDS]
+    backends: tuple[Backend, ...] = ("abc2midi", "music21")
+    checks = [check_abc(GOOD, backend=backend) for backend in backends]
+    assert [c.backend for c in checks] == ["abc2midi", "music21"]
     shapes = {(c.ok, c.tunes, c.voices, c.bars, c.notes, c.duration_beats) for c in checks}
     assert len(shapes) == 1

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from img2music.cli import app
 from img2music.tools.music21_corpus import iter_corpus_tunes
+from tests.needs import needs_programs, needs_soundfont
 
 runner = CliRunner()
 
@@ -107,8 +108,8 @@ def test_check_real_corpus_file_with_many_tunes(tmp_path: Path) -> None:
     assert result.exit_code == (0 if payload["ok"] else 1)
 
 
-@pytest.mark.skipif(shutil.which("fluidsynth") is None or shutil.which("abcm2ps") is None,
-                    reason="fluidsynth and abcm2ps (Debian packages) are not installed")
+@needs_programs("fluidsynth", "abcm2ps")
+@needs_soundfont
 def test_render_writes_every_file(tune_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(app, ["render", str(tune_file), "--out", str(out)])
@@ -139,3 +140,19 @@ def test_installed_entry_point(tune_file: Path) -> None:
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["ok"] is True
+
+
+@needs_programs("abc2midi")
+def test_render_exits_1_naming_a_missing_program_and_writes_the_rest(
+    tune_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    programs = tmp_path / "bin"  # abc2midi alone: no fluidsynth, no abcm2ps
+    programs.mkdir()
+    (programs / "abc2midi").symlink_to(str(shutil.which("abc2midi")))
+    monkeypatch.setenv("PATH", str(programs))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["render", str(tune_file), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "wav: fluidsynth is not installed (Debian package: fluidsynth)" in result.stderr
+    assert "svg: abcm2ps is not installed (Debian package: abcm2ps)" in result.stderr
+    assert {path.name for path in out.iterdir()} == {"tune.mid", "pianoroll.png"}

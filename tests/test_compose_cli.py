@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -147,10 +146,11 @@ def test_a_batch_killed_midway_keeps_every_image_it_finished(tmp_path: Path) -> 
     for name in ("a-first", "b-second"):
         (images / f"{name}.jpg").write_bytes(PHOTO.read_bytes())
     calls = itertools.count()
-    release = threading.Event()
+    second_image_asked, release = threading.Event(), threading.Event()
 
     def stall_after_the_first_image(body: dict[str, Any]) -> str:
         if next(calls) >= 3:  # describe, compose, refine of the first image answer; then stall
+            second_image_asked.set()
             release.wait(120)
         return respond(body)
 
@@ -161,10 +161,8 @@ def test_a_batch_killed_midway_keeps_every_image_it_finished(tmp_path: Path) -> 
             [str(Path(sys.executable).with_name("img2music")), "compose", str(images), "--out",
              str(tmp_path / "out"), "--no-rag", "--explain", "none", "--concurrency", "1"],
             env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 300
-        while len(server.requests) < 4:  # the second image is being composed
-            assert batch.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+        assert second_image_asked.wait(300), "the batch never reached the second image"
+        assert batch.poll() is None
         batch.kill()
         batch.wait(timeout=30)
         release.set()

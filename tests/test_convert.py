@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 
 import mido
 import pytest
@@ -11,11 +10,9 @@ import pytest
 from img2music.settings import Settings
 from img2music.tools.check import check_abc
 from img2music.tools.convert import InvalidAbc, InvalidMidi, abc_to_midi, midi_to_abc
+from tests.needs import needs_programs
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("abc2midi") is None or shutil.which("midi2abc") is None,
-    reason="abc2midi and midi2abc (Debian package abcmidi) are not installed",
-)
+pytestmark = needs_programs("abc2midi", "midi2abc")
 
 DUET = """X:1
 T:Two voices

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 from functools import cache
 
 import mido
@@ -17,11 +16,11 @@ import pytest
 
 from img2music.tools.check import Backend, check_abc, compile_abc
 from img2music.tools.music21_corpus import CorpusTune
-from tests.realworld import abc2midi_output, corpus_sample
+from tests.needs import needs_programs
+from tests.oracles import abc2midi_output
+from tests.realworld import corpus_sample
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("abc2midi") is None, reason="abc2midi (Debian package abcmidi) is not installed"
-)
+pytestmark = needs_programs("abc2midi")
 
 ABC2MIDI_COMPLAINT = re.compile(r"^Error|Bar \d+ has", re.MULTILINE)
 ORNAMENTS = re.compile(r"[T~HMPR]|!(?:trill|roll|turn|mordent|fermata)[^!]*!")

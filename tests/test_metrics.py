@@ -31,9 +31,9 @@ from img2music.tools.metrics import (
     metric_descriptions,
     metric_feedback,
 )
-from img2music.tools.programs import which
+from tests.needs import needs_programs
 
-needs_abc2midi = pytest.mark.skipif(which("abc2midi") is None, reason="abc2midi is not installed")
+needs_abc2midi = needs_programs("abc2midi")
 BACKENDS = [pytest.param("abc2midi", marks=needs_abc2midi), "music21"]
 HEADER = "X:1\nT:test\nM:4/4\nL:1/4\n"
 SCALE = HEADER + "K:C\nC D E F | G A B c |]\n"

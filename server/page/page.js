@@ -86,6 +86,9 @@ async function start() {
   $("map-section").addEventListener("change", () => {
     showMap(page.last).catch((error) => log(`The map cannot be shown: ${error.message}`));
   });
+  // Enabled only now: a click before the handlers are attached would submit the form as a
+  // plain page load and lose the image.
+  $("compose").disabled = false;
 }
 
 function chooseFile(file) {
