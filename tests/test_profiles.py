@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -365,14 +366,20 @@ def test_doctor_with_no_model_says_the_three_ways_and_not_when_one_answers(
 def test_serve_with_no_model_says_the_three_ways_and_serves_anyway(
     no_model: None, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    started: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: started.append(options))
-    result = CliRunner().invoke(app, ["serve", "--port", "8765"])
+    served_ports: list[int] = []
+
+    def serve_nothing(server: uvicorn.Server, sockets: list[socket.socket]) -> None:
+        for listening in sockets:
+            served_ports.append(listening.getsockname()[1])
+            listening.close()
+
+    monkeypatch.setattr(uvicorn.Server, "run", serve_nothing)
+    result = CliRunner().invoke(app, ["serve", "--port", "0"])
     assert result.exit_code == 0, result.output
     assert "warning: No model answered at" in result.stderr
     for way in THREE_WAYS:
         assert way in result.stderr, way
-    assert [options["port"] for options in started] == [8765]
+    assert len(served_ports) == 1 and f"127.0.0.1:{served_ports[0]}/" in result.stdout
 
 
 def test_the_scripted_openai_server_is_as_strict_as_openai(tmp_path: Path) -> None:
