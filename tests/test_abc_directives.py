@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import re
-import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +15,7 @@ import pytest
 
 from img2music.tools.abc_directives import RULES, Rule, filter_directives, forbidding_rule
 from img2music.tools.check import compile_abc
+from tests.needs import needs_programs
 
 TUNE = "X:1\nT:Rules\nM:4/4\nL:1/4\n{header}\nK:C\nCDEF|{inline}GABc|\n{body}\ncBAG|FEDC|]\n"
 
@@ -33,12 +33,12 @@ def test_each_rule_removes_its_directive_and_says_why(rule: Rule) -> None:
     assert rule.example.split("\n")[0] not in filtered.text
     assert len(lines) == len(text.split("\n"))  # every other line keeps its number
     assert all(lines[n - 1].startswith("% img2music removed a directive here:") for n in where)
-    assert [(d.line, d.severity) for d in filtered.removed] == [(n, "warning") for n in where]
+    assert [(d.line, d.severity) for d in filtered.removed] == [(n, "fault") for n in where]
     assert all(rule.why in d.message for d in filtered.removed)
     compiled = compile_abc(text)  # the tune stays music: checked, compiled, the removal reported
     assert compiled.check.ok and compiled.midi is not None, compiled.check.feedback()
     assert compiled.abc == filtered.text
-    assert [w.line for w in compiled.check.warnings if w.checker == "directive filter"] == where
+    assert [w.line for w in compiled.check.faults if w.checker == "directive filter"] == where
 
 
 def test_each_rule_also_removes_its_inline_field() -> None:
@@ -211,8 +211,7 @@ def markup_leaked(case: tuple[str, str, Path]) -> list[str]:
             if marker in svg]
 
 
-@pytest.mark.skipif(any(shutil.which(p) is None for p in ("abcm2ps", "abc2midi", "strace")),
-                    reason="the fuzz needs abcm2ps, abc2midi and strace (scripts/install.sh)")
+@needs_programs("abcm2ps", "abc2midi", "strace")
 def test_no_documented_directive_reads_or_writes_a_file_or_markup_after_the_filter(
         tmp_path: Path) -> None:
     names, midi = documented_directives()
@@ -242,6 +241,7 @@ def test_no_documented_directive_reads_or_writes_a_file_or_markup_after_the_filt
     assert problems == []
 
 
+@needs_programs("abc2midi", "strace")
 def test_the_fuzz_oracle_sees_what_the_filter_prevents(tmp_path: Path) -> None:
     """Without the filter, the same oracle catches an include: the fuzz can fail."""
     sentinel = tmp_path / "sentinel"

@@ -28,6 +28,7 @@ from playwright.sync_api import Browser
 from img2music.runs import compose
 from img2music.settings import Settings
 from img2music.tools.check import compile_abc
+from tests.needs import needs_chromium, needs_langgraph_cli, needs_programs
 from tests.openai_server import Behaviour, ScriptedServer, last_user_text, scripted_server
 from tests.scripted import ScriptedChatModel
 from tests.test_compose_cli import PHOTO
@@ -64,6 +65,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Studio]:
         yield Studio(url=url, vlm=vlm, elsewhere=elsewhere, folder=folder)
 
 
+@needs_langgraph_cli
 def test_a_prompt_edited_for_a_run_cannot_run_code(studio: Studio) -> None:
     marker = studio.folder / "owned"
     attack = ("{{ cycler.__init__.__globals__.os.popen('touch " + str(marker) + "').read() }}")
@@ -75,6 +77,7 @@ def test_a_prompt_edited_for_a_run_cannot_run_code(studio: Studio) -> None:
     assert len(studio.vlm.requests) == calls  # refused before the first model call
 
 
+@needs_langgraph_cli
 def test_a_prompt_edited_for_a_run_still_reaches_the_model_rendered(studio: Studio) -> None:
     calls = len(studio.vlm.requests)
     result = studio.run({"compose_prompt": "Music for this: {{ description }} Mood: {{ note }}. "
@@ -85,6 +88,7 @@ def test_a_prompt_edited_for_a_run_still_reaches_the_model_rendered(studio: Stud
     assert "Mood: solemn." in compose_call and "{{" not in compose_call
 
 
+@needs_langgraph_cli
 def test_a_run_cannot_send_the_model_key_to_another_host(studio: Studio) -> None:
     moved = studio.run({"vlm_base_url": studio.elsewhere.url})
     assert [headers.get("authorization") for headers in studio.elsewhere.headers] == []
@@ -95,6 +99,7 @@ def test_a_run_cannot_send_the_model_key_to_another_host(studio: Studio) -> None
         assert result["body"].get("status") != "done"
 
 
+@needs_langgraph_cli
 def test_langgraphs_routes_need_the_key_even_from_studio(studio: Studio) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"x-auth-scheme": "langsmith"}):
         response = httpx.post(f"{studio.url}/assistants/search", json={}, headers=headers)
@@ -107,6 +112,7 @@ def test_langgraphs_routes_need_the_key_even_from_studio(studio: Studio) -> None
     assert allowed.status_code == 200
 
 
+@needs_langgraph_cli
 def test_only_studio_may_call_from_a_browser(studio: Studio) -> None:
     def preflight(origin: str) -> httpx.Response:
         return httpx.options(f"{studio.url}/runs/wait", headers={
@@ -148,10 +154,11 @@ def test_a_tune_cannot_read_a_local_file(tmp_path: Path) -> None:
     assert b"%%abc-include" not in written["tune.abc"]  # the stored tune cannot do it later
     report = json.loads(written["report.json"])
     assert report["status"] == "done"
-    warnings = report["attempts"][-1]["check"]["warnings"]
-    assert any("abc-include" in warning["message"] for warning in warnings)
+    faults = report["attempts"][-1]["check"]["faults"]
+    assert any("abc-include" in fault["message"] for fault in faults)
 
 
+@needs_programs("abc2midi")
 def test_no_program_reads_the_file_a_tune_includes(tmp_path: Path) -> None:
     secret = tmp_path / "passwd"
     secret.write_text(SECRET + "\nT:SECRET-7f3a title\n", encoding="utf-8")
@@ -165,6 +172,7 @@ def test_no_program_reads_the_file_a_tune_includes(tmp_path: Path) -> None:
 
 # --- 3. Script in the report through the score. -----------------------------------------------
 
+@needs_chromium
 def test_the_report_runs_no_script_from_a_tune(browser: Browser, tmp_path: Path) -> None:  # noqa: F811
     hostile = TUNE.replace("K:D\n", "K:D\n%%musicfont \"serif}<?x ><img src=x "
                                     "onerror=window.pwned=1>?>\"\n")
@@ -195,6 +203,7 @@ def test_the_report_runs_no_script_from_a_tune(browser: Browser, tmp_path: Path)
 
 # --- Limits: a tune that plays for an hour, a full server that decodes images anyway. ---------
 
+@needs_programs("abc2midi")
 def test_a_tune_that_would_play_for_minutes_is_a_parse_check_error() -> None:
     slow = "X:1\nT:Slow\nM:4/4\nL:1/4\nQ:1/4=30\nK:C\n" + "C4|D4|E4|F4|G4|A4|B4|c4|\n" * 15
     check = compile_abc(slow).check

@@ -7,8 +7,9 @@ the background colour), where it can close an attribute or a style sheet and add
 (`staffbreak`) can make abcm2ps loop until it is killed.
 
 Such a directive is **removed and reported**, not refused: the tune is still music a player can
-play without it, so it is delivered, and a warning at the directive's line says what was removed
-and why (a model that wrote it sees the warning in the report; no repair call is spent on it).
+play without it, so it is delivered, and a fault at the directive's line says what was removed
+and why (in the report, and among the faults a model may be asked to correct; no run fails for
+it).
 The line is replaced by a comment saying so, so every later line keeps its number and the
 checker's diagnostics still point at the right place.
 
@@ -87,7 +88,7 @@ MAX_SOURCE_CHARS = 200
 
 @dataclass(frozen=True)
 class FilteredAbc:
-    """The ABC any program may read, and a warning for each directive taken out of it."""
+    """The ABC any program may read, and a fault for each directive taken out of it."""
 
     text: str
     removed: list[Diagnostic] = field(default_factory=list)
@@ -114,7 +115,7 @@ def filter_directives(abc: str) -> FilteredAbc:
         if found is not None:
             what, name, rule = found
             end = _block_end(lines, last, name) if name.lower().startswith("begin") else last
-            removed.append(_warning(index + 1, 1, what, rule, lines[index]))
+            removed.append(_fault(index + 1, 1, what, rule, lines[index]))
             lines[index:end + 1] = [f"{REMOVED_MARK} {name}"] + ["%"] * (end - index)
             index = end + 1
             continue
@@ -122,7 +123,7 @@ def filter_directives(abc: str) -> FilteredAbc:
             lines[index] = INLINE_DIRECTIVE.sub(partial(_inline, line=index + 1, removed=removed),
                                                 lines[index])
         elif any(_inline_rule(field) for field in INLINE_DIRECTIVE.finditer(_joined(group))):
-            removed.append(_warning(index + 1, 1, "[I:…]", _inline_rule_of(group), lines[index]))
+            removed.append(_fault(index + 1, 1, "[I:…]", _inline_rule_of(group), lines[index]))
             lines[index:last + 1] = [f"{REMOVED_MARK} inline field"] + ["%"] * (last - index)
         index = last + 1
     if removed:
@@ -175,7 +176,7 @@ def _inline(field: re.Match[str], *, line: int, removed: list[Diagnostic]) -> st
     rule = _inline_rule(field)
     if rule is None:
         return field[0]
-    removed.append(_warning(line, field.start() + 1, f"[I:{field['name']}]", rule,
+    removed.append(_fault(line, field.start() + 1, f"[I:{field['name']}]", rule,
                             field.string))
     return ""
 
@@ -186,7 +187,7 @@ def _block_end(lines: list[str], last: int, name: str) -> int:
     return next((n for n in range(last + 1, len(lines)) if end.match(lines[n])), len(lines) - 1)
 
 
-def _warning(line: int, col: int, what: str, rule: Rule, source: str) -> Diagnostic:
-    return Diagnostic(severity="warning", line=line, col=col, checker=CHECKER,
+def _fault(line: int, col: int, what: str, rule: Rule, source: str) -> Diagnostic:
+    return Diagnostic(severity="fault", line=line, col=col, checker=CHECKER,
                       message=f"removed {what}: it {rule.why}; img2music never runs such "
                       "directives", source=source[:MAX_SOURCE_CHARS])
