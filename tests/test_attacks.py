@@ -177,8 +177,10 @@ def test_the_report_runs_no_script_from_a_tune(browser: Browser, tmp_path: Path)
     hostile = TUNE.replace("K:D\n", "K:D\n%%musicfont \"serif}<?x ><img src=x "
                                     "onerror=window.pwned=1>?>\"\n")
     tune = hostile.replace("T:Dignity", "T:<img src=x onerror=window.pwned=2>")
-    model = ScriptedChatModel(replies=[DESCRIPTION, answer(tune).replace(
-        "Motivation: ", "Motivation: <script>window.pwned=3</script>")])
+    hostile_answer = answer(tune).replace("Motivation: ",
+                                          "Motivation: <script>window.pwned=3</script>")
+    # The same answer to every turn (the loop may ask again about the removed directive).
+    model = ScriptedChatModel(replies=[DESCRIPTION, *[hostile_answer] * 8])
     result = compose(PHOTO, out_dir=tmp_path / "run", model_for=lambda _: model,
                      retriever_for=lambda _: Examples(), rag=False, refine=False,
                      explain="none")
