@@ -31,7 +31,8 @@ def hermetic_config(folder: Path) -> Path:
     config["dependencies"] = [str(ROOT / path) for path in config["dependencies"]]
     config["graphs"] = {name: str(ROOT / spec) for name, spec in config["graphs"].items()}
     config["http"] = {**config["http"], "app": str(ROOT / config["http"]["app"])}
-    config["auth"] = {**config["auth"], "path": str(ROOT / config["auth"]["path"])}
+    if "auth" in config:
+        config["auth"] = {**config["auth"], "path": str(ROOT / config["auth"]["path"])}
     config["env"] = {}
     path = folder / "langgraph.json"
     path.write_text(json.dumps(config), encoding="utf-8")
