@@ -32,7 +32,7 @@ from PIL import Image
 from pydantic import PrivateAttr
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from img2music.tools.attention import (
+from img2music.tools.explain.attention import (
     ImageAttention,
     image_attention,
     sections_of,

@@ -17,17 +17,17 @@ from rich.text import Text
 
 from img2music.graph.context import ExplainMode
 from img2music.settings import get_settings
-from img2music.tools.check import CompiledAbc, compile_abc, decode_abc
-from img2music.tools.diagnostics import Diagnostic
+from img2music.tools.abc.check import CompiledAbc, compile_abc, decode_abc
+from img2music.tools.abc.diagnostics import Diagnostic
+from img2music.tools.corpus.records import SourceName
 from img2music.tools.metrics import TuneMetrics, evaluate_midi
 from img2music.tools.programs import ProgramMissing
-from img2music.tools.render import AudioFormat, render_all
-from img2music.tools.retrieve import Fusion
-from img2music.tools.sources import SourceName
+from img2music.tools.render.tune import AudioFormat, render_all
+from img2music.tools.retrieval.retriever import Fusion
 
 if TYPE_CHECKING:
-    from img2music.tools.embedder import Embedder
-    from img2music.tools.index import BuildReport
+    from img2music.tools.retrieval.embedder import Embedder
+    from img2music.tools.retrieval.index import BuildReport
 
 app = typer.Typer(
     help="Turn an image into music you can read, hear and understand.",
@@ -190,7 +190,7 @@ def index_build(
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Stop after N tunes.")] = None,
 ) -> None:
     """Embed a source's tunes into the index; a rerun adds only what is missing."""
-    from img2music.tools.index import build_index
+    from img2music.tools.retrieval.index import build_index
 
     if source != "music21" and path is None:
         errors.print(f"[red]error:[/red] --source {source} needs --path FOLDER")
@@ -218,7 +218,7 @@ def index_build(
 @index_app.command("info")
 def index_info_command() -> None:
     """List the collections in the index folder and the embedder now configured."""
-    from img2music.tools.index import index_info
+    from img2music.tools.retrieval.index import index_info
 
     settings = get_settings()
     table = Table("collection", "source", "embedder", "tunes", title=str(settings.index_dir))
@@ -243,7 +243,7 @@ def index_query(
 ) -> None:
     """Find the tunes whose captions best match a description, an image, or both."""
     from img2music.tools.images import BadImage, open_image
-    from img2music.tools.retrieve import NoIndex, Retriever
+    from img2music.tools.retrieval.retriever import NoIndex, Retriever
 
     if text is None and image is None:
         errors.print("[red]error:[/red] give a description, --image, or both")
@@ -295,7 +295,7 @@ def _parse_filters(pairs: list[str]) -> dict[str, str]:
 
 
 def _embedder() -> Embedder:
-    from img2music.tools.embedder import EmbedderUnavailable, load_embedder
+    from img2music.tools.retrieval.embedder import EmbedderUnavailable, load_embedder
 
     try:
         return load_embedder()

@@ -126,7 +126,7 @@ def clip_weights(settings: Settings) -> Check:
 
 def index(settings: Settings) -> list[Check]:
     """A retrieval index per configured source; music21's is built on first use."""
-    from img2music.tools.index import index_info
+    from img2music.tools.retrieval.index import index_info
 
     if settings.rag_k == 0:
         return [Check("index", "ok", "retrieval is off (IMG2MUSIC_RAG_K=0)")]

@@ -18,7 +18,7 @@ import pytest
 from music21 import corpus
 from pydantic import ValidationError
 
-from img2music.tools.check import Backend, compile_abc
+from img2music.tools.abc.check import Backend, compile_abc
 from img2music.tools.metrics import (
     METRIC_KEYS,
     NO_NOTES,

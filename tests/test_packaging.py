@@ -50,7 +50,7 @@ def test_wheel_has_only_the_img2music_top_level_and_every_file(tmp_path: Path) -
 
 def test_editable_install_exposes_only_img2music(tmp_path: Path) -> None:
     probe = (
-        "import importlib, img2music.tools.check as check\n"
+        "import importlib, img2music.tools.abc.check as check\n"
         "print(check.__file__)\n"
         f"for name in {GENERIC_NAMES!r}:\n"
         "    try:\n"

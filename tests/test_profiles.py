@@ -35,7 +35,7 @@ from img2music.graph.models import (
 )
 from img2music.runs import Composition, compose
 from img2music.settings import Settings, get_settings
-from img2music.tools.check import check_abc
+from img2music.tools.abc.check import check_abc
 from img2music.tools.images import open_image
 from tests.openai_server import (
     OPENAI_FIELDS,

@@ -19,9 +19,9 @@ from matplotlib.image import imread
 from music21 import corpus
 
 from img2music.settings import Settings
-from img2music.tools.check import compile_abc
+from img2music.tools.abc.check import compile_abc
 from img2music.tools.programs import DEBIAN_PACKAGES, ProgramMissing
-from img2music.tools.render import (
+from img2music.tools.render.tune import (
     AudioFormat,
     RenderError,
     clean_svg,

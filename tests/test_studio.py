@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from img2music.tools.check import check_abc
+from img2music.tools.abc.check import check_abc
 from tests.needs import LANGGRAPH, needs_langgraph_cli
 from tests.openai_server import ScriptedServer, scripted_server
 from tests.serving import listening_port

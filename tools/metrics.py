@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field, TypeAdapter, model_validator
 
 from img2music.prompt_files import load_prompt_data, render_prompt
 from img2music.settings import Settings
-from img2music.tools.check import Backend, compile_abc
+from img2music.tools.abc.check import Backend, compile_abc
 
 logger = logging.getLogger(__name__)
 

@@ -60,7 +60,7 @@ from img2music.tools.images import BadImage, image_files, open_image
 from img2music.tools.metrics import METRIC_KEYS
 
 if TYPE_CHECKING:
-    from img2music.tools.embedder import Embedder
+    from img2music.tools.retrieval.embedder import Embedder
 
 logger = logging.getLogger(__name__)
 
@@ -373,7 +373,7 @@ def _clip_all(
     errors: list[str], *, settings: Settings, embedder: Embedder | None, progress: Progress,
 ) -> None:
     """CLIP cosine between each image and the caption its tune evoked (a proxy, not a judge)."""
-    from img2music.tools.embedder import EmbedderUnavailable, load_embedder
+    from img2music.tools.retrieval.embedder import EmbedderUnavailable, load_embedder
 
     current = {r["run_id"]: r for r in runs}
     records = [j for j in log.read() if j.get("judge") == judge_fp and j["run_id"] in current

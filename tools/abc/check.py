@@ -1,6 +1,6 @@
 """Parse-check: can this ABC be played as its writer meant it, and what would a musician correct?
 
-The structural scan (`abc_scan`) runs on every input; the ABC itself is then read by abc2midi,
+The structural scan (`scan`) runs on every input; the ABC itself is then read by abc2midi,
 the reference implementation, or by music21 when abc2midi is not installed. Both paths return the
 same `ParseCheck`, and compiling yields the MIDI that conversion, metrics and rendering reuse.
 
@@ -8,7 +8,7 @@ The verdict has two tiers. The **error** tier is this set of conditions and no o
 
 1. the text is over `max_abc_bytes`, or holds a control character (binary data);
 2. the text holds no tune (no `X:`/`K:` header with music);
-3. one of the scan's errors, listed in `img2music.tools.abc_scan`'s docstring: a missing or
+3. one of the scan's errors, listed in `img2music.tools.abc.scan`'s docstring: a missing or
    unreadable `K:`, `M:`, `L:` or `V:`; music before `K:` or after a blank line; prose in the
    header; an unclosed chord, grace group, annotation, `+decoration+` or inline field; a chord of
    non-notes (`[Am]`); an accidental without a note; a tuplet outside `(2`-`(9`; a character
@@ -20,7 +20,7 @@ The verdict has two tiers. The **error** tier is this set of conditions and no o
 5. the tune would play longer than `max_tune_seconds` (tempo and repeats included).
 
 Everything else is a **fault**: playable, delivered, and reported so that it can be corrected.
-Before any of this, the directive filter (`abc_directives`) removes the directives no program
+Before any of this, the directive filter (`directives`) removes the directives no program
 may run (they read files, write raw output or markup, or hang abcm2ps); each removal is a fault,
 and the text every later step and program reads is the filtered one.
 `ParseCheck.ok` means no error; `ParseCheck.clean` means no fault either.
@@ -41,9 +41,9 @@ import mido
 from pydantic import BaseModel, Field
 
 from img2music.settings import Settings, get_settings
-from img2music.tools.abc_directives import filter_directives
-from img2music.tools.abc_scan import ScannedTune, scan_abc
-from img2music.tools.diagnostics import Diagnostic, Severity
+from img2music.tools.abc.diagnostics import Diagnostic, Severity, one_line
+from img2music.tools.abc.directives import filter_directives
+from img2music.tools.abc.scan import ScannedTune, scan_abc
 from img2music.tools.programs import ProgramFailed, run_program, which
 
 logger = logging.getLogger(__name__)
@@ -350,7 +350,7 @@ def _read_with_music21(tune_text: str, line_offset: int) -> tuple[list[Diagnosti
         score = converter.parse(tune_text, format="abc", forceSource=True)
         midi = music21ObjectToMidiFile(score).writestr()
     except Exception as error:  # music21 raises many exception types on malformed ABC
-        message = " ".join(str(error).split())[:200] or type(error).__name__
+        message = one_line(str(error), 200) or type(error).__name__
         return [Diagnostic(severity="error", line=line_offset + 1, col=0,
                            message=f"music21 could not read the tune: {message}",
                            checker="music21")], None

@@ -10,7 +10,7 @@ from pathlib import Path
 import mido
 
 from img2music.settings import Settings, get_settings
-from img2music.tools.check import ParseCheck, compile_abc
+from img2music.tools.abc.check import ParseCheck, compile_abc
 from img2music.tools.programs import run_program
 
 logger = logging.getLogger(__name__)

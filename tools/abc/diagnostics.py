@@ -3,10 +3,13 @@
 Every diagnostic is in one of two tiers (`severity`):
 
 - **error**: the tune cannot be read as its writer meant it, so it is not played, measured or
-  delivered. `img2music.tools.abc_scan` lists exactly which conditions these are.
+  delivered. `img2music.tools.abc.scan` lists exactly which conditions these are.
 - **fault**: what a musician would correct but a player can still play (a bar that does not
   fill the meter, voices of unequal length, an unbalanced slur, a field no player knows). A tune
   with faults is delivered, with its faults reported.
+
+`one_line` gives any other message (a library's error, an endpoint's answer) the same shape: one
+bounded line.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 Severity = Literal["error", "fault"]
+MAX_LINE_CHARS = 300
 
 
 class Diagnostic(BaseModel):
@@ -35,3 +39,9 @@ class Diagnostic(BaseModel):
         if self.source:
             text += f"  ⟶  {self.source.strip()[:120]}"
         return text
+
+
+def one_line(text: str, max_chars: int = MAX_LINE_CHARS) -> str:
+    """`text` in one line: white space folded, cut with an ellipsis past `max_chars`."""
+    line = " ".join(text.split())
+    return line if len(line) <= max_chars else line[:max_chars - 1] + "…"

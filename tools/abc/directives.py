@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from functools import partial
 
-from img2music.tools.diagnostics import Diagnostic
+from img2music.tools.abc.diagnostics import Diagnostic
 
 logger = logging.getLogger(__name__)
 

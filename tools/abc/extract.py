@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from img2music.tools.abc_scan import is_field_line, is_music_line
-from img2music.tools.check import normalise_abc
+from img2music.tools.abc.check import normalise_abc
+from img2music.tools.abc.scan import is_field_line, is_music_line
 
 THINK_TAG = re.compile(r"<(/?)think>", re.IGNORECASE)
 FENCE = re.compile(r"^[ \t]*(?:`{3,}|~{3,})[ \t]*(?P<tag>[\w+.-]*)[ \t]*$")

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
 
-from img2music.tools.abc_scan import (
+from img2music.tools.abc.check import normalise_abc
+from img2music.tools.abc.scan import (
     FIELD_LINE,
     KEY_TONIC,
     NOTE_LETTERS,
@@ -29,7 +30,6 @@ from img2music.tools.abc_scan import (
     meter_length,
     scan_abc,
 )
-from img2music.tools.check import normalise_abc
 
 # Fields that mean the same above K: as between K: and the first note.
 MOVABLE_FIELDS = set("TMLQCRONZSBDHAGF")

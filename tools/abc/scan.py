@@ -4,7 +4,7 @@ abc2midi and music21 both accept damage that makes a tune unusable (prose in the
 chord) or report it far from where it is. This scan knows where every bar starts, so its
 diagnostics point at the damage in one line a model can act on.
 
-Each diagnostic is in one of two tiers (see `img2music.tools.check` for the whole list, which
+Each diagnostic is in one of two tiers (see `img2music.tools.abc.check` for the whole list, which
 also covers the text limits and the reference parser). The scan's **errors**, the conditions that
 stop a tune from being read as its writer meant it, are exactly these:
 
@@ -34,7 +34,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from img2music.tools.diagnostics import Diagnostic, Severity
+from img2music.tools.abc.diagnostics import Diagnostic, Severity
 
 FIELD_LINE = re.compile(r"^([A-Zmrsw+]):(.*)$")
 # Field letters of ABC 2.1; other capitals followed by a colon are a fault, never music.

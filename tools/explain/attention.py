@@ -44,9 +44,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter
 from PIL import Image
 
-from img2music.tools.embedder import Embedder
 from img2music.tools.files import replacing
 from img2music.tools.images import to_rgb
+from img2music.tools.retrieval.embedder import Embedder
 
 logger = logging.getLogger(__name__)
 

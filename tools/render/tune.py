@@ -1,7 +1,7 @@
 """Render a checked tune to what people use: MIDI, WAV (and OGG/MP3), an SVG score, a piano roll.
 
 Every renderer runs its program in a temporary folder, without a shell, under the timeout and
-file-size limit from the settings, on ABC that passed the directive filter (`abc_directives`),
+file-size limit from the settings, on ABC that passed the directive filter (`tools.abc.directives`),
 and checks what came out before it is moved into place atomically: a WAV the `wave` module can
 read, an SVG that parses as XML, holds no active content and is written anew from its tree, a
 PNG.
@@ -28,8 +28,8 @@ import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from img2music.settings import Settings, get_settings
-from img2music.tools.abc_directives import filter_directives
-from img2music.tools.check import compile_abc
+from img2music.tools.abc.check import compile_abc
+from img2music.tools.abc.directives import filter_directives
 from img2music.tools.files import move_atomic, write_atomic
 from img2music.tools.programs import (
     ProgramFailed,

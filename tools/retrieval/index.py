@@ -21,7 +21,8 @@ import numpy.typing as npt
 from filelock import FileLock, Timeout
 
 from img2music.settings import Settings, get_settings
-from img2music.tools.sources import MusicRecord, Skipped, SourceName, iter_records
+from img2music.tools.corpus.ingest import iter_records
+from img2music.tools.corpus.records import MusicRecord, Skipped, SourceName
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI

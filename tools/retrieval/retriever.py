@@ -21,8 +21,8 @@ import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from img2music.settings import Settings, get_settings
-from img2music.tools.abc_scan import FIELD_LINE
-from img2music.tools.index import EmbeddingSpace, Vector, open_collection
+from img2music.tools.abc.scan import FIELD_LINE
+from img2music.tools.retrieval.index import EmbeddingSpace, Vector, open_collection
 
 if TYPE_CHECKING:
     from chromadb.api.models.Collection import Collection
