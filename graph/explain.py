@@ -35,7 +35,7 @@ def image_explanation(state: State, chosen: int, context: Context,
         if vlm is not None:
             return _attention(state, chosen, vlm)
         note = NO_LOCAL_MODEL
-    from img2music.tools.explain.attention import clip_patch_relevance
+    from img2music.tools.explain.relevance import clip_patch_relevance
     from img2music.tools.retrieval.embedder import load_embedder
 
     text = state.get("motivation") or state["attempts"][chosen]["motivation"] or \

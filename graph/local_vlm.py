@@ -32,12 +32,9 @@ from PIL import Image
 from pydantic import PrivateAttr
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from img2music.tools.explain.attention import (
-    ImageAttention,
-    image_attention,
-    sections_of,
-    token_spans_for,
-)
+from img2music.tools.abc.scan import sections_of
+from img2music.tools.devices import resolve_device
+from img2music.tools.explain.attention import ImageAttention, image_attention, token_spans_for
 from img2music.tools.images import open_image
 
 logger = logging.getLogger(__name__)
@@ -104,7 +101,7 @@ class LocalVLM:
         weights, at the cost of slower, more memory-hungry generation. Keye-VL needs
         `trust_remote_code=True` (its modelling code ships with the weights).
         """
-        target = torch.device(_resolve_device(device))
+        target = torch.device(resolve_device(device))
         dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
         try:
             model: Any = AutoModelForImageTextToText.from_pretrained(
@@ -319,9 +316,3 @@ def _image_from_data_url(url: str) -> Image.Image:
 def _end_tokens(generation_config: Any) -> set[int]:
     ends = generation_config.eos_token_id
     return set() if ends is None else {ends} if isinstance(ends, int) else set(ends)
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device

@@ -22,7 +22,8 @@ from img2music.tools.abc.diagnostics import Diagnostic
 from img2music.tools.corpus.records import SourceName
 from img2music.tools.metrics import TuneMetrics, evaluate_midi
 from img2music.tools.programs import ProgramMissing
-from img2music.tools.render.tune import AudioFormat, render_all
+from img2music.tools.render.audio import AudioFormat
+from img2music.tools.render.tune import render_all
 from img2music.tools.retrieval.retriever import Fusion
 
 if TYPE_CHECKING:

@@ -26,7 +26,8 @@ from img2music.tools.abc.check import ParseCheck
 from img2music.tools.files import write_atomic
 from img2music.tools.metrics import TuneMetrics
 from img2music.tools.programs import which
-from img2music.tools.render.tune import AudioFormat, render_all
+from img2music.tools.render.audio import AudioFormat
+from img2music.tools.render.tune import render_all
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def _attention_maps(out: Path, final: State, picture: Image.Image) -> dict[str, 
     grid = explanation.get("grid")
     if grid is None:
         return None
-    from img2music.tools.explain.attention import draw_overlay
+    from img2music.tools.render.overlays import draw_overlay
 
     method = explanation.get("method", "clip")
     label = ATTENTION_LABELS.get(method, method)

@@ -22,16 +22,14 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import (
 
 from img2music.graph.local_vlm import LocalChatModel, LocalModelUnavailable, LocalTurn, LocalVLM
 from img2music.settings import Settings
-from img2music.tools.explain.attention import (
+from img2music.tools.abc.scan import sections_of
+from img2music.tools.explain.attention import AttentionUnavailable, image_attention, token_spans_for
+from img2music.tools.explain.relevance import clip_patch_relevance
+from img2music.tools.render.overlays import (
     ATTENTION_TITLE,
     CLIP_TITLE,
-    AttentionUnavailable,
-    clip_patch_relevance,
     draw_overlay,
     draw_section_overlays,
-    image_attention,
-    sections_of,
-    token_spans_for,
 )
 from img2music.tools.retrieval.embedder import load_embedder
 from tests.tiny_vlm import MERGE_SIZE, build_tiny_vlm, tiny_tokenizer

@@ -19,6 +19,7 @@ from matplotlib import cbook
 from PIL import Image
 
 from img2music.settings import Settings
+from img2music.tools.devices import DeviceUnavailable, resolve_device
 from img2music.tools.retrieval.embedder import (
     LONGCLIP_KEEP,
     TINY_MODEL,
@@ -26,7 +27,6 @@ from img2music.tools.retrieval.embedder import (
     EmbedderUnavailable,
     load_clip,
     load_embedder,
-    resolve_device,
     stretch_positions,
 )
 
@@ -308,8 +308,10 @@ def test_unknown_models_and_tags_are_named() -> None:
 def test_devices() -> None:
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == "cpu"
-    with pytest.raises(EmbedderUnavailable):
+    with pytest.raises(DeviceUnavailable):
         resolve_device("no-such-device")
     if not torch.cuda.is_available():
-        with pytest.raises(EmbedderUnavailable, match="CUDA is not available"):
+        with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
             resolve_device("cuda")
+    with pytest.raises(EmbedderUnavailable, match="clip_device 'no-such-device' is not a torch"):
+        tiny(clip_device="no-such-device")

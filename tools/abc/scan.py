@@ -65,6 +65,16 @@ PROSE_LETTERS = re.compile(r"[hijklmnopqrstw]")
 PLAIN_WORD = re.compile(r"^[A-Za-z]{2,}[.,;!?]?$")
 TEXT_BLOCK_START, TEXT_BLOCK_END = "%%begintext", "%%endtext"
 DRUMS_ON = re.compile(r"^%%MIDI\s+drumon\b")
+# Sections as the compose prompt asks for them (`% [A]` lines), voices, and where a tune ends
+# (a blank line; a Markdown fence ends the block the model wrote it in).
+SECTION_MARK = re.compile(r"^[ \t]*%[ \t]*\[([^\]\n]+)\]", re.MULTILINE)
+VOICE_MARK = re.compile(r"^[ \t]*(?:V:[ \t]*([^\s\]]+)|\[V:[ \t]*([^\s\]]+))", re.MULTILINE)
+KEY_LINE = re.compile(r"^[ \t]*K:", re.MULTILINE)
+TUNE_END = re.compile(r"^[ \t]*(?:```.*)?$", re.MULTILINE)
+
+
+Span = tuple[str, int, int]
+"""A named range of the text: (name, start, end), in characters, end exclusive."""
 
 
 @dataclass
@@ -869,3 +879,27 @@ def scan_abc(text: str, *, max_notes: int = 8_000, max_bars: int = 1_500) -> Sca
             message="no ABC tune found: a tune needs X:, a K: header line and notes",
         ))
     return ScannedText(tunes=tunes, diagnostics=diagnostics, lines=lines)
+
+
+def sections_of(abc: str) -> list[Span]:
+    """Character spans of the tune's `% [section]` blocks, or else of its `V:` voices.
+
+    A span runs from its marker line to the next marker, a blank line (the end of an ABC tune)
+    or a Markdown fence. Voice lines before the first `K:` only declare voices and are skipped;
+    a voice written in several blocks gives several spans with one name (`V:1`).
+    """
+    markers = [(match.group(1).strip(), match.start()) for match in SECTION_MARK.finditer(abc)]
+    if not markers:
+        key = KEY_LINE.search(abc)
+        body = key.end() if key else 0
+        markers = [
+            (f"V:{match.group(1) or match.group(2)}", match.start())
+            for match in VOICE_MARK.finditer(abc, body)
+        ]
+    spans: list[Span] = []
+    for index, (name, start) in enumerate(markers):
+        limit = markers[index + 1][1] if index + 1 < len(markers) else len(abc)
+        line_end = abc.find("\n", start)
+        end = TUNE_END.search(abc, line_end + 1, limit) if 0 <= line_end < limit else None
+        spans.append((name, start, end.start() if end else limit))
+    return spans

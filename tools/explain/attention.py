@@ -1,4 +1,4 @@
-"""Where in the image the tune looked: attention maps, and a CLIP fallback that is not attention.
+"""Where in the image the tune looked: the VLM's attention from the tune's tokens to the image.
 
 The paper explains a tune with the mean, over layers, heads and the composed tune's tokens, of the
 attention from those tokens to the image tokens (its equation 2). The published code took the
@@ -15,61 +15,27 @@ decoder layer nor transformers' output recorders keep them. The forward runs wit
 `output_attentions=False` (transformers 5's eager attention returns the weights anyway), no KV
 cache and only the last position's logits.
 
-When no local copy of the model is available, `clip_patch_relevance` gives a different, cheaper
-map: how similar each image patch's CLIP embedding is to the text's. It is named as a relevance
-map everywhere because it says nothing about what the VLM attended to.
+`sections_of` (in `tools.abc.scan`) names the tune's sections; `token_spans_for` maps them to
+the written tokens, so each section gets its own map.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import math
-import re
-import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter
-from PIL import Image
 
-from img2music.tools.files import replacing
-from img2music.tools.images import to_rgb
-from img2music.tools.retrieval.embedder import Embedder
+from img2music.tools.abc.scan import Span
 
 logger = logging.getLogger(__name__)
 
 Grid = npt.NDArray[np.float32]
-Span = tuple[str, int, int]
-
-ATTENTION_TITLE = "attention of the tune's tokens to the image (mean over layers, heads, tokens)"
-CLIP_TITLE = "CLIP patch relevance (not attention)"
-COLOUR_MAP = "inferno"
-OVERLAY_ALPHA = 0.55
-DPI = 100
-OVERLAY_INCHES = 8.0  # longest side of the image in an overlay
-PANEL_INCHES = 3.0  # longest side of the image in a section panel
-PANEL_GAP_INCHES = 0.1
-PANEL_LABEL_INCHES = 0.3
-COLOUR_BAR_INCHES = 1.1  # the strip right of the images: bar and tick labels
-PANEL_COLUMNS = 4
-
-_SECTION = re.compile(r"^[ \t]*%[ \t]*\[([^\]\n]+)\]", re.MULTILINE)
-_VOICE = re.compile(r"^[ \t]*(?:V:[ \t]*([^\s\]]+)|\[V:[ \t]*([^\s\]]+))", re.MULTILINE)
-_KEY = re.compile(r"^[ \t]*K:", re.MULTILINE)
-# A blank line ends an ABC tune; a Markdown fence ends the block the model wrote it in.
-_TUNE_END = re.compile(r"^[ \t]*(?:```.*)?$", re.MULTILINE)
 
 
 class AttentionUnavailable(RuntimeError):
@@ -270,160 +236,6 @@ def _result(
         tokens=tokens,
         image_tokens=per_token.shape[1],
     )
-
-
-def clip_patch_relevance(embedder: Embedder, image: Image.Image, text: str) -> Grid:
-    """Cosine similarity of the text's CLIP embedding with each patch's, min-max scaled to [0, 1].
-
-    A fallback when no local VLM is available, and not attention: it shows which patches CLIP
-    finds close to the text. The image is squashed to the model's square input instead of
-    centre-cropped, so the grid covers the whole picture.
-    """
-    visual = embedder.clip.model.visual
-    if not hasattr(visual, "forward_intermediates") or not hasattr(visual, "grid_size"):
-        raise ValueError(f"{type(visual).__name__} is not a ViT with patch tokens")
-    height, width = visual.image_size
-    squashed = to_rgb(image).resize((width, height), Image.Resampling.BICUBIC)
-    pixels = embedder.clip.preprocess(squashed).unsqueeze(0).to(embedder.device)
-    with torch.inference_mode():
-        # The last block's patch tokens after the final norm: what the class token is pooled from.
-        features = visual.forward_intermediates(
-            pixels, indices=1, normalize_intermediates=True, intermediates_only=True,
-            output_fmt="NLC",
-        )
-        patches: torch.Tensor = features["image_intermediates"][-1][0]
-        if visual.proj is not None:
-            patches = patches @ visual.proj
-        patches = F.normalize(patches.float(), dim=-1).cpu()
-    text_vector = torch.from_numpy(embedder.embed_texts([text])[0])
-    similarity = (patches @ text_vector).numpy().reshape(tuple(visual.grid_size))
-    low, high = float(similarity.min()), float(similarity.max())
-    scaled: Grid = ((similarity - low) / (high - low) if high > low
-                    else np.zeros_like(similarity)).astype(np.float32)
-    return scaled
-
-
-def draw_overlay(image: Image.Image, grid: npt.NDArray[Any], out: Path, *, title: str) -> Path:
-    """The grid as a heat map over the image, with a colour bar; the title names the method."""
-    rgb = to_rgb(image)
-    scale = OVERLAY_INCHES / max(rgb.size)
-    image_w, image_h = rgb.width * scale, rgb.height * scale
-    title_text, title_h = _wrapped_title(title, image_w)
-    fig_w, fig_h = image_w + COLOUR_BAR_INCHES, image_h + title_h
-    figure = _figure(fig_w, fig_h, title_text)
-    norm = _norm([grid])
-    _draw_heat(figure.add_axes((0, 0, image_w / fig_w, image_h / fig_h)), rgb, grid, norm)
-    _colour_bar(figure, norm, left=image_w, bottom=0.1 * image_h, height=0.8 * image_h)
-    return _save(figure, out)
-
-
-def draw_section_overlays(
-    image: Image.Image,
-    grids: Mapping[str, npt.NDArray[Any]],
-    out: Path,
-    *,
-    title: str = ATTENTION_TITLE,
-) -> Path:
-    """One small panel per section on one colour scale, so sections can be compared."""
-    if not grids:
-        raise ValueError("no sections to draw")
-    rgb = to_rgb(image)
-    scale = PANEL_INCHES / max(rgb.size)
-    panel_w, panel_h = rgb.width * scale, rgb.height * scale
-    cell_w, cell_h = panel_w + PANEL_GAP_INCHES, panel_h + PANEL_LABEL_INCHES
-    columns = min(PANEL_COLUMNS, len(grids))
-    rows = -(-len(grids) // columns)
-    title_text, title_h = _wrapped_title(title, columns * cell_w)
-    fig_w, fig_h = columns * cell_w + COLOUR_BAR_INCHES, rows * cell_h + title_h
-    figure = _figure(fig_w, fig_h, title_text)
-    norm = _norm(grids.values())
-    for index, (name, grid) in enumerate(grids.items()):
-        row, column = divmod(index, columns)
-        left, bottom = column * cell_w, fig_h - title_h - (row + 1) * cell_h
-        axes = figure.add_axes((left / fig_w, bottom / fig_h, panel_w / fig_w, panel_h / fig_h))
-        _draw_heat(axes, rgb, grid, norm)
-        axes.set_title(name, fontsize=9)
-    panels_h = rows * cell_h
-    _colour_bar(figure, norm, left=columns * cell_w, bottom=0.1 * panels_h, height=0.8 * panels_h)
-    return _save(figure, out)
-
-
-def _wrapped_title(title: str, width_inches: float) -> tuple[str, float]:
-    """The title wrapped to the figure's width (10 pt: about 12 characters an inch), its height."""
-    text = textwrap.fill(title, width=max(24, int(width_inches * 12)))
-    return text, 0.25 + 0.2 * (text.count("\n") + 1)
-
-
-def _figure(width: float, height: float, title: str) -> Figure:
-    """A figure of exact size in inches (no pyplot, no tight bounding box: layout is ours)."""
-    figure = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(figure)
-    figure.suptitle(title, fontsize=10, y=1 - 0.1 / height, va="top")
-    return figure
-
-
-def _norm(grids: Iterable[npt.NDArray[Any]]) -> Normalize:
-    values = [np.asarray(grid, dtype=np.float64) for grid in grids]
-    low = min(float(value.min()) for value in values)
-    high = max(float(value.max()) for value in values)
-    return Normalize(vmin=low, vmax=high if high > low else low + 1e-12)
-
-
-def _draw_heat(axes: Axes, rgb: Image.Image, grid: npt.NDArray[Any], norm: Normalize) -> None:
-    axes.imshow(rgb)
-    axes.imshow(_upsample(grid, rgb.size), cmap=COLOUR_MAP, norm=norm, alpha=OVERLAY_ALPHA)
-    axes.set_axis_off()
-
-
-def _colour_bar(figure: Figure, norm: Normalize, *, left: float, bottom: float,
-                height: float) -> None:
-    """A colour bar in the strip right of the images; positions in inches.
-
-    Attention means differ in the fourth or fifth decimal, so the labels get as many decimals
-    as the range needs to tell ticks apart.
-    """
-    fig_w, fig_h = figure.get_size_inches()
-    axes = figure.add_axes(((left + 0.15) / fig_w, bottom / fig_h, 0.15 / fig_w, height / fig_h))
-    step = ((norm.vmax or 0.0) - (norm.vmin or 0.0)) / 5
-    decimals = min(8, max(0, math.ceil(-math.log10(step))))
-    figure.colorbar(ScalarMappable(norm=norm, cmap=COLOUR_MAP), cax=axes,
-                    format=FormatStrFormatter(f"%.{decimals}f"))
-
-
-def _save(figure: Figure, out: Path) -> Path:
-    with replacing(out) as temporary:
-        figure.savefig(temporary, format="png")
-    return out
-
-
-def _upsample(grid: npt.NDArray[Any], size: tuple[int, int]) -> npt.NDArray[np.float32]:
-    """Bilinear to the image's size (no overshoot, unlike bicubic): a smooth, honest heat map."""
-    layer = Image.fromarray(np.asarray(grid, dtype=np.float32))
-    return np.asarray(layer.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
-
-
-def sections_of(abc: str) -> list[Span]:
-    """Character spans of the tune's `% [section]` blocks, or else of its `V:` voices.
-
-    A span runs from its marker line to the next marker, a blank line (the end of an ABC tune)
-    or a Markdown fence. Voice lines before the first `K:` only declare voices and are skipped;
-    a voice written in several blocks gives several spans with one name (`V:1`).
-    """
-    markers = [(match.group(1).strip(), match.start()) for match in _SECTION.finditer(abc)]
-    if not markers:
-        key = _KEY.search(abc)
-        body = key.end() if key else 0
-        markers = [
-            (f"V:{match.group(1) or match.group(2)}", match.start())
-            for match in _VOICE.finditer(abc, body)
-        ]
-    spans: list[Span] = []
-    for index, (name, start) in enumerate(markers):
-        limit = markers[index + 1][1] if index + 1 < len(markers) else len(abc)
-        line_end = abc.find("\n", start)
-        end = _TUNE_END.search(abc, line_end + 1, limit) if 0 <= line_end < limit else None
-        spans.append((name, start, end.start() if end else limit))
-    return spans
 
 
 def token_spans_for(

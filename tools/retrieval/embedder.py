@@ -45,6 +45,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 from img2music.settings import Settings, get_settings
+from img2music.tools.devices import DeviceUnavailable, resolve_device
 from img2music.tools.images import to_rgb
 
 logger = logging.getLogger(__name__)
@@ -156,28 +157,14 @@ class Embedder:
 def load_embedder(settings: Settings | None = None) -> Embedder:
     """The embedder the settings describe; its model is built once per process and space."""
     settings = settings or get_settings()
+    try:
+        device = resolve_device(settings.clip_device, name="clip_device")
+    except DeviceUnavailable as error:
+        raise EmbedderUnavailable(str(error)) from error
     clip = load_clip(
-        settings.clip_model,
-        settings.clip_pretrained,
-        settings.clip_context_length,
-        resolve_device(settings.clip_device),
+        settings.clip_model, settings.clip_pretrained, settings.clip_context_length, device
     )
     return Embedder(clip, batch_size=settings.clip_batch_size)
-
-
-def resolve_device(setting: str) -> str:
-    """`auto` is CUDA when there is one; a CUDA device that is not there is refused early."""
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(setting)
-    except RuntimeError as error:
-        raise EmbedderUnavailable(f"clip_device {setting!r} is not a torch device") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EmbedderUnavailable(
-            f"clip_device is {setting!r} but CUDA is not available; use `auto` or `cpu`"
-        )
-    return str(device)
 
 
 @lru_cache(maxsize=4)
