@@ -14,9 +14,10 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 
 from img2music.graph.context import Context
-from img2music.graph.models import image_from_data_url, to_langchain
+from img2music.graph.models import to_langchain
 from img2music.graph.state import State
 from img2music.settings import get_settings
+from img2music.tools.images import image_from_data_url
 
 logger = logging.getLogger(__name__)
 

@@ -19,13 +19,8 @@ from langgraph.runtime import Runtime
 
 from img2music.graph.context import Context, edit_label
 from img2music.graph.explain import image_explanation
-from img2music.graph.models import (
-    call_model,
-    chat_model,
-    image_from_data_url,
-    prompt_switch,
-    to_langchain,
-)
+from img2music.graph.feedback import metric_feedback
+from img2music.graph.models import call_model, chat_model, prompt_switch, to_langchain
 from img2music.graph.state import (
     Attempt,
     AttemptKind,
@@ -39,7 +34,8 @@ from img2music.tools.abc.check import ParseCheck, compile_abc
 from img2music.tools.abc.diagnostics import Diagnostic
 from img2music.tools.abc.extract import extract_abc, strip_reasoning
 from img2music.tools.abc.repair import repair_abc
-from img2music.tools.metrics import TuneMetrics, evaluate_midi, metric_feedback
+from img2music.tools.images import image_from_data_url
+from img2music.tools.metrics import TuneMetrics, evaluate_midi
 
 logger = logging.getLogger(__name__)
 

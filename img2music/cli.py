@@ -15,16 +15,16 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from img2music.graph.context import ExplainMode
-from img2music.settings import get_settings
+from img2music.settings import ExplainMode, Fusion, get_settings
 from img2music.tools.abc.check import CompiledAbc, compile_abc, decode_abc
 from img2music.tools.abc.diagnostics import Diagnostic
 from img2music.tools.corpus.records import SourceName
+from img2music.tools.files import UniqueNames
 from img2music.tools.metrics import TuneMetrics, evaluate_midi
 from img2music.tools.programs import ProgramMissing
 from img2music.tools.render.audio import AudioFormat
 from img2music.tools.render.tune import render_all
-from img2music.tools.retrieval.retriever import Fusion
+from img2music.tools.retrieval.retriever import shown_similarity
 
 if TYPE_CHECKING:
     from img2music.tools.retrieval.embedder import Embedder
@@ -124,12 +124,7 @@ def _print_check(file: Path, compiled: CompiledAbc, metrics: TuneMetrics | None)
     if unlisted > 0:
         console.print(f"  … and {unlisted} more", highlight=False)
     if metrics is not None:
-        shown = " · ".join(
-            f"{metric.name} {metric.value:.3g}" if metric.value is not None
-            else f"{metric.name} undefined"
-            for metric in metrics.metric_values()
-        )
-        console.print(f"  metrics: {shown}", highlight=False)
+        console.print(f"  metrics: {metrics.summary()}", highlight=False)
 
 
 def _audio_formats(*, ogg: bool, mp3: bool) -> tuple[AudioFormat, ...]:
@@ -264,8 +259,8 @@ def index_query(
     table = Table("#", "score", "image", "text", "tune", "caption", show_lines=False)
     for rank, example in enumerate(examples, start=1):
         table.add_row(
-            str(rank), f"{example.score:.4f}", _similarity(example.image_similarity),
-            _similarity(example.text_similarity),
+            str(rank), f"{example.score:.4f}", shown_similarity(example.image_similarity),
+            shown_similarity(example.text_similarity),
             Text(str(example.metadata.get("title") or example.id)), Text(example.caption),
         )
     console.print(table)
@@ -278,10 +273,6 @@ def index_query(
 
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
-def _similarity(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"
 
 
 def _parse_filters(pairs: list[str]) -> dict[str, str]:
@@ -376,15 +367,8 @@ def _image_paths(arguments: list[Path]) -> list[Path]:
 
 def _output_folders(paths: list[Path], out: Path) -> dict[Path, Path]:
     """One folder per image, named after it; a repeated name gets a number."""
-    folders: dict[Path, Path] = {}
-    used: set[str] = set()
-    for path in paths:
-        name, number = path.stem, 2
-        while name in used:
-            name, number = f"{path.stem}-{number}", number + 1
-        used.add(name)
-        folders[path] = out / name
-    return folders
+    names = UniqueNames()
+    return {path: out / names.take(path) for path in paths}
 
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import logging
 import re
@@ -23,16 +22,20 @@ from img2music.redaction import scrub
 from img2music.settings import Settings
 from img2music.templating import BoundedSandbox, render, sandbox
 from img2music.tools.abc.check import ParseCheck
+from img2music.tools.abc.scan import first_field
 from img2music.tools.files import write_atomic
+from img2music.tools.images import data_url, jpeg_bytes
 from img2music.tools.metrics import TuneMetrics
 from img2music.tools.programs import which
 from img2music.tools.render.audio import AudioFormat
 from img2music.tools.render.tune import render_all
+from img2music.tools.retrieval.retriever import shown_similarity
 
 logger = logging.getLogger(__name__)
 
 DATA_URL = re.compile(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+")
 EMBED_AUDIO_LIMIT = 12_000_000
+REPORT_JPEG_QUALITY = 85
 REPORT_CSS = (files_of("img2music") / "templates" / "report.css").read_text(encoding="utf-8")
 # The page's one style sheet, allowed by its hash: the report's policy allows no inline style
 # or script of any other kind.
@@ -129,18 +132,7 @@ def _motivation_markdown(final: State) -> str:
 
 
 def _title(abc: str) -> str:
-    match = re.search(r"^T:\s*(.+)$", abc, flags=re.MULTILINE)
-    return match.group(1).strip() if match else "Untitled"
-
-
-def _data_url(path: Path, mime: str) -> str:
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
-
-
-def _image_url(picture: Image.Image) -> str:
-    buffer = io.BytesIO()
-    picture.convert("RGB").save(buffer, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return first_field(abc, "T") or "Untitled"
 
 
 def _verdict(attempt: dict[str, Any]) -> str:
@@ -158,11 +150,7 @@ def _attempt_summary(attempt: dict[str, Any]) -> str:
     if check and (not attempt["valid"] or (check.get("fault_count") and not attempt["metrics"])):
         return ParseCheck.model_validate(check).feedback(limit=3)
     if attempt.get("metrics"):
-        metrics = TuneMetrics.model_validate(attempt["metrics"])
-        return " · ".join(
-            f"{m.name} {m.value:.3g}" if m.value is not None else f"{m.name} undefined"
-            for m in metrics.metric_values()
-        )
+        return TuneMetrics.model_validate(attempt["metrics"]).summary()
     return "; ".join(attempt.get("notes", []))
 
 
@@ -174,7 +162,8 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path],
     audio = files.get("tune.ogg") or files.get("tune.wav")
     audio_src = None
     if audio is not None and audio.stat().st_size <= EMBED_AUDIO_LIMIT:
-        audio_src = _data_url(audio, "audio/ogg" if audio.suffix == ".ogg" else "audio/wav")
+        audio_src = data_url(audio.read_bytes(),
+                             "audio/ogg" if audio.suffix == ".ogg" else "audio/wav")
     score = files.get("score.svg")
     usage = usage_totals(final.get("usage", {}))
     method = (final.get("explanation") or {}).get("method", "")
@@ -186,21 +175,21 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path],
             title=_title(final.get("final_abc") or "") if final.get("final_abc") else "No tune",
             status_line=f"{final.get('status', 'failed')} · {report.get('image', '')}",
             failure=final.get("failure"),
-            image_src=_image_url(picture),
-            attention_src=_data_url(files["attention.png"], "image/png")
+            image_src=data_url(jpeg_bytes(picture, quality=REPORT_JPEG_QUALITY), "image/jpeg"),
+            attention_src=data_url(files["attention.png"].read_bytes(), "image/png")
             if "attention.png" in files else None,
             attention_label=ATTENTION_LABELS.get(method, ""),
             section_maps=[{"name": section["name"],
-                           "src": _data_url(files[section["file"]], "image/png")}
+                           "src": data_url(files[section["file"]].read_bytes(), "image/png")}
                           for section in maps["sections"]],
             audio_src=audio_src,
-            score_src=_data_url(score, "image/svg+xml") if score else None,
+            score_src=data_url(score.read_bytes(), "image/svg+xml") if score else None,
             motivation=final.get("motivation", ""),
             description=final.get("description", ""),
             examples=[{
                 "title": e.get("metadata", {}).get("title") or e["id"], "caption": e["caption"],
-                "score": e["score"], "image": _similarity(e.get("image_similarity")),
-                "text": _similarity(e.get("text_similarity")),
+                "score": e["score"], "image": shown_similarity(e.get("image_similarity")),
+                "text": shown_similarity(e.get("text_similarity")),
             } for e in final.get("examples", [])],
             attempts=[{**a, "summary": _attempt_summary(dict(a)), "verdict": _verdict(dict(a))}
                       for a in final.get("attempts", [])],
@@ -219,7 +208,3 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path],
 @lru_cache(maxsize=1)
 def _report_environment() -> BoundedSandbox:
     return sandbox(PackageLoader("img2music", "templates"), autoescape=True)
-
-
-def _similarity(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3f}"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
-from img2music.graph.models import VLMUnavailable, chat_model, endpoint_report, image_data_url
+from img2music.graph.models import VLMUnavailable, chat_model, endpoint_report
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import State
 from img2music.prompt_files import prompt_set
@@ -22,7 +22,7 @@ from img2music.report import write_run
 from img2music.settings import Settings, get_settings
 from img2music.templating import TemplateRefused
 from img2music.tools.files import write_atomic
-from img2music.tools.images import BadImage, open_image
+from img2music.tools.images import BadImage, image_data_url, open_image
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProfileSetting = Literal["auto", "vllm", "openai", "ollama", "generic"]
+Fusion = Literal["rrf", "weighted"]
+ExplainMode = Literal["attention", "clip", "none"]
 SOUNDFONT_CANDIDATES = (
     Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
     Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),
@@ -127,7 +129,7 @@ class Settings(BaseSettings):
         description="Comma-separated sources whose indexes retrieval searches: music21, "
         "midicaps, abc-dir.",
     )
-    rag_fusion: Literal["rrf", "weighted"] = Field(
+    rag_fusion: Fusion = Field(
         default="rrf",
         description="How image and description similarities combine: reciprocal-rank fusion "
         "(scale-free) or a weighted sum of cosine similarities.",
@@ -188,7 +190,7 @@ class Settings(BaseSettings):
     refine_rounds: int = Field(
         default=1, ge=0, le=10, description="Metric-feedback refinement rounds."
     )
-    explain: Literal["attention", "clip", "none"] = Field(
+    explain: ExplainMode = Field(
         default="clip",
         description="Image explanation: attention (needs IMG2MUSIC_ATTENTION_MODEL or the local "
         "backend), clip (CLIP patch relevance) or none.",

@@ -10,7 +10,6 @@ of the answer carries the run id, the ABC, the metrics and the URLs of the run's
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 import re
@@ -47,13 +46,14 @@ from img2music.server.protocol import (
 )
 from img2music.server.security import HostCheck, bearer_matches
 from img2music.settings import Settings, get_settings
-from img2music.tools.images import BadImage, open_image
+from img2music.tools.images import BadImage, jpeg_bytes, open_image
 
 logger = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"^[0-9a-f]{20}$")
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HEALTH_CACHE_S = 5.0
+STORED_JPEG_QUALITY = 92
 RETRY_AFTER_S = 1  # a slot frees whenever any run ends; clients should ask again soon
 # A run's files are model output: served so that nothing in them can run scripts on this origin.
 FILE_HEADERS = {
@@ -276,10 +276,8 @@ async def _start(chat: ChatRequest, pool: RunPool, settings: Settings) -> Job:
             raise ApiError(400, f"the image is not usable: {error}", param="messages",
                            code="invalid_image") from None
         # Stored re-encoded: the photo's metadata (location, camera) does not reach the run.
-        buffer = io.BytesIO()
-        await asyncio.to_thread(image.save, buffer, format="JPEG", quality=92)
-        return await pool.submit(buffer.getvalue(), ".jpg", given.note,
-                                 chat.context_overrides())
+        stored = await asyncio.to_thread(jpeg_bytes, image, quality=STORED_JPEG_QUALITY)
+        return await pool.submit(stored, ".jpg", given.note, chat.context_overrides())
     except BaseException:
         pool.unreserve()
         raise

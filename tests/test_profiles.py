@@ -26,17 +26,11 @@ from img2music.eval.runner import EvalOptions, run_eval
 from img2music.eval.variants import resolve_variants
 from img2music.graph import profiles
 from img2music.graph.context import Context
-from img2music.graph.models import (
-    VLMUnavailable,
-    call_model,
-    chat_model,
-    image_data_url,
-    image_from_data_url,
-)
+from img2music.graph.models import VLMUnavailable, call_model, chat_model
 from img2music.runs import Composition, compose
 from img2music.settings import Settings, get_settings
 from img2music.tools.abc.check import check_abc
-from img2music.tools.images import open_image
+from img2music.tools.images import image_data_url, image_from_data_url, open_image
 from tests.openai_server import (
     OPENAI_FIELDS,
     Behaviour,

@@ -16,7 +16,7 @@ from PIL.Image import Image
 from typer.testing import CliRunner
 
 from img2music.cli import app
-from img2music.settings import Settings, get_settings
+from img2music.settings import Fusion, Settings, get_settings
 from img2music.tools.abc.check import check_abc
 from img2music.tools.corpus.music21_corpus import iter_corpus_tunes
 from img2music.tools.retrieval.embedder import load_embedder
@@ -30,7 +30,7 @@ from img2music.tools.retrieval.index import (
     index_info,
     open_collection,
 )
-from img2music.tools.retrieval.retriever import Fusion, NoIndex, Retriever, fuse, trim_abc
+from img2music.tools.retrieval.retriever import NoIndex, Retriever, fuse, trim_abc
 from tests.fixtures import make_midicaps_folder
 
 TUNE = "X:1\nT:{title}\nM:{meter}\nL:1/8\nK:G\n{body}\n"

@@ -46,6 +46,8 @@ CLEF_NAME = re.compile(r"^(?:treble|bass|alto|tenor|baritone|soprano|mezzo|perc|
 KEY_ACCIDENTAL = re.compile(r"^(?:\^{1,2}|_{1,2}|=)[A-Ga-g]$")
 METER_VALUE = re.compile(r"^\s*(?:(?P<common>C\|?)|(?P<free>none)|\(?(?P<num>\d+(?:\+\d+)*)\)?"
                          r"(?:/(?P<den>\d+))?)\s*$")
+QUOTED = re.compile(r'"([^"]*)"')
+TEMPO_VALUE = re.compile(r"^(?:(?P<beats>(?:\d+/[1-9]\d*\s*)+)=\s*)?(?P<pulse>\d+)$")
 UNIT_VALUE = re.compile(r"^\s*(\d+)/(\d+)\s*$")
 VOICE_ID = re.compile(r"^\s*([^\s=\]]+)(?:\s+.*)?$")
 LENGTH = re.compile(r"(\d*)(/*)(\d*)")
@@ -138,6 +140,15 @@ def is_field_line(line: str) -> bool:
     return FIELD_LINE.match(line) is not None and not line.startswith("|")
 
 
+def first_field(text: str, letter: str) -> str | None:
+    """The value of the text's first `letter:` field line (`T` for the title), stripped."""
+    for line in text.split("\n"):
+        match = FIELD_LINE.match(line)
+        if match and match[1] == letter:
+            return match[2].strip()
+    return None
+
+
 def is_music_line(line: str) -> bool:
     """True for a line of ABC music, False for prose, fields, comments and blank lines.
 
@@ -189,6 +200,21 @@ def meter_length(value: str) -> tuple[Fraction | None, bool]:
         return None, True
     numerator = sum(int(part) for part in match["num"].split("+"))
     return Fraction(numerator, int(match["den"])), True
+
+
+def tempo_of(value: str) -> tuple[int | None, int]:
+    """A Q: value's quarter-note bpm (None when it names none) and its pulse as written (beats
+    a minute): "3/8=60" → (90, 60), "120" → (120, 120); quoted words are left aside."""
+    text = QUOTED.sub(" ", value.removeprefix("Q:")).strip()
+    match = TEMPO_VALUE.match(re.sub(r"\s*=\s*", "=", text))
+    if match is None:
+        return None, 0
+    pulse = int(match["pulse"])
+    if not match["beats"]:
+        return pulse or None, pulse
+    beat = sum((Fraction(part) for part in match["beats"].split()), Fraction(0))
+    bpm = round(pulse * beat * 4)
+    return bpm or None, pulse
 
 
 def default_unit(meter: Fraction | None) -> Fraction:

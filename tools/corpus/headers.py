@@ -6,9 +6,8 @@ from __future__ import annotations
 import contextlib
 import re
 import string
-from fractions import Fraction
 
-from img2music.tools.abc.scan import KEY_TONIC, METER_VALUE
+from img2music.tools.abc.scan import KEY_TONIC, METER_VALUE, QUOTED, tempo_of
 from img2music.tools.corpus.records import Collection
 from img2music.tools.corpus.vocabulary import (
     CONTINENTS,
@@ -29,8 +28,6 @@ from img2music.tools.corpus.vocabulary import (
     TUNE_TYPES,
 )
 
-QUOTED = re.compile(r'"([^"]*)"')
-TEMPO_VALUE = re.compile(r"^(?:(?P<beats>(?:\d+/[1-9]\d*\s*)+)=\s*)?(?P<pulse>\d+)$")
 TITLE_TYPE_SPLIT = re.compile(r"\s*(?:--|[.,;:()])\s*")
 
 
@@ -85,28 +82,14 @@ def _figures(text: str) -> re.Match[str] | None:
 
 def quarter_note_bpm(value: str) -> int | None:
     """A Q: value in quarter notes a minute: "3/8=60" → 90, "1/4=120" → 120, "120" → 120."""
-    return _parse_tempo(value)[0]
-
-
-def _parse_tempo(value: str) -> tuple[int | None, int]:
-    """Quarter-note bpm and the pulse as written (beats a minute) of one Q: value."""
-    text = QUOTED.sub(" ", value.removeprefix("Q:")).strip()
-    match = TEMPO_VALUE.match(re.sub(r"\s*=\s*", "=", text))
-    if match is None:
-        return None, 0
-    pulse = int(match["pulse"])
-    if not match["beats"]:
-        return pulse or None, pulse
-    beat = sum((Fraction(part) for part in match["beats"].split()), Fraction(0))
-    bpm = round(pulse * beat * 4)
-    return bpm or None, pulse
+    return tempo_of(value)[0]
 
 
 def read_tempo(values: list[str]) -> tuple[int | None, int, list[str]]:
     """The first Q: field: bpm, pulse and its quoted words ("Slow")."""
     if not values:
         return None, 0, []
-    bpm, pulse = _parse_tempo(values[0])
+    bpm, pulse = tempo_of(values[0])
     marks = [clean_text(mark) for mark in QUOTED.findall(values[0]) if clean_text(mark)]
     return bpm, pulse, marks
 

@@ -14,13 +14,13 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, Field
 
-from img2music.settings import Settings, get_settings
+from img2music.settings import Fusion, Settings, get_settings
 from img2music.tools.abc.scan import FIELD_LINE
 from img2music.tools.retrieval.index import EmbeddingSpace, Vector, open_collection
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Fusion = Literal["rrf", "weighted"]
 RRF_OFFSET = 60
 CHARS_PER_TOKEN = 2.5  # ABC is dense in symbols; BPE tokenizers give about 2-3 characters a token
 TRIMMED_MARK = "% … trimmed to fit the prompt"
@@ -270,6 +269,12 @@ def _tune_fingerprint(abc: str) -> str:
     """The same tune stored twice (O'Neill's and Ryan's share tunes) has the same notes."""
     body = "".join(line for line in abc.splitlines() if not FIELD_LINE.match(line))
     return hashlib.sha256(re.sub(r"\s+", "", body).encode()).hexdigest()
+
+
+def shown_similarity(value: float | None) -> str:
+    """A similarity as tables and reports show it: three decimals, or a dash where that query
+    was not asked (no image, or no description)."""
+    return "—" if value is None else f"{value:.3f}"
 
 
 def trim_abc(abc: str, token_budget: int) -> tuple[str, bool]:
