@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from img2music.runs import Composition, compose
+    from img2music.pipeline.runs import Composition, compose
 
 __all__ = ["Composition", "compose"]
 
@@ -15,7 +15,7 @@ __all__ = ["Composition", "compose"]
 def __getattr__(name: str) -> Any:
     """`from img2music import compose` without loading the graph for every CLI command."""
     if name in __all__:
-        from img2music import runs
+        from img2music.pipeline import runs
 
         return getattr(runs, name)
     raise AttributeError(f"module 'img2music' has no attribute {name!r}")

@@ -28,11 +28,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import rounds_and_repairs, usage_totals
-from img2music.readiness import Check, health_checks
-from img2music.report import chosen_metrics
-from img2music.runs import Composition
+from img2music.pipeline.readiness import Check, health_checks
+from img2music.pipeline.report import chosen_metrics
+from img2music.pipeline.runs import Composition
 from img2music.server.image_urls import fetch_image, unusable_url
-from img2music.server.jobs import Job, RunPool
+from img2music.server.middleware import HostCheck, bearer_matches
 from img2music.server.page import mount_page
 from img2music.server.protocol import (
     MODEL_ID,
@@ -44,7 +44,7 @@ from img2music.server.protocol import (
     parse_request,
     send_error,
 )
-from img2music.server.security import HostCheck, bearer_matches
+from img2music.server.run_pool import Job, RunPool
 from img2music.settings import Settings, get_settings
 from img2music.tools.images import BadImage, jpeg_bytes, open_image
 

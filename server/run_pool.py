@@ -5,7 +5,7 @@ at most `server_max_concurrent_runs` run at once and `server_max_queued_runs` wa
 request beyond that is refused at once (429) rather than left to time out. Each run publishes
 what every node changed, so streaming clients and the web page can follow it, and it can be
 cancelled between nodes. After each run, and when the server starts, run folders past the
-retention limits are deleted (`img2music.retention`).
+retention limits are deleted (`img2music.pipeline.retention`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import State
-from img2music.retention import prune_runs, runs_root
-from img2music.runs import Composition, RunCancelled, compose
+from img2music.pipeline.retention import prune_runs, runs_root
+from img2music.pipeline.runs import Composition, RunCancelled, compose
 from img2music.server.protocol import ApiError
 from img2music.settings import Settings
 from img2music.tools.files import write_atomic

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser
 
-from img2music.runs import compose
+from img2music.pipeline.runs import compose
 from img2music.settings import Settings
 from img2music.tools.abc.check import compile_abc
 from tests.needs import needs_chromium, needs_langgraph_cli, needs_programs

@@ -15,7 +15,7 @@ import pytest
 from PIL.Image import Image
 from typer.testing import CliRunner
 
-from img2music.cli import app
+from img2music.cli.main import app
 from img2music.settings import Fusion, Settings, get_settings
 from img2music.tools.abc.check import check_abc
 from img2music.tools.corpus.music21_corpus import iter_corpus_tunes

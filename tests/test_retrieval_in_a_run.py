@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from chromadb.config import Settings as ChromaSettings
 
-from img2music.runs import compose
+from img2music.pipeline.runs import compose
 from img2music.settings import Settings, get_settings
 from img2music.tools.corpus import music21_corpus
 from img2music.tools.corpus.ingest import iter_records

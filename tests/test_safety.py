@@ -19,9 +19,9 @@ import pytest
 from PIL.Image import Image
 
 from img2music.graph.context import Context, RunOverrideRefused
+from img2music.pipeline.retention import prune_runs
+from img2music.pipeline.runs import compose
 from img2music.prompt_files import check_prompt_edits, render_prompt
-from img2music.retention import prune_runs
-from img2music.runs import compose
 from img2music.settings import Settings, get_settings
 from img2music.templating import TemplateRefused
 from img2music.tools.files import write_atomic

@@ -46,9 +46,9 @@ from img2music.eval.variants import EVAL_DEFAULTS, Variant
 from img2music.graph.models import VLMUnavailable, endpoint_report, judge_chat_model
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import rounds_and_repairs, usage_totals
+from img2music.pipeline.report import chosen_metrics
+from img2music.pipeline.runs import compose
 from img2music.redaction import redact_url
-from img2music.report import chosen_metrics
-from img2music.runs import compose
 from img2music.settings import Settings, get_settings
 from img2music.tools.files import UniqueNames, write_atomic
 from img2music.tools.images import BadImage, image_data_url, image_files, open_image

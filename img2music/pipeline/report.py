@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 DATA_URL = re.compile(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+")
 EMBED_AUDIO_LIMIT = 12_000_000
 REPORT_JPEG_QUALITY = 85
-REPORT_CSS = (files_of("img2music") / "templates" / "report.css").read_text(encoding="utf-8")
+TEMPLATES = files_of("img2music.pipeline") / "templates"
+REPORT_CSS = (TEMPLATES / "report.css").read_text(encoding="utf-8")
 # The page's one style sheet, allowed by its hash: the report's policy allows no inline style
 # or script of any other kind.
 REPORT_CSS_HASH = "sha256-" + base64.b64encode(
@@ -207,4 +208,4 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path],
 
 @lru_cache(maxsize=1)
 def _report_environment() -> BoundedSandbox:
-    return sandbox(PackageLoader("img2music", "templates"), autoescape=True)
+    return sandbox(PackageLoader("img2music.pipeline", "templates"), autoescape=True)

@@ -16,9 +16,9 @@ from img2music.graph.graph import build_graph
 from img2music.graph.models import VLMUnavailable, chat_model, endpoint_report
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import State
+from img2music.pipeline.report import write_run
 from img2music.prompt_files import prompt_set
 from img2music.redaction import redact_url, scrub
-from img2music.report import write_run
 from img2music.settings import Settings, get_settings
 from img2music.templating import TemplateRefused
 from img2music.tools.files import write_atomic
