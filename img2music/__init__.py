@@ -1,4 +1,12 @@
-"""img2music: turn an image into music that a person can read, hear and understand."""
+"""img2music: turn an image into music that a person can read, hear and understand.
+
+`from img2music import compose` is the Python API. Dependencies run one way: the root modules
+(`settings`, `templating`, `prompt_files`, `redaction`) import nothing else of ours; `tools`
+(the toolkit) imports only them; `graph` imports the tools; `pipeline` runs the graph and writes
+a run's files; `eval` and `server` use the pipeline; `cli` sits on top. The folders `graph/`,
+`tools/`, `server/` and `prompts/` at the repository root are installed as subpackages of this
+one (pyproject.toml's `package-dir`). `tests/test_architecture.py` checks the rule.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Who may talk to the server: the bearer key, and, without a key, the Host a request names.
+"""What every request passes before a route runs: the body limit, and who may talk to the
+server: the bearer key, and, without a key, the Host a request names.
 
 With `IMG2MUSIC_API_KEY` set, every route but `/health` and the page's own files needs
 `Authorization: Bearer <key>`, on the OpenAI routes and (through `langgraph_auth`) on LangGraph's.
@@ -10,8 +11,10 @@ points its own host name at 127.0.0.1 (DNS rebinding) sends its own Host, and is
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from img2music.server.protocol import ApiError, send_error
 from img2music.settings import Settings
@@ -65,3 +68,43 @@ class HostCheck:
             400, "this server has no API key, so it answers only requests for a loopback host "
             "(127.0.0.1, localhost) or one in IMG2MUSIC_SERVER_ALLOWED_HOSTS",
             code="invalid_host"))
+
+
+class BodyLimit:
+    """Refuses bodies over the limit before they are read whole (413)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await send_error(send, self._error())
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise self._error()
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _error(self) -> ApiError:
+        return ApiError(413, f"the request body is over the {self.limit:,}-byte limit "
+                        "(IMG2MUSIC_SERVER_MAX_BODY_BYTES)", code="body_too_large")
+
+
+def authorisation(settings: Settings) -> Callable[[Request], Awaitable[None]]:
+    async def check(request: Request) -> None:
+        if not bearer_matches(request.headers.get("authorization"), settings):
+            raise ApiError(401, "missing or wrong API key: send Authorization: Bearer "
+                           "<IMG2MUSIC_API_KEY>", type="authentication_error",
+                           code="invalid_api_key")
+    return check

@@ -209,3 +209,11 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path],
 @lru_cache(maxsize=1)
 def _report_environment() -> BoundedSandbox:
     return sandbox(PackageLoader("img2music.pipeline", "templates"), autoescape=True)
+
+
+def read_report(folder: Path) -> dict[str, Any]:
+    """A run folder's report.json, or {} when there is none (yet) or it cannot be read."""
+    try:
+        return dict(json.loads((folder / "report.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return {}
