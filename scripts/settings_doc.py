@@ -45,9 +45,9 @@ def type_name(annotation: object) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(type_name(arg) for arg in typing.get_args(annotation)
                            if arg is not type(None))
-    names = {bool: "true/false", int: "integer", float: "number", str: "text", Path: "path",
-             SecretStr: "secret text"}
-    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))  # type: ignore[call-overload]
+    names: dict[object, str] = {bool: "true/false", int: "integer", float: "number",
+                                 str: "text", Path: "path", SecretStr: "secret text"}
+    return names.get(annotation) or str(getattr(annotation, "__name__", annotation))
 
 
 def bounds(field: FieldInfo) -> str:
