@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from img2music.settings import Settings
-from img2music.tools.embedder import Embedder, load_embedder
+from img2music.tools.retrieval.embedder import Embedder, load_embedder
 
 T = TypeVar("T")
 

@@ -22,10 +22,10 @@ from typing import Any
 from benchmarks.timing import percentile
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
-from img2music.graph.models import chat_model, image_data_url
+from img2music.graph.models import chat_model
 from img2music.graph.state import State
 from img2music.settings import get_settings
-from img2music.tools.images import open_image
+from img2music.tools.images import image_data_url, open_image
 from tests.openai_server import scripted_server
 from tests.scripted import ScriptedChatModel
 from tests.test_graph import DESCRIPTION, PHOTO, REFINED, TUNE, Examples, answer, reply_for

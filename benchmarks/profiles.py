@@ -22,8 +22,8 @@ from matplotlib import cbook
 from PIL import Image
 
 from benchmarks.timing import percentile
-from img2music.graph.models import image_data_url
 from img2music.graph.profiles import PROFILES, profile_for
+from img2music.tools.images import image_data_url
 from tests.openai_server import Dialect, scripted_server
 
 PHOTO = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))

@@ -17,9 +17,8 @@ import time
 from benchmarks.timing import percentile
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
-from img2music.graph.models import image_data_url
 from img2music.graph.state import State, rounds_and_repairs
-from img2music.tools.images import open_image
+from img2music.tools.images import image_data_url, open_image
 from tests.realworld import llm_replies
 from tests.scripted import ScriptedChatModel
 from tests.test_graph import DESCRIPTION, PHOTO

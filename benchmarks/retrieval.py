@@ -23,8 +23,8 @@ from PIL.Image import Image
 
 from benchmarks.timing import percentile
 from img2music.settings import Settings
-from img2music.tools.index import Vector, open_collection
-from img2music.tools.retrieve import Retriever
+from img2music.tools.retrieval.index import Vector, open_collection
+from img2music.tools.retrieval.retriever import Retriever
 
 BATCH = 5_000
 QUERIES = 200

@@ -19,10 +19,10 @@ from typing import TypeVar
 
 from benchmarks.timing import percentile
 from img2music.settings import get_settings
-from img2music.tools.abc_scan import scan_abc
-from img2music.tools.check import Backend, compile_abc
+from img2music.tools.abc.check import Backend, compile_abc
+from img2music.tools.abc.scan import scan_abc
+from img2music.tools.corpus.music21_corpus import CorpusTune, iter_corpus_tunes
 from img2music.tools.metrics import evaluate_midi
-from img2music.tools.music21_corpus import CorpusTune, iter_corpus_tunes
 from img2music.tools.programs import which
 
 STRIDE = 37

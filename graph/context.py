@@ -6,15 +6,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field
 
-from img2music.settings import Settings, get_settings
-
-ExplainMode = Literal["attention", "clip", "none"]
-Fusion = Literal["rrf", "weighted"]
-
+from img2music.settings import ExplainMode, Fusion, Settings, get_settings
 
 # Each field that has an IMG2MUSIC_* setting, and that setting's name.
 SETTING_FOR = {

@@ -14,9 +14,10 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 
 from img2music.graph.context import Context
-from img2music.graph.models import image_from_data_url, to_langchain
+from img2music.graph.models import to_langchain
 from img2music.graph.state import State
 from img2music.settings import get_settings
+from img2music.tools.images import image_from_data_url
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ def image_explanation(state: State, chosen: int, context: Context,
         if vlm is not None:
             return _attention(state, chosen, vlm)
         note = NO_LOCAL_MODEL
-    from img2music.tools.attention import clip_patch_relevance
-    from img2music.tools.embedder import load_embedder
+    from img2music.tools.explain.relevance import clip_patch_relevance
+    from img2music.tools.retrieval.embedder import load_embedder
 
     text = state.get("motivation") or state["attempts"][chosen]["motivation"] or \
         state.get("description", "")

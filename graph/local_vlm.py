@@ -12,10 +12,7 @@ Hugging Face cache) and says so when they are missing.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,13 +29,10 @@ from PIL import Image
 from pydantic import PrivateAttr
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from img2music.tools.attention import (
-    ImageAttention,
-    image_attention,
-    sections_of,
-    token_spans_for,
-)
-from img2music.tools.images import open_image
+from img2music.tools.abc.scan import sections_of
+from img2music.tools.devices import resolve_device
+from img2music.tools.explain.attention import ImageAttention, image_attention, token_spans_for
+from img2music.tools.images import image_from_data_url
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +43,6 @@ SAMPLING_KEYS = frozenset({"temperature", "top_p", "top_k", "max_new_tokens"})
 VISION_TOKEN_FIELDS = (
     "image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"
 )
-_DATA_URL = re.compile(r"data:[^,]*;base64,(?P<data>.*)", re.S)
 
 
 class LocalModelUnavailable(RuntimeError):
@@ -104,7 +97,7 @@ class LocalVLM:
         weights, at the cost of slower, more memory-hungry generation. Keye-VL needs
         `trust_remote_code=True` (its modelling code ships with the weights).
         """
-        target = torch.device(_resolve_device(device))
+        target = torch.device(resolve_device(device))
         dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
         try:
             model: Any = AutoModelForImageTextToText.from_pretrained(
@@ -299,29 +292,10 @@ def _part(part: str | dict[Any, Any]) -> dict[str, Any]:
         return {"type": "text", "text": part["text"]}
     if part.get("type") == "image_url":
         url = part["image_url"]["url"] if isinstance(part["image_url"], dict) else part["image_url"]
-        return {"type": "image", "image": _image_from_data_url(url)}
+        return {"type": "image", "image": image_from_data_url(url)}
     raise ValueError(f"the local VLM takes text and image_url parts, not {part.get('type')!r}")
-
-
-def _image_from_data_url(url: str) -> Image.Image:
-    """The picture in a base64 data URL; other URLs would need the network, so they are refused."""
-    match = _DATA_URL.fullmatch(url)
-    if match is None:
-        raise ValueError("the local VLM takes images as base64 data URLs "
-                         f"(data:image/jpeg;base64,...), not {url[:40]!r}")
-    try:
-        data = base64.b64decode(match.group("data"), validate=True)
-    except binascii.Error as error:
-        raise ValueError(f"the image data URL is not valid base64: {error}") from error
-    return open_image(data)
 
 
 def _end_tokens(generation_config: Any) -> set[int]:
     ends = generation_config.eos_token_id
     return set() if ends is None else {ends} if isinstance(ends, int) else set(ends)
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device

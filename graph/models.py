@@ -12,12 +12,7 @@ parameters only.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import logging
-import math
-import re
 import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -38,7 +33,6 @@ from langchain_core.messages import (
 )
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
-from PIL import Image
 from pydantic import SecretStr
 
 from img2music.graph.context import Context
@@ -55,7 +49,8 @@ from img2music.graph.profiles import (
 from img2music.graph.state import Message
 from img2music.redaction import redact_url
 from img2music.settings import ProfileSetting, Settings, get_settings
-from img2music.tools.images import BadImage, open_image, to_rgb
+from img2music.tools.abc.diagnostics import one_line
+from img2music.tools.images import image_data_url, image_from_data_url
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +59,10 @@ EndpointRole = Literal["VLM", "judge"]
 """Longest model text kept; a runaway answer is cut here rather than filling memory and logs."""
 CONNECT_TIMEOUT_S = 10.0
 """A host that does not even accept the connection is not worth the long generation timeout."""
-JPEG_QUALITY = 90
-LOWEST_JPEG_QUALITY = 60  # below it a photo over the byte limit is made smaller instead
 REFUSED = (openai.BadRequestError, openai.UnprocessableEntityError)
 """The answers of an endpoint that will not take a request as it was sent."""
 THINK_SWITCH_MODELS = ("keye",)
 """Models (by a part of their name) whose prompts end with a /think or /no_think switch."""
-_DATA_URL = re.compile(r"data:(?P<media>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*),", re.ASCII)
-_DETAIL_CHARS = 300
 
 
 class VLMUnavailable(RuntimeError):
@@ -100,64 +91,6 @@ def prompt_switch(thinking: bool, model: str) -> str:
     it is only noise (GPT-4o, Gemini, Qwen2.5-VL, …)."""
     uses_switch = any(name in model.lower() for name in THINK_SWITCH_MODELS)
     return think_suffix(thinking) if uses_switch else ""
-
-
-def image_data_url(image: Image.Image, *, max_pixels: int, max_bytes: int | None = None) -> str:
-    """The image as a JPEG data URL within the model's pixel budget and, when given, a
-    provider's limit on the URL's length, aspect kept.
-
-    Downscaling here keeps requests and saved runs small; the model's processor would shrink
-    a larger image anyway. Images are never upscaled. A photo over the byte limit is saved at a
-    lower JPEG quality first, then smaller until it fits.
-    """
-    if max_pixels <= 0:
-        raise ValueError(f"the pixel budget must be positive, not {max_pixels}")
-    image = _within_pixels(to_rgb(image), max_pixels)
-    quality = JPEG_QUALITY
-    while True:
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=quality)
-        url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-        if max_bytes is None or len(url) <= max_bytes:
-            return url
-        if quality > LOWEST_JPEG_QUALITY:
-            quality = max(LOWEST_JPEG_QUALITY, quality - 15)
-        elif image.width * image.height > 1:
-            pixels = image.width * image.height
-            image = _within_pixels(image, min(pixels - 1, int(pixels * 0.9 * max_bytes / len(url))))
-        else:
-            raise ValueError(f"no JPEG fits in a {max_bytes:,}-byte data URL")
-
-
-def _within_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
-    width, height = image.size
-    if width * height <= max_pixels:
-        return image
-    scale = math.sqrt(max(1, max_pixels) / (width * height))
-    size = (max(1, math.floor(width * scale)), max(1, math.floor(height * scale)))
-    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-
-
-def image_from_data_url(url: str, *, settings: Settings | None = None) -> Image.Image:
-    """The image in a base64 data URL, opened with the same checks as an uploaded file."""
-    settings = settings or get_settings()
-    match = _DATA_URL.match(url)
-    if match is None:
-        raise BadImage("not a data URL (expected `data:image/...;base64,...`)")
-    media = match["media"] or "text/plain"
-    if not media.lower().startswith("image/"):
-        raise BadImage(f"the data URL holds {media}, not an image")
-    if ";base64" not in match["params"].lower():
-        raise BadImage("the data URL is not base64-encoded")
-    payload = url[match.end():]
-    if len(payload) > 4 * math.ceil(settings.max_image_bytes / 3):
-        raise BadImage(f"the data URL holds more than the {settings.max_image_bytes:,}-byte "
-                       "image limit")
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError) as error:
-        raise BadImage(f"the data URL is not valid base64: {error}") from error
-    return open_image(data, settings=settings)
 
 
 @dataclass(frozen=True)
@@ -392,7 +325,7 @@ def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentatio
         raise VLMUnavailable(_status_message(model, error, where)) from error
     except openai.APIError as error:
         raise VLMUnavailable(f"{where} gave an answer that could not be read: "
-                             f"{_one_line(str(error))}") from error
+                             f"{one_line(str(error))}") from error
     seconds = time.monotonic() - started
     text = str(message.text)
     truncated = len(text) > max_chars
@@ -465,7 +398,7 @@ def _connection_message(error: openai.APIConnectionError, endpoint: Endpoint) ->
         return f"{endpoint} refused the connection{endpoint.start_hint}"
     if any(isinstance(cause, socket.gaierror) for cause in causes):
         return f"{endpoint} has a host name that does not resolve"
-    return f"{endpoint} could not be reached: {_one_line(str(causes[-1]))}"
+    return f"{endpoint} could not be reached: {one_line(str(causes[-1]))}"
 
 
 def _status_message(model: BaseChatModel, error: openai.APIStatusError,
@@ -498,7 +431,7 @@ def _said(error: openai.APIStatusError) -> str:
     body = error.body
     if isinstance(body, dict):
         body = body.get("message") or body
-    return _one_line(str(body)) if body else ""
+    return one_line(str(body)) if body else ""
 
 
 def _served_models(model: BaseChatModel) -> list[str]:
@@ -512,11 +445,6 @@ def _served_models(model: BaseChatModel) -> list[str]:
     except openai.OpenAIError as error:
         logger.debug("could not list the served models: %s", error)
         return []
-
-
-def _one_line(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= _DETAIL_CHARS else line[:_DETAIL_CHARS - 1] + "…"
 
 
 def to_langchain(messages: Sequence[Message]) -> list[BaseMessage]:

@@ -19,13 +19,8 @@ from langgraph.runtime import Runtime
 
 from img2music.graph.context import Context, edit_label
 from img2music.graph.explain import image_explanation
-from img2music.graph.models import (
-    call_model,
-    chat_model,
-    image_from_data_url,
-    prompt_switch,
-    to_langchain,
-)
+from img2music.graph.feedback import metric_feedback
+from img2music.graph.models import call_model, chat_model, prompt_switch, to_langchain
 from img2music.graph.state import (
     Attempt,
     AttemptKind,
@@ -35,11 +30,12 @@ from img2music.graph.state import (
     rounds_and_repairs,
 )
 from img2music.prompt_files import check_prompt_edits, render_prompt
-from img2music.tools.check import ParseCheck, compile_abc
-from img2music.tools.diagnostics import Diagnostic
-from img2music.tools.extract import extract_abc, strip_reasoning
-from img2music.tools.metrics import TuneMetrics, evaluate_midi, metric_feedback
-from img2music.tools.repair import repair_abc
+from img2music.tools.abc.check import ParseCheck, compile_abc
+from img2music.tools.abc.diagnostics import Diagnostic
+from img2music.tools.abc.extract import extract_abc, strip_reasoning
+from img2music.tools.abc.repair import repair_abc
+from img2music.tools.images import image_from_data_url
+from img2music.tools.metrics import TuneMetrics, evaluate_midi
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +119,9 @@ def default_retriever(context: Context) -> Any:
 @lru_cache(maxsize=1)
 def _shared_retriever() -> Any:
     from img2music.settings import get_settings
-    from img2music.tools.embedder import load_embedder
-    from img2music.tools.index import ensure_index
-    from img2music.tools.retrieve import Retriever
+    from img2music.tools.retrieval.embedder import load_embedder
+    from img2music.tools.retrieval.index import ensure_index
+    from img2music.tools.retrieval.retriever import Retriever
 
     settings = get_settings()
     embedder = load_embedder(settings)

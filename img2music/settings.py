@@ -12,6 +12,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProfileSetting = Literal["auto", "vllm", "openai", "ollama", "generic"]
+Fusion = Literal["rrf", "weighted"]
+ExplainMode = Literal["attention", "clip", "none"]
 SOUNDFONT_CANDIDATES = (
     Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
     Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),
@@ -31,6 +33,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default_factory=lambda: user_data_path("img2music"),
         description="Where indexes, runs and caches live; outside the source tree.",
+        json_schema_extra={"shown_default": "the user's data folder "
+                                            "(`~/.local/share/img2music` on Linux)"},
     )
     abc_backend: Literal["auto", "abc2midi", "music21"] = Field(
         default="auto",
@@ -127,7 +131,7 @@ class Settings(BaseSettings):
         description="Comma-separated sources whose indexes retrieval searches: music21, "
         "midicaps, abc-dir.",
     )
-    rag_fusion: Literal["rrf", "weighted"] = Field(
+    rag_fusion: Fusion = Field(
         default="rrf",
         description="How image and description similarities combine: reciprocal-rank fusion "
         "(scale-free) or a weighted sum of cosine similarities.",
@@ -162,9 +166,13 @@ class Settings(BaseSettings):
     )
     vlm_api_key: SecretStr = Field(
         default=SecretStr("EMPTY"),
-        description="API key for the endpoint, if any; never shown, logged or written.",
+        description="API key for the endpoint, if any; never shown, logged or written "
+        "(`img2music vlm serve` gives it to vLLM as VLLM_API_KEY, in its environment).",
     )
-    vlm_temperature: float = Field(default=0.6, ge=0, le=2, description="Sampling temperature.")
+    vlm_temperature: float = Field(
+        default=0.6, ge=0, le=2,
+        description="Sampling temperature (with top_p and top_k, Keye's recommended sampling).",
+    )
     vlm_top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling.")
     vlm_top_k: int = Field(
         default=20, ge=-1, description="Top-k sampling, sent to vLLM endpoints only."
@@ -177,7 +185,9 @@ class Settings(BaseSettings):
     )
     vlm_timeout_s: float = Field(default=300, gt=0, description="Seconds one model call may take.")
     vlm_retries: int = Field(
-        default=2, ge=0, description="Retries, with backoff, on connection errors and 5xx."
+        default=2, ge=0,
+        description="Retries, with backoff, on connection errors, timeouts, 408, 409, 429 and "
+        "5xx: a call takes at most about (retries + 1) × vlm_timeout_s, plus the backoff.",
     )
     vlm_image_pixels: int = Field(
         default=448 * 448, gt=0, description="Pixel budget of the image sent to the model."
@@ -188,7 +198,7 @@ class Settings(BaseSettings):
     refine_rounds: int = Field(
         default=1, ge=0, le=10, description="Metric-feedback refinement rounds."
     )
-    explain: Literal["attention", "clip", "none"] = Field(
+    explain: ExplainMode = Field(
         default="clip",
         description="Image explanation: attention (needs IMG2MUSIC_ATTENTION_MODEL or the local "
         "backend), clip (CLIP patch relevance) or none.",
@@ -205,8 +215,9 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(
         default=None,
-        description="Bearer token that `img2music serve` requires on every route but /health; "
-        "unset means no authentication (fine on loopback only).",
+        description="Bearer token that `img2music serve` (and `langgraph dev`, on LangGraph's "
+        "routes) requires on every route but /health and the page's own files; unset means no "
+        "authentication (fine on loopback only).",
     )
     server_max_body_bytes: int = Field(
         default=20_000_000, gt=0, description="Largest request body the server reads."

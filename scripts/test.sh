@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
-.venv/bin/mypy
+.venv/bin/python scripts/typecheck.py
 .venv/bin/pytest "$@"

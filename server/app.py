@@ -5,35 +5,42 @@ about the music) and answers with the motivation and the tune; the `img2music` e
 of the answer carries the run id, the ABC, the metrics and the URLs of the run's files, which
 `/v1/runs/{id}/...` serves; `/` is a web page over the same API. The same app is mounted into
 `langgraph dev` by `langgraph.json`.
+
+This module holds the routes. What every request passes first is `middleware`; what a request
+may say is `protocol`, and what the server answers is `completions`; the runs themselves are
+`run_pool`'s, and the page is `page`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from img2music.graph.nodes import ModelFor, RetrieverFor
-from img2music.graph.state import rounds_and_repairs, usage_totals
-from img2music.readiness import Check, health_checks
-from img2music.report import chosen_metrics
-from img2music.runs import Composition
+from img2music.pipeline.readiness import Check, health_checks
+from img2music.pipeline.report import read_report
+from img2music.server.completions import (
+    FAILURE_STATUS,
+    completion,
+    failure_error,
+    result_of,
+    run_summary,
+    sse,
+    stream,
+)
 from img2music.server.image_urls import fetch_image, unusable_url
-from img2music.server.jobs import Job, RunPool
+from img2music.server.middleware import BodyLimit, HostCheck, authorisation, bearer_matches
 from img2music.server.page import mount_page
 from img2music.server.protocol import (
     MODEL_ID,
@@ -43,29 +50,23 @@ from img2music.server.protocol import (
     ImageInput,
     image_input,
     parse_request,
-    send_error,
 )
-from img2music.server.security import HostCheck, bearer_matches
+from img2music.server.run_pool import Job, RunPool
 from img2music.settings import Settings, get_settings
-from img2music.tools.images import BadImage, open_image
+from img2music.tools.images import BadImage, jpeg_bytes, open_image
 
 logger = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"^[0-9a-f]{20}$")
 FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 HEALTH_CACHE_S = 5.0
+STORED_JPEG_QUALITY = 92
 RETRY_AFTER_S = 1  # a slot frees whenever any run ends; clients should ask again soon
 # A run's files are model output: served so that nothing in them can run scripts on this origin.
 FILE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; media-src 'self' data:; "
                                "style-src 'unsafe-inline'",
     "X-Content-Type-Options": "nosniff",
-}
-# Failures that are the server's or the model's fault, not a musical outcome: they are HTTP errors.
-FAILURE_STATUS: dict[str, tuple[int, ErrorType]] = {
-    "bad_image": (400, "invalid_request_error"), "vlm_unavailable": (502, "upstream_error"),
-    "timeout": (504, "timeout_error"), "internal": (500, "server_error"),
-    "bad_prompt": (500, "server_error"),
 }
 
 
@@ -86,7 +87,7 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
     app.add_middleware(BodyLimit, limit=settings.server_max_body_bytes)
     app.add_middleware(HostCheck, settings=settings)
     _add_error_handlers(app)
-    authorised = [Depends(_authorisation(settings))]
+    authorised = [Depends(authorisation(settings))]
     health = _HealthCache(settings)
 
     @app.get("/health")
@@ -118,14 +119,14 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
         job = await _start(chat, pool, settings)
         base = _base_url(request)
         if chat.stream:
-            return StreamingResponse(_stream(job, chat, base), media_type="text/event-stream",
+            return StreamingResponse(stream(job, chat, base), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         async for _ in job.feed():
             pass
-        result = _result(job)
+        result = result_of(job)
         if result.failure_kind in FAILURE_STATUS:
-            raise _failure_error(job, result)
-        return JSONResponse(await asyncio.to_thread(_completion, job, result, base))
+            raise failure_error(job, result)
+        return JSONResponse(await asyncio.to_thread(completion, job, result, base))
 
     @app.get("/v1/runs/{run_id}", dependencies=authorised)
     async def get_run(run_id: str, request: Request) -> dict[str, Any]:
@@ -143,7 +144,7 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
 
         async def events() -> AsyncIterator[str]:
             async for event in job.feed():
-                yield _sse(event)
+                yield sse(event)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
@@ -169,37 +170,6 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
     return app
 
 
-class BodyLimit:
-    """Refuses bodies over the limit before they are read whole (413)."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await send_error(send, self._error())
-            return
-        received = 0
-
-        async def limited() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise self._error()
-            return message
-
-        await self.app(scope, limited, send)
-
-    def _error(self) -> ApiError:
-        return ApiError(413, f"the request body is over the {self.limit:,}-byte limit "
-                        "(IMG2MUSIC_SERVER_MAX_BODY_BYTES)", code="body_too_large")
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error in OpenAI's shape, so clients show the message rather than a parse failure."""
 
@@ -220,15 +190,6 @@ def _add_error_handlers(app: FastAPI) -> None:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         return JSONResponse(ApiError(400, f"{where}: {first['msg']}").body(), status_code=400)
-
-
-def _authorisation(settings: Settings) -> Callable[[Request], Awaitable[None]]:
-    async def check(request: Request) -> None:
-        if not bearer_matches(request.headers.get("authorization"), settings):
-            raise ApiError(401, "missing or wrong API key: send Authorization: Bearer "
-                           "<IMG2MUSIC_API_KEY>", type="authentication_error",
-                           code="invalid_api_key")
-    return check
 
 
 def _require_json(request: Request) -> None:
@@ -276,10 +237,8 @@ async def _start(chat: ChatRequest, pool: RunPool, settings: Settings) -> Job:
             raise ApiError(400, f"the image is not usable: {error}", param="messages",
                            code="invalid_image") from None
         # Stored re-encoded: the photo's metadata (location, camera) does not reach the run.
-        buffer = io.BytesIO()
-        await asyncio.to_thread(image.save, buffer, format="JPEG", quality=92)
-        return await pool.submit(buffer.getvalue(), ".jpg", given.note,
-                                 chat.context_overrides())
+        stored = await asyncio.to_thread(jpeg_bytes, image, quality=STORED_JPEG_QUALITY)
+        return await pool.submit(stored, ".jpg", given.note, chat.context_overrides())
     except BaseException:
         pool.unreserve()
         raise
@@ -291,127 +250,6 @@ async def _fetch_image(given: ImageInput, settings: Settings) -> bytes:
                        "base64 data URL (or set IMG2MUSIC_SERVER_ALLOW_IMAGE_URLS=true)",
                        param="messages", code="image_urls_disabled")
     return await fetch_image(given.url or "", settings)
-
-
-def _result(job: Job) -> Composition:
-    assert job.result is not None, "a run's feed ends only when it has a result"
-    return job.result
-
-
-def _failure_error(job: Job, result: Composition) -> ApiError:
-    kind = result.failure_kind or "internal"
-    status, error_type = FAILURE_STATUS[kind]
-    return ApiError(status, f"{result.error} (run {job.id})", type=error_type, code=kind)
-
-
-def answer_text(result: Composition) -> str:
-    """What a plain chat client shows: why the music is as it is, then the tune."""
-    if not result.ok:
-        return f"No tune this time: {result.error}"
-    motivation = result.motivation.strip()
-    tune = f"```abc\n{(result.abc or '').strip()}\n```"
-    return f"{motivation}\n\n{tune}" if motivation else tune
-
-
-def usage_of(report: dict[str, Any]) -> dict[str, int]:
-    """Model tokens the run spent, over every node and every attempt, as OpenAI counts them."""
-    totals = usage_totals(report.get("usage", {}))
-    prompt, completion = totals["input_tokens"], totals["output_tokens"]
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
-
-
-def run_summary(folder: Path, report: dict[str, Any], base: str) -> dict[str, Any]:
-    """The `img2music` extension object: the run, its tune and measures, and its files' URLs."""
-    run_id = folder.name
-    attempts = report.get("attempts", [])
-    rounds, repairs = rounds_and_repairs(attempts)
-    return {
-        "run_id": run_id,
-        "status": report.get("status", "failed"),
-        "failure": report.get("failure"),
-        "failure_kind": report.get("failure_kind") or (
-            None if report.get("status") == "done" else "no_tune"),
-        "abc": report.get("final_abc"),
-        "faults": report.get("faults", []) if report.get("final_abc") else [],
-        "fault_count": report.get("fault_count", 0) if report.get("final_abc") else 0,
-        "motivation": report.get("motivation", ""),
-        "description": report.get("description", ""),
-        "metrics": chosen_metrics(report),
-        "rounds": rounds,
-        "repairs": repairs,
-        "attempts": len(attempts),
-        "examples": [{"id": e.get("id"), "caption": e.get("caption"), "score": e.get("score")}
-                     for e in report.get("examples", [])],
-        "prompt_set": report.get("prompt_set"),
-        "wall_seconds": report.get("wall_seconds"),
-        "usage": usage_of(report),
-        "attention_maps": report.get("attention_maps"),
-        "files": {name: f"{base}v1/runs/{run_id}/{name}" for name in report.get("files", [])
-                  if (folder / name).is_file()},
-    }
-
-
-def _finished_summary(job: Job, base: str) -> dict[str, Any]:
-    """A finished run's summary, from the report it wrote."""
-    return run_summary(job.folder, _read_report(job.folder), base)
-
-
-def _completion(job: Job, result: Composition, base: str) -> dict[str, Any]:
-    summary = _finished_summary(job, base)
-    return {
-        "id": f"chatcmpl-{job.id}", "object": "chat.completion", "created": int(time.time()),
-        "model": MODEL_ID,
-        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                     "message": {"role": "assistant", "content": answer_text(result)}}],
-        "usage": summary["usage"],
-        "img2music": summary,
-    }
-
-
-async def _stream(job: Job, chat: ChatRequest, base: str) -> AsyncIterator[str]:
-    """Progress in `img2music` extension fields; `delta.content` only carries the answer."""
-    created = int(time.time())
-
-    def chunk(delta: dict[str, Any], finish: str | None = None,
-              extension: dict[str, Any] | None = None) -> str:
-        body: dict[str, Any] = {
-            "id": f"chatcmpl-{job.id}", "object": "chat.completion.chunk", "created": created,
-            "model": MODEL_ID,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-        }
-        if extension is not None:
-            body["img2music"] = extension
-        return _sse(body)
-
-    first = True
-    try:
-        async for event in job.feed():
-            if event["type"] in ("done", "failed"):
-                break
-            delta = {"role": "assistant", "content": ""} if first else {}
-            first = False
-            yield chunk(delta, extension=event)
-        result = _result(job)
-        if result.failure_kind in FAILURE_STATUS:
-            yield _sse(_failure_error(job, result).body())
-            yield "data: [DONE]\n\n"
-            return
-        summary = await asyncio.to_thread(_finished_summary, job, base)
-        yield chunk({"content": answer_text(result)})
-        yield chunk({}, "stop", {"type": "result", **summary})
-        if chat.include_usage:
-            yield _sse({"id": f"chatcmpl-{job.id}", "object": "chat.completion.chunk",
-                        "created": created, "model": MODEL_ID, "choices": [],
-                        "usage": summary["usage"]})
-        yield "data: [DONE]\n\n"
-    finally:
-        if not job.finished:  # the client went away: spend no more model calls on it
-            job.stop("cancelled")
-
-
-def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, default=str)}\n\n"
 
 
 def _base_url(request: Request) -> str:
@@ -433,17 +271,10 @@ def _live_job(pool: RunPool, run_id: str) -> Job:
 
 
 def _report(pool: RunPool, run_id: str) -> dict[str, Any]:
-    report = _read_report(pool.runs_dir / _checked_id(run_id))
+    report = read_report(pool.runs_dir / _checked_id(run_id))
     if not report:
         raise ApiError(404, f"no run {run_id!r}", type="not_found_error", code="run_not_found")
     return report
-
-
-def _read_report(folder: Path) -> dict[str, Any]:
-    try:
-        return dict(json.loads((folder / "report.json").read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return {}
 
 
 def _media_type(name: str) -> str:

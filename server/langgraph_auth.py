@@ -5,7 +5,7 @@ server ask it about every request to those routes.
 With `IMG2MUSIC_API_KEY` set, a request needs `Authorization: Bearer <key>`; `langgraph.json`
 also sets `disable_studio_auth`, since `langgraph dev` would otherwise let any request that
 claims to come from Studio (`x-auth-scheme: langsmith`) through without a check. Without a key,
-every request is let through here, and the app's Host check (`security.HostCheck`, which the
+every request is let through here, and the app's Host check (`middleware.HostCheck`, which the
 LangGraph server applies to all routes) answers only loopback host names.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from langgraph_sdk import Auth
 
-from img2music.server.security import bearer_matches
+from img2music.server.middleware import bearer_matches
 from img2music.settings import get_settings
 
 auth = Auth()

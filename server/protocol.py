@@ -3,19 +3,21 @@ strict in what it uses, and every refusal in OpenAI's error shape with one clear
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Send
 
+from img2music.settings import ExplainMode, Fusion
+from img2music.tools.images import BadDataUrl, DataUrlProblem, data_url_bytes
+
 MODEL_ID = "img2music"
 MAX_NOTE_CHARS = 1_000
-DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,",
-                      re.IGNORECASE)
+DATA_URL_CODES: dict[DataUrlProblem, str] = {
+    "not_a_data_url": "invalid_image_url", "damaged": "invalid_base64",
+    "not_an_image": "invalid_image",
+}
 ErrorType = Literal["invalid_request_error", "authentication_error", "not_found_error",
                     "rate_limit_error", "server_error", "upstream_error", "timeout_error"]
 
@@ -53,9 +55,9 @@ class Options(BaseModel):
     refine: bool | None = Field(default=None, description="Refine with metric feedback.")
     refine_rounds: int | None = Field(default=None, ge=0, le=10)
     repairs: int | None = Field(default=None, ge=0, le=10)
-    explain: Literal["attention", "clip", "none"] | None = None
+    explain: ExplainMode | None = None
     thinking: bool | None = None
-    fusion: Literal["rrf", "weighted"] | None = None
+    fusion: Fusion | None = None
 
 
 class ChatRequest(BaseModel):
@@ -149,17 +151,8 @@ def image_input(request: ChatRequest) -> ImageInput:
                        code="no_image")
     if url.lower().startswith(("http://", "https://")):
         return ImageInput(url=url, note=note)
-    return ImageInput(data=decode_data_url(url), note=note)
-
-
-def decode_data_url(url: str) -> bytes:
-    match = DATA_URL.match(url)
-    if match is None:
-        raise ApiError(400, "the image must be a base64 data URL (data:image/png;base64,...)",
-                       param="messages", code="invalid_image_url")
-    payload = re.sub(r"\s+", "", url[match.end():])
     try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(400, "the image's base64 data is damaged", param="messages",
-                       code="invalid_base64") from None
+        return ImageInput(data=data_url_bytes(url), note=note)
+    except BadDataUrl as error:
+        raise ApiError(400, f"the image_url cannot be used: {error}", param="messages",
+                       code=DATA_URL_CODES[error.problem]) from None

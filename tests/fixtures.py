@@ -8,7 +8,7 @@ from pathlib import Path
 
 import mido
 
-from img2music.tools.convert import abc_to_midi
+from img2music.tools.abc.convert import abc_to_midi
 
 JIG = """X:1
 T:Morning jig

@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from img2music.tools.music21_corpus import CorpusTune, iter_corpus_tunes
+from img2music.tools.corpus.music21_corpus import CorpusTune, iter_corpus_tunes
 from tests.oracles import ABC2MIDI_ERROR, abc2midi_output, sounding_notes
 
 REPOSITORY = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from img2music.tools.abc_directives import RULES, Rule, filter_directives, forbidding_rule
-from img2music.tools.check import compile_abc
+from img2music.tools.abc.check import compile_abc
+from img2music.tools.abc.directives import RULES, Rule, filter_directives, forbidding_rule
 from tests.needs import needs_programs
 
 TUNE = "X:1\nT:Rules\nM:4/4\nL:1/4\n{header}\nK:C\nCDEF|{inline}GABc|\n{body}\ncBAG|FEDC|]\n"

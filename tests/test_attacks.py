@@ -25,9 +25,9 @@ import httpx
 import pytest
 from playwright.sync_api import Browser
 
-from img2music.runs import compose
+from img2music.pipeline.runs import compose
 from img2music.settings import Settings
-from img2music.tools.check import compile_abc
+from img2music.tools.abc.check import compile_abc
 from tests.needs import needs_chromium, needs_langgraph_cli, needs_programs
 from tests.openai_server import Behaviour, ScriptedServer, last_user_text, scripted_server
 from tests.scripted import ScriptedChatModel

@@ -22,18 +22,16 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import (
 
 from img2music.graph.local_vlm import LocalChatModel, LocalModelUnavailable, LocalTurn, LocalVLM
 from img2music.settings import Settings
-from img2music.tools.attention import (
+from img2music.tools.abc.scan import sections_of
+from img2music.tools.explain.attention import AttentionUnavailable, image_attention, token_spans_for
+from img2music.tools.explain.relevance import clip_patch_relevance
+from img2music.tools.render.overlays import (
     ATTENTION_TITLE,
     CLIP_TITLE,
-    AttentionUnavailable,
-    clip_patch_relevance,
     draw_overlay,
     draw_section_overlays,
-    image_attention,
-    sections_of,
-    token_spans_for,
 )
-from img2music.tools.embedder import load_embedder
+from img2music.tools.retrieval.embedder import load_embedder
 from tests.tiny_vlm import MERGE_SIZE, build_tiny_vlm, tiny_tokenizer
 
 SECTIONS_ABC = """```abc
@@ -184,7 +182,8 @@ def reference_maps(
     vlm: LocalVLM, image: Image.Image, written: list[int], spans: list[tuple[str, int, int]]
 ) -> tuple[npt.NDArray[np.float64], dict[str, npt.NDArray[np.float64]]]:
     """The paper's equation 2, written out from the full attention tensor that transformers
-    returns with `output_attentions=True`; nothing of `img2music.tools.attention` is used."""
+    returns with `output_attentions=True`; nothing of `img2music.tools.explain.attention` is
+    used."""
     prompt = vlm.prompt_inputs(conversation(image))
     ids = torch.cat([prompt["input_ids"], torch.tensor([written])], dim=1)
     text = torch.zeros((1, len(written)), dtype=prompt["mm_token_type_ids"].dtype)  # 0: text

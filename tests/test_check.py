@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from img2music.settings import Settings
-from img2music.tools.check import Backend, ParseCheck, check_abc, compile_abc
+from img2music.tools.abc.check import Backend, ParseCheck, check_abc, compile_abc
 from tests.needs import needs_programs
 
 needs_abc2midi = needs_programs("abc2midi")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from img2music.cli import app
-from img2music.tools.music21_corpus import iter_corpus_tunes
+from img2music.cli.main import app
+from img2music.tools.corpus.music21_corpus import iter_corpus_tunes
 from tests.needs import needs_programs, needs_soundfont
 
 runner = CliRunner()

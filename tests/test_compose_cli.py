@@ -14,8 +14,8 @@ from typing import Any
 from matplotlib import cbook
 from PIL import Image, ImageDraw
 
-from img2music.tools.check import check_abc
-from img2music.tools.music21_corpus import iter_corpus_tunes
+from img2music.tools.abc.check import check_abc
+from img2music.tools.corpus.music21_corpus import iter_corpus_tunes
 from tests.openai_server import last_user_text, scripted_server
 from tests.realworld import papers_tune
 from tests.test_graph import REFINED, TUNE, answer

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from img2music.cli import app
+from img2music.cli.main import app
 from img2music.settings import get_settings
 from tests.openai_server import ScriptedServer, last_user_text, scripted_server
 from tests.test_compose_cli import PHOTO

@@ -8,8 +8,8 @@ import mido
 import pytest
 
 from img2music.settings import Settings
-from img2music.tools.check import check_abc
-from img2music.tools.convert import InvalidAbc, InvalidMidi, abc_to_midi, midi_to_abc
+from img2music.tools.abc.check import check_abc
+from img2music.tools.abc.convert import InvalidAbc, InvalidMidi, abc_to_midi, midi_to_abc
 from tests.needs import needs_programs
 
 pytestmark = needs_programs("abc2midi", "midi2abc")

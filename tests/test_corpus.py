@@ -14,8 +14,8 @@ from functools import cache
 import mido
 import pytest
 
-from img2music.tools.check import Backend, check_abc, compile_abc
-from img2music.tools.music21_corpus import CorpusTune
+from img2music.tools.abc.check import Backend, check_abc, compile_abc
+from img2music.tools.corpus.music21_corpus import CorpusTune
 from tests.needs import needs_programs
 from tests.oracles import abc2midi_output
 from tests.realworld import corpus_sample

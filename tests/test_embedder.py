@@ -19,14 +19,14 @@ from matplotlib import cbook
 from PIL import Image
 
 from img2music.settings import Settings
-from img2music.tools.embedder import (
+from img2music.tools.devices import DeviceUnavailable, resolve_device
+from img2music.tools.retrieval.embedder import (
     LONGCLIP_KEEP,
     TINY_MODEL,
     Embedder,
     EmbedderUnavailable,
     load_clip,
     load_embedder,
-    resolve_device,
     stretch_positions,
 )
 
@@ -117,7 +117,7 @@ def test_random_weights_are_the_same_in_another_process() -> None:
     probe = (
         "import json\n"
         "from img2music.settings import Settings\n"
-        "from img2music.tools.embedder import load_embedder\n"
+        "from img2music.tools.retrieval.embedder import load_embedder\n"
         f"settings = Settings(clip_model={TINY_MODEL!r}, clip_pretrained='none',\n"
         "                    clip_context_length=None, clip_device='cpu', clip_batch_size=64)\n"
         f"print(json.dumps(load_embedder(settings).embed_texts([{CAPTIONS[0]!r}])[0].tolist()))\n"
@@ -220,7 +220,7 @@ def test_a_long_caption_is_read_whole_when_stretched(caplog: pytest.LogCaptureFi
     tokens = tiny().clip.tokenizer.encode(LONG_CAPTION)
     assert len(tokens) + 2 == 200
     long = tiny(clip_context_length=248)
-    with caplog.at_level(logging.WARNING, logger="img2music.tools.embedder"):
+    with caplog.at_level(logging.WARNING, logger="img2music.tools.retrieval.embedder"):
         whole, start = long.embed_texts([LONG_CAPTION, SHORT_CAPTION])
     assert "were cut" not in caplog.text
     assert not np.allclose(whole, start, atol=1e-3)
@@ -228,7 +228,7 @@ def test_a_long_caption_is_read_whole_when_stretched(caplog: pytest.LogCaptureFi
 
 def test_a_long_caption_is_cut_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     plain = tiny()
-    with caplog.at_level(logging.WARNING, logger="img2music.tools.embedder"):
+    with caplog.at_level(logging.WARNING, logger="img2music.tools.retrieval.embedder"):
         whole, start = plain.embed_texts([LONG_CAPTION, SHORT_CAPTION])
     assert "1 of 2 texts are longer than the 77 tokens" in caplog.text
     assert "IMG2MUSIC_CLIP_CONTEXT_LENGTH=248" in caplog.text
@@ -308,8 +308,10 @@ def test_unknown_models_and_tags_are_named() -> None:
 def test_devices() -> None:
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_device("cpu") == "cpu"
-    with pytest.raises(EmbedderUnavailable):
+    with pytest.raises(DeviceUnavailable):
         resolve_device("no-such-device")
     if not torch.cuda.is_available():
-        with pytest.raises(EmbedderUnavailable, match="CUDA is not available"):
+        with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
             resolve_device("cuda")
+    with pytest.raises(EmbedderUnavailable, match="clip_device 'no-such-device' is not a torch"):
+        tiny(clip_device="no-such-device")

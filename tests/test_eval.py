@@ -15,7 +15,7 @@ import pytest
 from matplotlib import cbook
 from typer.testing import CliRunner
 
-from img2music.cli import app
+from img2music.cli.main import app
 from img2music.eval.judge import Judge, parse_score, questions
 from img2music.eval.runner import EvalOptions, EvalResult, run_eval
 from img2music.eval.stats import bootstrap, mean_ci, paired_ci, ratio_ci

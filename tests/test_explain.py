@@ -11,11 +11,10 @@ import pytest
 from img2music.graph.context import Context
 from img2music.graph.explain import NO_LOCAL_MODEL, image_explanation
 from img2music.graph.local_vlm import LocalChatModel, LocalVLM
-from img2music.graph.models import image_data_url
 from img2music.graph.state import Attempt, State
-from img2music.runs import compose
+from img2music.pipeline.runs import compose
 from img2music.settings import get_settings
-from img2music.tools.images import open_image
+from img2music.tools.images import image_data_url, open_image
 from tests.scripted import ScriptedChatModel
 from tests.serving import refusing_port
 from tests.test_graph import DESCRIPTION, PHOTO, REFINED, TUNE, Examples, answer

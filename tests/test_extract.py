@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from music21 import corpus
 
-from img2music.tools.extract import extract_abc
+from img2music.tools.abc.extract import extract_abc
 
 
 def assert_prose_only(motivation: str, abc: str) -> None:

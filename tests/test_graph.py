@@ -12,16 +12,15 @@ from matplotlib import cbook
 
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
-from img2music.graph.models import image_data_url
 from img2music.graph.nodes import next_attempt
 from img2music.graph.routing import after_describe, after_evaluate, after_parse_check
 from img2music.graph.state import Attempt, AttemptKind, State, fault_count
 from img2music.prompt_files import prompt_set
-from img2music.tools.check import check_abc
-from img2music.tools.extract import strip_reasoning
-from img2music.tools.images import open_image
-from img2music.tools.music21_corpus import iter_corpus_tunes
-from img2music.tools.retrieve import RetrievedExample
+from img2music.tools.abc.check import check_abc
+from img2music.tools.abc.extract import strip_reasoning
+from img2music.tools.corpus.music21_corpus import iter_corpus_tunes
+from img2music.tools.images import image_data_url, open_image
+from img2music.tools.retrieval.retriever import RetrievedExample
 from tests.openai_server import last_user_text
 from tests.scripted import ScriptedChatModel
 

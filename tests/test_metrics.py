@@ -18,7 +18,8 @@ import pytest
 from music21 import corpus
 from pydantic import ValidationError
 
-from img2music.tools.check import Backend, compile_abc
+from img2music.graph.feedback import metric_feedback
+from img2music.tools.abc.check import Backend, compile_abc
 from img2music.tools.metrics import (
     METRIC_KEYS,
     NO_NOTES,
@@ -29,7 +30,6 @@ from img2music.tools.metrics import (
     evaluate_abc,
     evaluate_midi,
     metric_descriptions,
-    metric_feedback,
 )
 from tests.needs import needs_programs
 

@@ -18,17 +18,9 @@ from matplotlib import cbook
 from PIL import Image
 
 from img2music.graph.context import Context
-from img2music.graph.models import (
-    ModelReply,
-    VLMUnavailable,
-    call_model,
-    chat_model,
-    image_data_url,
-    image_from_data_url,
-    think_suffix,
-)
+from img2music.graph.models import ModelReply, VLMUnavailable, call_model, chat_model, think_suffix
 from img2music.settings import Settings
-from img2music.tools.images import open_image
+from img2music.tools.images import image_data_url, image_from_data_url, open_image
 from tests.openai_server import (
     PROMPT_TOKENS,
     STREAM_PIECE,

@@ -20,23 +20,17 @@ from PIL import Image
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from img2music import cli
-from img2music.cli import app
+from img2music.cli.main import app
+from img2music.cli.output import console
 from img2music.eval.runner import EvalOptions, run_eval
 from img2music.eval.variants import resolve_variants
 from img2music.graph import profiles
 from img2music.graph.context import Context
-from img2music.graph.models import (
-    VLMUnavailable,
-    call_model,
-    chat_model,
-    image_data_url,
-    image_from_data_url,
-)
-from img2music.runs import Composition, compose
+from img2music.graph.models import VLMUnavailable, call_model, chat_model
+from img2music.pipeline.runs import Composition, compose
 from img2music.settings import Settings, get_settings
-from img2music.tools.check import check_abc
-from img2music.tools.images import open_image
+from img2music.tools.abc.check import check_abc
+from img2music.tools.images import image_data_url, image_from_data_url, open_image
 from tests.openai_server import (
     OPENAI_FIELDS,
     Behaviour,
@@ -345,7 +339,7 @@ def test_compose_with_no_model_says_the_three_ways_to_get_one(
 def test_doctor_with_no_model_says_the_three_ways_and_not_when_one_answers(
     no_model: None, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(cli.console, "width", 250)  # the table's rows on one line each
+    monkeypatch.setattr(console, "width", 250)  # the table's rows on one line each
     down = CliRunner().invoke(app, ["doctor"])
     assert down.exit_code == 1 and "not ready: VLM endpoint" in down.stderr
     for way in THREE_WAYS:

@@ -12,9 +12,9 @@ import re
 import pytest
 
 from img2music.graph.state import fault_count
-from img2music.tools.check import compile_abc
-from img2music.tools.extract import extract_abc
-from img2music.tools.repair import repair_abc
+from img2music.tools.abc.check import compile_abc
+from img2music.tools.abc.extract import extract_abc
+from img2music.tools.abc.repair import repair_abc
 from tests.realworld import llm_replies, written_notes_played
 from tests.test_graph import DESCRIPTION, run
 

@@ -12,7 +12,7 @@ import re
 
 import pytest
 
-from img2music.tools.check import check_abc
+from img2music.tools.abc.check import check_abc
 from tests.realworld import realworld_tunes
 
 PLAIN_BAR = re.compile(r"(?<![|:\[])\|(?![|:\]\d])")

@@ -19,18 +19,13 @@ from matplotlib.image import imread
 from music21 import corpus
 
 from img2music.settings import Settings
-from img2music.tools.check import compile_abc
+from img2music.tools.abc.check import compile_abc
 from img2music.tools.programs import DEBIAN_PACKAGES, ProgramMissing
-from img2music.tools.render import (
-    AudioFormat,
-    RenderError,
-    clean_svg,
-    convert_audio,
-    render_all,
-    render_pianoroll,
-    render_svg,
-    render_wav,
-)
+from img2music.tools.render.audio import AudioFormat, convert_audio, render_wav
+from img2music.tools.render.checks import RenderError
+from img2music.tools.render.pianoroll import render_pianoroll
+from img2music.tools.render.score import clean_svg, render_svg
+from img2music.tools.render.tune import render_all
 from tests.needs import needs_programs as requires
 from tests.needs import needs_soundfont as requires_soundfont
 

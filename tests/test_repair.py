@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from img2music.tools.check import check_abc
-from img2music.tools.repair import repair_abc
+from img2music.tools.abc.check import check_abc
+from img2music.tools.abc.repair import repair_abc
 
 BODY = "D2 | G2 B2 d2 | e2 d2 B2 | A6 |]\n"
 

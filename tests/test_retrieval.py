@@ -15,11 +15,12 @@ import pytest
 from PIL.Image import Image
 from typer.testing import CliRunner
 
-from img2music.cli import app
-from img2music.settings import Settings, get_settings
-from img2music.tools.check import check_abc
-from img2music.tools.embedder import load_embedder
-from img2music.tools.index import (
+from img2music.cli.main import app
+from img2music.settings import Fusion, Settings, get_settings
+from img2music.tools.abc.check import check_abc
+from img2music.tools.corpus.music21_corpus import iter_corpus_tunes
+from img2music.tools.retrieval.embedder import load_embedder
+from img2music.tools.retrieval.index import (
     INGEST_BATCH,
     IndexMismatch,
     Vector,
@@ -29,8 +30,7 @@ from img2music.tools.index import (
     index_info,
     open_collection,
 )
-from img2music.tools.music21_corpus import iter_corpus_tunes
-from img2music.tools.retrieve import Fusion, NoIndex, Retriever, fuse, trim_abc
+from img2music.tools.retrieval.retriever import NoIndex, Retriever, fuse, trim_abc
 from tests.fixtures import make_midicaps_folder
 
 TUNE = "X:1\nT:{title}\nM:{meter}\nL:1/8\nK:G\n{body}\n"
@@ -200,8 +200,8 @@ KILL_AFTER_BATCHES = 2
 # many records it had committed by then.
 KILLED_BUILD = """
 import os, signal, sys
-from img2music.tools.embedder import load_embedder
-from img2music.tools.index import build_index
+from img2music.tools.retrieval.embedder import load_embedder
+from img2music.tools.retrieval.index import build_index
 
 def after_batch(report):
     after_batch.batches += 1

@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 from chromadb.config import Settings as ChromaSettings
 
-from img2music.runs import compose
+from img2music.pipeline.runs import compose
 from img2music.settings import Settings, get_settings
-from img2music.tools import music21_corpus
-from img2music.tools.embedder import load_embedder
-from img2music.tools.index import build_index, ensure_index, index_info, open_collection
-from img2music.tools.retrieve import Retriever
-from img2music.tools.sources import MusicRecord, iter_records
+from img2music.tools.corpus import music21_corpus
+from img2music.tools.corpus.ingest import iter_records
+from img2music.tools.corpus.records import MusicRecord
+from img2music.tools.retrieval.embedder import load_embedder
+from img2music.tools.retrieval.index import build_index, ensure_index, index_info, open_collection
+from img2music.tools.retrieval.retriever import Retriever
 from tests.openai_server import ScriptedServer, last_user_text, scripted_server
 from tests.serving import listening_port
 from tests.test_graph import PHOTO, reply_for

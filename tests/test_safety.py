@@ -19,13 +19,19 @@ import pytest
 from PIL.Image import Image
 
 from img2music.graph.context import Context, RunOverrideRefused
+from img2music.pipeline.retention import prune_runs
+from img2music.pipeline.runs import compose
 from img2music.prompt_files import check_prompt_edits, render_prompt
-from img2music.retention import prune_runs
-from img2music.runs import compose
 from img2music.settings import Settings, get_settings
 from img2music.templating import TemplateRefused
 from img2music.tools.files import write_atomic
-from img2music.tools.index import IndexBusy, Vector, build_index, index_writer, open_collection
+from img2music.tools.retrieval.index import (
+    IndexBusy,
+    Vector,
+    build_index,
+    index_writer,
+    open_collection,
+)
 from tests.scripted import ScriptedChatModel
 from tests.test_compose_cli import PHOTO
 from tests.test_graph import DESCRIPTION, TUNE, Examples, answer
@@ -162,7 +168,7 @@ HOLD_LOCK = """
 import sys
 from pathlib import Path
 from img2music.settings import Settings
-from img2music.tools.index import index_writer
+from img2music.tools.retrieval.index import index_writer
 with index_writer(Settings(data_dir=Path(sys.argv[1]))):
     print("holding", flush=True)
     sys.stdin.readline()

@@ -26,8 +26,8 @@ from langchain_openai import ChatOpenAI
 from img2music.graph.nodes import EXAMPLES_TO_SPARE
 from img2music.server.app import create_app
 from img2music.settings import Settings, get_settings
-from img2music.tools.check import check_abc
-from img2music.tools.extract import extract_abc
+from img2music.tools.abc.check import check_abc
+from img2music.tools.abc.extract import extract_abc
 from tests.openai_server import Behaviour, ScriptedServer, last_user_text, scripted_server
 from tests.realworld import papers_tune
 from tests.serving import refusing_port, served

@@ -14,20 +14,13 @@ from pathlib import Path
 import pytest
 
 from img2music.settings import Settings
-from img2music.tools.check import compile_abc
-from img2music.tools.convert import abc_to_midi
-from img2music.tools.music21_corpus import iter_corpus_tunes
-from img2music.tools.sources import (
-    MusicRecord,
-    Skipped,
-    corpus_record,
-    english_region,
-    iter_records,
-    key_name,
-    meter_phrase,
-    quarter_note_bpm,
-    range_words,
-)
+from img2music.tools.abc.check import compile_abc
+from img2music.tools.abc.convert import abc_to_midi
+from img2music.tools.corpus.headers import english_region, key_name, meter_phrase, quarter_note_bpm
+from img2music.tools.corpus.ingest import iter_records
+from img2music.tools.corpus.midi_summary import range_words
+from img2music.tools.corpus.music21_corpus import corpus_record, iter_corpus_tunes
+from img2music.tools.corpus.records import MusicRecord, Skipped
 from tests.fixtures import JIG, make_midicaps_folder
 from tests.needs import needs_programs
 from tests.oracles import abc2midi_problems, header_field, music21_voices_and_bars

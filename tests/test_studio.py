@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from img2music.tools.check import check_abc
+from img2music.tools.abc.check import check_abc
 from tests.needs import LANGGRAPH, needs_langgraph_cli
 from tests.openai_server import ScriptedServer, scripted_server
 from tests.serving import listening_port
@@ -25,18 +25,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def hermetic_config(folder: Path) -> Path:
-    """The shipped langgraph.json with its paths made absolute and no `.env`: `langgraph dev`
-    then runs outside the checkout, where no developer's settings file can reach it."""
+    """The shipped langgraph.json with its file paths made absolute and no `.env`: `langgraph
+    dev` then runs outside the checkout, where no developer's settings file can reach it.
+    Module paths (`img2music.graph.graph:graph`) are imported as they are."""
     config = json.loads((ROOT / "langgraph.json").read_text(encoding="utf-8"))
     config["dependencies"] = [str(ROOT / path) for path in config["dependencies"]]
-    config["graphs"] = {name: str(ROOT / spec) for name, spec in config["graphs"].items()}
-    config["http"] = {**config["http"], "app": str(ROOT / config["http"]["app"])}
+    config["graphs"] = {name: _absolute(spec) for name, spec in config["graphs"].items()}
+    config["http"] = {**config["http"], "app": _absolute(config["http"]["app"])}
     if "auth" in config:
-        config["auth"] = {**config["auth"], "path": str(ROOT / config["auth"]["path"])}
+        config["auth"] = {**config["auth"], "path": _absolute(config["auth"]["path"])}
     config["env"] = {}
     path = folder / "langgraph.json"
     path.write_text(json.dumps(config), encoding="utf-8")
     return path
+
+
+def _absolute(spec: str) -> str:
+    """A `file.py:name` spec made absolute; a `module:name` spec as it is."""
+    return str(ROOT / spec) if "/" in spec.partition(":")[0] else spec
 
 
 @contextmanager

@@ -44,3 +44,18 @@ def move_atomic(source: Path, path: Path) -> Path:
         shutil.copyfile(source, temporary)
     source.unlink()
     return path
+
+
+class UniqueNames:
+    """Folder names for a batch of files, one a file: its stem, with -2, -3, … when an earlier
+    file of the batch had the same stem."""
+
+    def __init__(self) -> None:
+        self._used: set[str] = set()
+
+    def take(self, path: Path) -> str:
+        name, number = path.stem, 2
+        while name in self._used:
+            name, number = f"{path.stem}-{number}", number + 1
+        self._used.add(name)
+        return name

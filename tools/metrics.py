@@ -2,8 +2,9 @@
 
 The metrics are style-dependent: high pitch entropy suits serial music and low suits a catchy folk
 tune, so the refine step shows each value with what it measures and what high and low values
-suit (`metrics.toml`), never with a target. Values are measured on the tune's MIDI; where a metric
-has no value (a tune without notes), it is None and `undefined_reason` says why.
+suit (`metrics.toml`; `graph.feedback` words it for the model), never with a target. Values
+are measured on the tune's MIDI; where a metric has no value (a tune without notes), it is None
+and `undefined_reason` says why.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import mido
 import muspy
 from pydantic import BaseModel, Field, TypeAdapter, model_validator
 
-from img2music.prompt_files import load_prompt_data, render_prompt
+from img2music.prompt_files import load_prompt_data
 from img2music.settings import Settings
-from img2music.tools.check import Backend, compile_abc
+from img2music.tools.abc.check import Backend, compile_abc
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,13 @@ class TuneMetrics(BaseModel):
         """The metrics in report order."""
         return [getattr(self, key) for key in METRIC_KEYS]
 
+    def summary(self) -> str:
+        """The metrics in one line, as the CLI and the report show them."""
+        return " · ".join(
+            f"{m.name} {m.value:.3g}" if m.value is not None else f"{m.name} undefined"
+            for m in self.metric_values()
+        )
+
     def as_dict(self) -> dict[str, float | None]:
         """Key to value, metrics then size, for JSON output."""
         values: dict[str, float | None] = {m.key: m.value for m in self.metric_values()}
@@ -162,32 +170,6 @@ def evaluate_midi(midi: bytes, *, bars: int, voices: int) -> TuneMetrics:
         "voices": voices,
         "notes": notes,
     })
-
-
-def metric_feedback(metrics: TuneMetrics, *, folder: Path | str | None = None) -> str:
-    """The text the refine step sends: each metric with its meaning, then the tune's size."""
-    infos = metric_descriptions(folder)
-    rows = [
-        {
-            "name": metric.name,
-            "shown": _shown(metric.value, infos[metric.key].unit),
-            "undefined_reason": metric.undefined_reason,
-            "measures": infos[metric.key].measures,
-            "high": infos[metric.key].high,
-            "low": infos[metric.key].low,
-        }
-        for metric in metrics.metric_values()
-    ]
-    return render_prompt(
-        "metric_feedback.j2",
-        folder=folder,
-        metrics=rows,
-        length_seconds=metrics.length_seconds,
-        length_beats=metrics.length_beats,
-        bars=metrics.bars,
-        voices=metrics.voices,
-        notes=metrics.notes,
-    )
 
 
 def empty_beat_rate(music: Any) -> float:
@@ -263,10 +245,3 @@ def _seconds_at(music: Any, tick: int) -> float:
         seconds += (tempo.time - position) / resolution * 60 / qpm
         position, qpm = int(tempo.time), float(tempo.qpm)
     return seconds + (tick - position) / resolution * 60 / qpm
-
-
-def _shown(value: float | None, unit: str) -> str | None:
-    if value is None:
-        return None
-    number = str(int(value)) if value.is_integer() else f"{value:.3g}"
-    return f"{number} {unit}" if unit else number

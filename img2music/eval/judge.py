@@ -21,7 +21,7 @@ from img2music.graph.models import call_model, to_langchain
 from img2music.graph.state import Message
 from img2music.prompt_files import load_prompt_data, render_prompt, shipped_prompts
 from img2music.settings import Settings
-from img2music.tools.extract import strip_reasoning
+from img2music.tools.abc.extract import strip_reasoning
 
 SCALE = (1, 7)
 GROUPS = {"quality": "Music quality", "consistency": "Music–image consistency"}

@@ -43,24 +43,19 @@ from img2music.eval.summary import (
     write_csv,
 )
 from img2music.eval.variants import EVAL_DEFAULTS, Variant
-from img2music.graph.models import (
-    VLMUnavailable,
-    endpoint_report,
-    image_data_url,
-    judge_chat_model,
-)
+from img2music.graph.models import VLMUnavailable, endpoint_report, judge_chat_model
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import rounds_and_repairs, usage_totals
+from img2music.pipeline.report import chosen_metrics
+from img2music.pipeline.runs import compose
 from img2music.redaction import redact_url
-from img2music.report import chosen_metrics
-from img2music.runs import compose
 from img2music.settings import Settings, get_settings
-from img2music.tools.files import write_atomic
-from img2music.tools.images import BadImage, image_files, open_image
+from img2music.tools.files import UniqueNames, write_atomic
+from img2music.tools.images import BadImage, image_data_url, image_files, open_image
 from img2music.tools.metrics import METRIC_KEYS
 
 if TYPE_CHECKING:
-    from img2music.tools.embedder import Embedder
+    from img2music.tools.retrieval.embedder import Embedder
 
 logger = logging.getLogger(__name__)
 
@@ -141,18 +136,14 @@ def image_items(paths: Sequence[Path]) -> tuple[list[ImageItem], list[str]]:
     per file that cannot be read."""
     items: list[ImageItem] = []
     problems: list[str] = []
-    used: set[str] = set()
+    names = UniqueNames()
     for path in image_files(list(paths)):
         try:
             key = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
         except OSError as error:
             problems.append(f"{path}: cannot read: {error.strerror or error}")
             continue
-        name, number = path.stem, 2
-        while name in used:
-            name, number = f"{path.stem}-{number}", number + 1
-        used.add(name)
-        items.append(ImageItem(path=path, name=name, key=key))
+        items.append(ImageItem(path=path, name=names.take(path), key=key))
     return items, problems
 
 
@@ -373,7 +364,7 @@ def _clip_all(
     errors: list[str], *, settings: Settings, embedder: Embedder | None, progress: Progress,
 ) -> None:
     """CLIP cosine between each image and the caption its tune evoked (a proxy, not a judge)."""
-    from img2music.tools.embedder import EmbedderUnavailable, load_embedder
+    from img2music.tools.retrieval.embedder import EmbedderUnavailable, load_embedder
 
     current = {r["run_id"]: r for r in runs}
     records = [j for j in log.read() if j.get("judge") == judge_fp and j["run_id"] in current

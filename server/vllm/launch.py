@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from img2music.settings import Settings
 
 INSTALL_HINT = ("vLLM is not installed here: on a machine with an NVIDIA GPU, "
-                "pip install 'img2music[vllm]' (see the README's vLLM notes for versions)")
+                "pip install 'img2music[vllm]' (docs/serving.md says which versions)")
 
 
 def vllm_command(settings: Settings, executable: str = "vllm") -> list[str]:

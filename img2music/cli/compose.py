@@ -1,0 +1,77 @@
+"""`img2music compose`: music for each image, several at once, with a live line per image."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.text import Text
+
+from img2music.cli.output import console, count, errors, image_paths, live_progress
+from img2music.settings import ExplainMode, get_settings
+from img2music.tools.files import UniqueNames
+
+
+def compose_command(
+    images: Annotated[list[Path], typer.Argument(help="Images, or folders of images.")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Folder for the results. Default: IMG2MUSIC_DATA_DIR/runs, where runs "
+        "older than IMG2MUSIC_RUNS_MAX_AGE_DAYS, or beyond IMG2MUSIC_RUNS_MAX_BYTES in all, "
+        "are deleted.")] = None,
+    note: Annotated[str, typer.Option("--note", help="A line about the mood you want.")] = "",
+    k: Annotated[int | None, typer.Option("-k", min=0, max=20, help="Examples to retrieve.")] = (
+        None),
+    repairs: Annotated[int | None, typer.Option("--repairs", min=0, max=10)] = None,
+    refine_rounds: Annotated[int | None, typer.Option("--refine-rounds", min=0, max=10)] = None,
+    no_rag: Annotated[bool, typer.Option("--no-rag", help="Compose without examples.")] = False,
+    no_refine: Annotated[bool, typer.Option("--no-refine", help="Skip metric feedback.")] = (
+        False),
+    explain: Annotated[ExplainMode | None, typer.Option("--explain")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64)] = 4,
+) -> None:
+    """Compose music for each image: tune.abc, MIDI, audio, score, explanation and reports."""
+    from img2music.pipeline.readiness import no_model_answers
+    from img2music.pipeline.retention import prune_runs, runs_root
+    from img2music.pipeline.runs import Composition, compose
+
+    paths = image_paths(images)
+    settings = get_settings()
+    help_text = no_model_answers(settings)
+    if help_text is not None:  # every image would fail the same way: say how to get a model
+        errors.print(Text(help_text))
+        raise typer.Exit(1)
+    folders = _output_folders(paths, out or runs_root(settings))
+    overrides: dict[str, Any] = {"rag_k": k, "repairs": repairs, "refine_rounds": refine_rounds,
+                 "rag": False if no_rag else None, "refine": False if no_refine else None,
+                 "explain": explain}
+    results: list[Composition] = []
+    with live_progress() as progress:
+        tasks = {str(path): progress.add_task(f"{path.name}: waiting", total=None)
+                 for path in paths}
+
+        def show(image: str, node: str, update: object) -> None:
+            progress.update(tasks[image], description=f"{Path(image).name}: {node}")
+
+        def one(path: Path) -> Composition:
+            result = compose(path, out_dir=folders[path], note=note, on_progress=show,
+                             **overrides)
+            verdict = f"no tune: {result.error}" if not result.ok else (
+                f"done, {count(result.fault_count, 'fault')}" if result.fault_count else "done")
+            progress.update(tasks[str(path)], description=f"{path.name}: {verdict}")
+            return result
+
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            results = list(pool.map(one, paths))
+    if out is None:
+        prune_runs(runs_root(settings), settings, keep=folders.values())
+    for result in results:
+        (console if result.ok else errors).print(Text(result.summary()))
+    raise typer.Exit(0 if all(result.ok for result in results) else 1)
+
+
+def _output_folders(paths: list[Path], out: Path) -> dict[Path, Path]:
+    """One folder per image, named after it; a repeated name gets a number."""
+    names = UniqueNames()
+    return {path: out / names.take(path) for path in paths}

@@ -1,0 +1,219 @@
+"""Writing a run's files: the tune, its audio and score, the explanation, and the reports."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+from functools import lru_cache
+from importlib.resources import files as files_of
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jinja2 import PackageLoader
+from markupsafe import Markup
+from PIL import Image
+
+from img2music.graph.state import State, usage_totals
+from img2music.redaction import scrub
+from img2music.settings import Settings
+from img2music.templating import BoundedSandbox, render, sandbox
+from img2music.tools.abc.check import ParseCheck
+from img2music.tools.abc.scan import first_field
+from img2music.tools.files import write_atomic
+from img2music.tools.images import data_url, jpeg_bytes
+from img2music.tools.metrics import TuneMetrics
+from img2music.tools.programs import which
+from img2music.tools.render.audio import AudioFormat
+from img2music.tools.render.tune import render_all
+from img2music.tools.retrieval.retriever import shown_similarity
+
+logger = logging.getLogger(__name__)
+
+DATA_URL = re.compile(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+")
+EMBED_AUDIO_LIMIT = 12_000_000
+REPORT_JPEG_QUALITY = 85
+TEMPLATES = files_of("img2music.pipeline") / "templates"
+REPORT_CSS = (TEMPLATES / "report.css").read_text(encoding="utf-8")
+# The page's one style sheet, allowed by its hash: the report's policy allows no inline style
+# or script of any other kind.
+REPORT_CSS_HASH = "sha256-" + base64.b64encode(
+    hashlib.sha256(REPORT_CSS.encode()).digest()).decode()
+ATTENTION_LABELS = {
+    "attention": "Where the model looked while composing: attention of the tune's tokens to "
+                 "the image (mean over layers, heads and tokens)",
+    "clip": "CLIP patch relevance of the motivation (not the model's attention)",
+}
+
+
+def write_run(
+    out: Path, final: State, picture: Image.Image, report: dict[str, Any], *,
+    settings: Settings,
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Files of one run; no `tune.abc` unless a valid tune was made. The WAV is kept only when
+    asked (`keep_wav`) or when there is no Ogg made from it. Keys and this machine's paths are
+    scrubbed from both reports; every file is written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    final = scrub(final, settings)
+    files: dict[str, Path] = {}
+    problems: list[str] = []
+    abc = final.get("final_abc")
+    if abc:
+        files["tune.abc"] = write_atomic(out / "tune.abc", abc)
+        formats: tuple[AudioFormat, ...] = ("ogg",) if which("sox") else ()
+        rendered = render_all(abc, out, wav=settings.keep_wav or not formats,
+                              audio_formats=formats, settings=settings)
+        files.update({path.name: path for path in rendered.files.values()})
+        problems.extend(rendered.problems)
+        files["motivation.md"] = write_atomic(out / "motivation.md", _motivation_markdown(final))
+    maps = _attention_maps(out, final, picture)
+    files.update({name: out / name for name in _map_files(maps)})
+    full = scrub({**report, **_without_images(final), "render_problems": problems,
+                  "attention_maps": maps,
+                  "files": [*sorted(files), "report.json", "report.html"]}, settings)
+    files["report.json"] = write_atomic(out / "report.json",
+                                        json.dumps(full, indent=2, default=str))
+    files["report.html"] = write_atomic(out / "report.html",
+                                        _html(final, picture, files, full))
+    return files, full
+
+
+def _attention_maps(out: Path, final: State, picture: Image.Image) -> dict[str, Any] | None:
+    """The explanation's overlays: the whole tune's, then one per section when there are any.
+
+    Returns what a client needs to offer them: the method, its label, any note, and the file of
+    each map (`attention.png`, then `attention-1.png`... in the tune's order of sections).
+    """
+    explanation = final.get("explanation") or {}
+    grid = explanation.get("grid")
+    if grid is None:
+        return None
+    from img2music.tools.render.overlays import draw_overlay
+
+    method = explanation.get("method", "clip")
+    label = ATTENTION_LABELS.get(method, method)
+    draw_overlay(picture, np.asarray(grid, dtype=np.float64), out / "attention.png", title=label)
+    sections = []
+    for index, (name, section) in enumerate((explanation.get("sections") or {}).items(), 1):
+        file = f"attention-{index}.png"
+        draw_overlay(picture, np.asarray(section, dtype=np.float64), out / file,
+                     title=f"{label}; section {name}")
+        sections.append({"name": name, "file": file})
+    return {"method": method, "label": label, "note": explanation.get("note"),
+            "file": "attention.png", "sections": sections}
+
+
+def _map_files(maps: dict[str, Any] | None) -> list[str]:
+    if maps is None:
+        return []
+    return [maps["file"], *(section["file"] for section in maps["sections"])]
+
+
+def chosen_metrics(report: dict[str, Any]) -> dict[str, float | None] | None:
+    """The eight metrics and the size of the tune a run stands on, flat
+    (`{"pitch_range": 16.0, ...}`); None when it has none."""
+    best = report.get("best")
+    measured = report.get("attempts", [])[best]["metrics"] if best is not None else None
+    return TuneMetrics.model_validate(measured).as_dict() if measured else None
+
+
+def _without_images(state: State) -> dict[str, Any]:
+    """The state as JSON, the image data URLs replaced by a marker: reports stay small."""
+    text = json.dumps(dict(state), default=str)
+    return dict(json.loads(DATA_URL.sub("data:image (omitted)", text)))
+
+
+def _motivation_markdown(final: State) -> str:
+    title = _title(final.get("final_abc") or "")
+    return (f"# {title}\n\n{final.get('motivation', '').strip()}\n\n"
+            f"## What the model saw\n\n{final.get('description', '').strip()}\n")
+
+
+def _title(abc: str) -> str:
+    return first_field(abc, "T") or "Untitled"
+
+
+def _verdict(attempt: dict[str, Any]) -> str:
+    """Whether the attempt plays, and how many faults a musician would still correct in it."""
+    if not attempt.get("check"):
+        return "not checked"
+    if not attempt["valid"]:
+        return "does not play"
+    faults = int(attempt["check"].get("fault_count", 0))
+    return f"plays, {faults} fault{'s' if faults > 1 else ''}" if faults else "plays"
+
+
+def _attempt_summary(attempt: dict[str, Any]) -> str:
+    check = attempt.get("check")
+    if check and (not attempt["valid"] or (check.get("fault_count") and not attempt["metrics"])):
+        return ParseCheck.model_validate(check).feedback(limit=3)
+    if attempt.get("metrics"):
+        return TuneMetrics.model_validate(attempt["metrics"]).summary()
+    return "; ".join(attempt.get("notes", []))
+
+
+def _html(final: State, picture: Image.Image, files: dict[str, Path],
+          report: dict[str, Any]) -> str:
+    """The report page: one self-contained file whose Content-Security-Policy lets nothing run
+    and loads nothing; everything the model wrote is escaped text, and the score is an image
+    (an SVG shown by `<img>` runs no script, whatever it holds)."""
+    audio = files.get("tune.ogg") or files.get("tune.wav")
+    audio_src = None
+    if audio is not None and audio.stat().st_size <= EMBED_AUDIO_LIMIT:
+        audio_src = data_url(audio.read_bytes(),
+                             "audio/ogg" if audio.suffix == ".ogg" else "audio/wav")
+    score = files.get("score.svg")
+    usage = usage_totals(final.get("usage", {}))
+    method = (final.get("explanation") or {}).get("method", "")
+    maps = report.get("attention_maps") or {"sections": []}
+    return render(
+        _report_environment(), template="report.html.j2", max_chars=None, variables=dict(
+            css=Markup(REPORT_CSS),
+            css_hash=REPORT_CSS_HASH,
+            title=_title(final.get("final_abc") or "") if final.get("final_abc") else "No tune",
+            status_line=f"{final.get('status', 'failed')} · {report.get('image', '')}",
+            failure=final.get("failure"),
+            image_src=data_url(jpeg_bytes(picture, quality=REPORT_JPEG_QUALITY), "image/jpeg"),
+            attention_src=data_url(files["attention.png"].read_bytes(), "image/png")
+            if "attention.png" in files else None,
+            attention_label=ATTENTION_LABELS.get(method, ""),
+            section_maps=[{"name": section["name"],
+                           "src": data_url(files[section["file"]].read_bytes(), "image/png")}
+                          for section in maps["sections"]],
+            audio_src=audio_src,
+            score_src=data_url(score.read_bytes(), "image/svg+xml") if score else None,
+            motivation=final.get("motivation", ""),
+            description=final.get("description", ""),
+            examples=[{
+                "title": e.get("metadata", {}).get("title") or e["id"], "caption": e["caption"],
+                "score": e["score"], "image": shown_similarity(e.get("image_similarity")),
+                "text": shown_similarity(e.get("text_similarity")),
+            } for e in final.get("examples", [])],
+            attempts=[{**a, "summary": _attempt_summary(dict(a)), "verdict": _verdict(dict(a))}
+                      for a in final.get("attempts", [])],
+            abc=final.get("final_abc"),
+            faults=final.get("faults", []) if final.get("final_abc") else [],
+            fault_count=final.get("fault_count", 0),
+            prompt_set=report.get("prompt_set", {}).get("hash", ""),
+            model=report.get("settings", {}).get("vlm_model", ""),
+            endpoint=report.get("vlm_endpoint"),
+            calls=usage["calls"],
+            tokens=usage["input_tokens"] + usage["output_tokens"],
+            seconds=f"{report.get('wall_seconds', 0):.1f}",
+        ))
+
+
+@lru_cache(maxsize=1)
+def _report_environment() -> BoundedSandbox:
+    return sandbox(PackageLoader("img2music.pipeline", "templates"), autoescape=True)
+
+
+def read_report(folder: Path) -> dict[str, Any]:
+    """A run folder's report.json, or {} when there is none (yet) or it cannot be read."""
+    try:
+        return dict(json.loads((folder / "report.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return {}

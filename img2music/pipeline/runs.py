@@ -1,0 +1,163 @@
+"""Composing from Python and the CLI: run the graph on an image and write what a person needs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from img2music.graph.context import Context
+from img2music.graph.graph import build_graph
+from img2music.graph.models import VLMUnavailable, chat_model, endpoint_report
+from img2music.graph.nodes import ModelFor, RetrieverFor
+from img2music.graph.state import State
+from img2music.pipeline.report import write_run
+from img2music.prompt_files import prompt_set
+from img2music.redaction import redact_url, scrub
+from img2music.settings import Settings, get_settings
+from img2music.templating import TemplateRefused
+from img2music.tools.files import write_atomic
+from img2music.tools.images import BadImage, image_data_url, open_image
+
+logger = logging.getLogger(__name__)
+
+# Called after each node with the image, the node's name and what the node changed; a callback
+# that raises `RunCancelled` stops the run between nodes.
+Progress = Callable[[str, str, State], None]
+FailureKind = Literal["bad_image", "bad_prompt", "vlm_unavailable", "no_tune", "cancelled",
+                      "timeout", "internal"]
+
+
+class RunCancelled(Exception):
+    """Raised by a progress callback to stop a run (a user's cancel, a server's timeout)."""
+
+    def __init__(self, reason: str, kind: Literal["cancelled", "timeout"] = "cancelled") -> None:
+        super().__init__(reason)
+        self.kind: FailureKind = kind
+
+
+@dataclass
+class Composition:
+    """What one image gave: the tune (None when no attempt was playable), what a musician would
+    still correct in it, the files, and the report."""
+
+    image: Path
+    out_dir: Path
+    abc: str | None
+    motivation: str
+    files: dict[str, Path] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    failure_kind: FailureKind | None = None
+    faults: list[str] = field(default_factory=list)
+    fault_count: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.abc is not None and self.error is None
+
+    def summary(self) -> str:
+        """One line: where the tune is and what is left to correct, or why there is none."""
+        if not self.ok:
+            return f"{self.image}: {self.error}"
+        line = f"{self.image}: {self.out_dir / 'tune.abc'}"
+        if self.fault_count:
+            line += (f" ({self.fault_count} fault{'s' if self.fault_count > 1 else ''} a "
+                     f"musician would correct; first: {self.faults[0]})")
+        return line
+
+
+def compose(
+    image: Path | str,
+    *,
+    out_dir: Path | str | None = None,
+    note: str = "",
+    settings: Settings | None = None,
+    model_for: ModelFor | None = None,
+    retriever_for: RetrieverFor | None = None,
+    on_progress: Progress | None = None,
+    **overrides: Any,
+) -> Composition:
+    """Compose music for one image; `overrides` are `Context` fields (rag_k, refine_rounds, …).
+
+    A bad image or an unreachable model ends this image with a one-line `error`; nothing is
+    raised, so a batch goes on.
+    """
+    settings = settings or get_settings()
+    image = Path(image)
+    out = Path(out_dir) if out_dir else settings.data_dir / "runs" / image.stem
+    context = Context.from_settings(settings, **overrides)
+    started = time.perf_counter()
+    try:
+        picture = open_image(image, settings=settings)
+    except BadImage as error:
+        return _failed(image, out, f"{image.name}: {error}", "bad_image", settings)
+    state: State = {"image": image_data_url(picture, max_pixels=settings.vlm_image_pixels),
+                    "note": note}
+    # The model is built from these settings too (profile, key, timeouts), not the process's.
+    graph = build_graph(model_for=model_for or partial(chat_model, settings=settings),
+                        retriever_for=retriever_for)
+    final: State = {}
+    try:
+        for mode, chunk in graph.stream(state, context=context,
+                                        stream_mode=["updates", "values"]):
+            if mode == "updates" and on_progress is not None:
+                updates: dict[str, State | None] = chunk  # type: ignore[assignment]
+                for node, update in updates.items():
+                    on_progress(str(image), node, update or {})
+            elif mode == "values":
+                final = chunk  # type: ignore[assignment]
+    except VLMUnavailable as error:
+        return _failed(image, out, str(error), "vlm_unavailable", settings)
+    except TemplateRefused as error:
+        return _failed(image, out, str(error), "bad_prompt", settings)
+    except RunCancelled as error:
+        return _failed(image, out, str(error), error.kind, settings)
+    except Exception as error:  # one image's fault must not stop the batch
+        logger.exception("composing for %s failed", image)
+        return _failed(image, out, f"{type(error).__name__}: {error}", "internal", settings)
+    prompts = prompt_set(context.prompts_dir or None, context.prompt_edits())
+    report = {
+        "image": image.name,
+        "settings": _shown_settings(context),
+        "prompt_set": {"name": prompts.name, "hash": prompts.hash},
+        "vlm_endpoint": None if settings.vlm_backend == "local" else endpoint_report(
+            context.vlm_base_url, context.vlm_model, choice=settings.vlm_profile),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    files, report = write_run(out, final, picture, report, settings=settings)
+    done = final.get("status") == "done"
+    return Composition(
+        image=image, out_dir=out, abc=final.get("final_abc"),
+        motivation=final.get("motivation", ""), files=files, report=report,
+        error=None if done else str(report.get("failure") or "no tune"),
+        failure_kind=None if done else "no_tune",
+        faults=final.get("faults", []), fault_count=final.get("fault_count", 0),
+    )
+
+
+def _shown_settings(context: Context) -> dict[str, Any]:
+    """The run's settings as a report shows them: the endpoint without credentials, folders by
+    their names."""
+    shown = dict(context.__dict__)
+    shown["vlm_base_url"] = redact_url(context.vlm_base_url)
+    shown["prompts_dir"] = Path(context.prompts_dir).name if context.prompts_dir else ""
+    if Path(context.vlm_model).is_absolute():  # a local model's folder: its name says enough
+        shown["vlm_model"] = Path(context.vlm_model).name
+    return shown
+
+
+def _failed(image: Path, out: Path, reason: str, kind: FailureKind,
+            settings: Settings) -> Composition:
+    reason = scrub(reason, settings)
+    report = {"image": image.name, "status": "failed", "failure": reason, "failure_kind": kind,
+              "files": ["report.json"]}
+    write_atomic(out / "report.json", json.dumps(report, indent=2))
+    return Composition(image=image, out_dir=out, abc=None, motivation="",
+                       files={"report.json": out / "report.json"}, report=report, error=reason,
+                       failure_kind=kind)
