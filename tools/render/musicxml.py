@@ -4,10 +4,12 @@ instrument of the General MIDI program it plays with.
 
 music21's ABC reader is not abc2midi, and where the two would differ the audio is abc2midi's, so
 the score is written to hold what plays: each voice is read alone (music21 makes a new part of
-every `V:` block and reads inline `[V:…]` voices as one); a bar is written as long as it is
-(music21 would pad a short bar with hidden rests, and a bar longer than its meter gets a time
-signature of its own length, which is how notation programs show it); a `Q:` with spaces around
-its `=` is read as written (music21 would take `1/4 = 120` as a whole note and a quarter).
+every `V:` block and reads inline `[V:…]` voices as one); the tune is read as ABC 2.1, whose
+accidentals hold to the end of the bar (music21 assumes ABC 1.3), and a `Q:` with spaces around
+its `=` without them (music21 would take `1/4 = 120` as a whole note and a quarter); a bar is
+written as long as it is (music21's general exporter would pad a short bar with hidden rests);
+and music21, which writes a bar longer than its meter as the bar and a short one after it, has
+the `:|` that closes such a bar moved from between the two to the end.
 """
 
 from __future__ import annotations
