@@ -282,7 +282,8 @@ def _media_type(name: str) -> str:
     return {"abc": "text/vnd.abc; charset=utf-8", "mid": "audio/midi", "wav": "audio/wav",
             "ogg": "audio/ogg", "mp3": "audio/mpeg", "svg": "image/svg+xml",
             "png": "image/png", "jpg": "image/jpeg", "html": "text/html; charset=utf-8",
-            "json": "application/json", "md": "text/markdown; charset=utf-8"}.get(
+            "json": "application/json", "md": "text/markdown; charset=utf-8",
+            "musicxml": "application/vnd.recordare.musicxml+xml"}.get(
         suffix, "application/octet-stream")
 
 

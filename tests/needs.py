@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from img2music.server.page import ABCJS
 from img2music.settings import Settings
 from img2music.tools.programs import DEBIAN_PACKAGES
 
@@ -41,6 +42,10 @@ needs_chromium = pytest.mark.skipif(
     not CHROMIUM.is_file(),
     reason=f"the browser tests need Debian's chromium at {CHROMIUM}: apt-get install chromium; "
     f"{INSTALL} (Playwright's own browser download is not used)",
+)
+needs_abcjs = pytest.mark.skipif(
+    not ABCJS.is_file(),
+    reason=f"abcjs is not installed at {ABCJS}: it comes from npm; {INSTALL}",
 )
 needs_langgraph_cli = pytest.mark.skipif(
     not LANGGRAPH.exists() and shutil.which("langgraph") is None,

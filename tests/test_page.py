@@ -23,10 +23,11 @@ import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 import img2music.server.page as page_module
-from tests.needs import CHROMIUM, needs_chromium
-from tests.openai_server import Behaviour
+from img2music.server.page import ABCJS
+from tests.needs import CHROMIUM, needs_abcjs, needs_chromium
+from tests.openai_server import Behaviour, last_user_text
 from tests.test_compose_cli import PHOTO
-from tests.test_graph import REFINED
+from tests.test_graph import DESCRIPTION, REFINED, answer
 from tests.test_server import KEY, Served, img2music_server, never_fixes_the_papers_tune
 
 PHONE = {"width": 375, "height": 740}
@@ -117,6 +118,24 @@ def page_bytes(page: Page, url: str) -> bytes:
     return base64.b64decode(encoded)
 
 
+def expect_the_score(page: Page) -> None:
+    """The score as this server shows it: drawn by abcjs when the server has it (installed by
+    scripts/install.sh), else the SVG that abcm2ps engraved."""
+    if ABCJS.is_file():
+        expect(page.locator("#follow svg .abcjs-note").first).to_be_visible()
+        expect(page.locator("#score-box")).to_be_hidden()
+    else:
+        expect_the_engraved_score(page)
+
+
+def expect_the_engraved_score(page: Page) -> None:
+    score = page.locator("#score")
+    expect(score).to_have_attribute("src", BLOB_URL)
+    expect(score).to_be_visible()
+    assert page_bytes(page, score.get_attribute("src") or "").lstrip().startswith(b"<")
+    page.wait_for_function("() => document.getElementById('score').naturalWidth > 0")
+
+
 def tiny_attention_model(tmp_path: Path) -> Path:
     """A local random-weight VLM, so attention mode gives per-section maps without a GPU."""
     from tests.tiny_vlm import build_tiny_vlm
@@ -170,12 +189,8 @@ def test_from_a_photo_to_music_watching_every_step(browser: Browser, tmp_path: P
         assert page_bytes(page, audio.get_attribute("src") or "")[:4] == b"OggS"
         page.wait_for_function("document.getElementById('audio').duration > 0")
 
-        # The score and the maps are shown as images, the maps per section selectable.
-        score = page.locator("#score")
-        expect(score).to_have_attribute("src", BLOB_URL)
-        expect(score).to_be_visible()
-        assert page_bytes(page, score.get_attribute("src") or "").lstrip().startswith(b"<")
-        page.wait_for_function("document.getElementById('score').naturalWidth > 0")
+        # The score is shown, and the maps as images, per section selectable.
+        expect_the_score(page)
         options = page.locator("#map-section option").all_inner_texts()
         assert options == ["Whole tune", "Section theme", "Section close"]
         expect(page.locator("#map")).to_have_attribute("src", BLOB_URL)
@@ -256,7 +271,7 @@ def test_with_a_key_the_page_asks_for_it_and_works_on_a_phone(
         # Media fetched with the key, shown from blob URLs.
         expect(page.locator("#audio")).to_have_attribute("src", BLOB_URL)
         assert page_bytes(page, page.locator("#audio").get_attribute("src") or "")[:4] == b"OggS"
-        page.wait_for_function("document.getElementById('score').naturalWidth > 0")
+        expect_the_score(page)
         with page.expect_download() as download:
             page.get_by_role("link", name="Report (JSON)").click()
         report = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
@@ -425,3 +440,101 @@ def test_the_page_and_its_settings_need_no_key_but_the_api_does(tmp_path: Path) 
     assert config["client_timeout_s"] > config["run_timeout_s"]
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "file_not_found"
     assert models.status_code == 401
+
+
+SECONDS_PER_BAR = 4 * 60 / 72  # REFINED: M:4/4 at Q:1/4=72
+
+
+@needs_chromium
+@needs_abcjs
+def test_the_score_follows_the_audio_and_a_click_plays_from_a_note(browser: Browser,
+                                                                   tmp_path: Path) -> None:
+    with img2music_server(tmp_path) as server, visit(browser, server, tmp_path) as seen:
+        page = seen.page
+        compose_with(page, PHOTO)
+        expect(page.locator("#result-heading")).to_have_text("The tune: Dignity, refined",
+                                                             timeout=WAIT_MS)
+        # abcjs, from this server, draws the tune; the engraved SVG is not needed.
+        assert f"{server.url}/page/abcjs.js" in seen.requests
+        expect(page.locator("#follow-box")).to_be_visible()
+        expect(page.locator("#score-box")).to_be_hidden()
+        expect(page.locator("#follow svg .abcjs-note")).to_have_count(24)  # the notes of REFINED
+        # A function, not an expression: polling an expression would need eval, which the page's
+        # policy forbids.
+        page.wait_for_function("() => document.getElementById('audio').duration > 0")
+
+        # Playing from late in bar 1, the highlight moves to bar 2 and then bar 3 as the
+        # audio gets there: each change is logged with the audio's time when it happened.
+        page.evaluate("""() => {
+            window.bars = [];
+            const follow = document.getElementById("follow");
+            new MutationObserver(() => window.bars.push({
+                bar: Number(follow.dataset.bar),
+                at: document.getElementById("audio").currentTime,
+                lit: [...follow.querySelectorAll(".playing")].map((e) => e.getAttribute("class")),
+            })).observe(follow, {attributes: true, subtree: true,
+                                 attributeFilter: ["data-bar", "class"]});
+        }""")
+        page.locator("#audio").evaluate(f"audio => {{ audio.currentTime = "
+                                        f"{SECONDS_PER_BAR - 0.5}; return audio.play(); }}")
+        page.wait_for_function("() => window.bars.some((change) => change.bar === 2)",
+                               timeout=WAIT_MS)
+        page.locator("#audio").evaluate("audio => audio.pause()")
+        seen.shot("8-score-following")
+        bars: list[dict[str, Any]] = page.evaluate("window.bars")
+        print(bars)  # noqa: T201 - for the reviewer
+        order = [bar["bar"] for bar in bars]
+        assert order == sorted(order) and {0, 1, 2} <= set(order), order
+        for change in bars:  # the bar lit is the bar the audio is in (within a beat)
+            assert change["bar"] * SECONDS_PER_BAR - 1 <= change["at"] \
+                <= (change["bar"] + 1) * SECONDS_PER_BAR + 1, change
+            assert all(f"abcjs-mm{change['bar']} " in f"{lit} " for lit in change["lit"]), change
+        expect(page.locator("#follow-bar")).to_have_text(f"Bar {order[-1] + 1}")
+
+        # A click on the last bar's first note moves the audio there and lights that note (the
+        # staff line through the note head takes the click: abcjs finds the nearest note).
+        page.locator("#follow svg .abcjs-note.abcjs-mm7").first.click(force=True)
+        expect(page.locator("#follow")).to_have_attribute("data-bar", "7")
+        at = page.locator("#audio").evaluate("audio => audio.currentTime")
+        assert 7 * SECONDS_PER_BAR - 0.1 <= at <= 7 * SECONDS_PER_BAR + 0.1
+        expect(page.locator("#follow .playing").first).to_have_class(re.compile(r"abcjs-mm7\b"))
+        expect(page.get_by_role("link", name="MusicXML")).to_be_visible()
+
+
+@needs_chromium
+def test_without_abcjs_the_page_shows_the_engraved_score(
+    browser: Browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(page_module, "ABCJS", tmp_path / "no-vendor" / "abcjs-basic-min.js")
+    with img2music_server(tmp_path) as server, visit(browser, server, tmp_path) as seen:
+        page = seen.page
+        compose_with(page, PHOTO)
+        expect(page.locator("#result-heading")).to_have_text("The tune: Dignity, refined",
+                                                             timeout=WAIT_MS)
+        expect_the_engraved_score(page)
+        expect(page.locator("#follow-box")).to_be_hidden()
+        assert not any(url.endswith("/page/abcjs.js") for url in seen.requests)
+        assert httpx.get(f"{server.url}/page/abcjs.js").status_code == 404
+        seen.shot("9-engraved-score")
+
+
+HOSTILE = REFINED.replace("T:Dignity, refined", 'T:<img src=x onerror="window.pwned=1">').replace(
+    "D2 F2 A2 d2", '"<script>window.pwned=2</script>"D2 F2 A2 d2')
+
+
+@needs_chromium
+@needs_abcjs
+def test_a_tune_drawn_on_the_page_runs_no_script(browser: Browser, tmp_path: Path) -> None:
+    def hostile(body: dict[str, Any]) -> str:
+        return DESCRIPTION if "Describe this image" in last_user_text(body) else answer(HOSTILE)
+
+    with img2music_server(tmp_path, responder=hostile) as server, \
+            visit(browser, server, tmp_path) as seen:
+        page = seen.page
+        compose_with(page, PHOTO)
+        expect(page.locator("#follow svg .abcjs-note").first).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator("#follow")).to_contain_text('<img src=x onerror="window.pwned=1">')
+        # As text; its first character, <, places the annotation left of its note.
+        expect(page.locator("#follow")).to_contain_text("script>window.pwned=2</script>")
+        assert page.evaluate("() => window.pwned") is None
+        assert page.locator("#follow script, #follow img, #follow foreignObject").count() == 0

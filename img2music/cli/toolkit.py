@@ -1,4 +1,5 @@
-"""`img2music check` and `img2music render`: the toolkit on an ABC file, no model needed."""
+"""`img2music check` and `img2music render`: the toolkit on an ABC file, no model needed; `render`
+also writes the editable exports (the MIDI with a track per voice, MusicXML)."""
 
 from __future__ import annotations
 
@@ -58,22 +59,27 @@ def check(
 def render(
     file: Annotated[Path, typer.Argument(help="An ABC file; its first tune is rendered.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the files.")],
-    midi: Annotated[bool, typer.Option("--midi", help="Write tune.mid.")] = False,
+    midi: Annotated[bool, typer.Option(
+        "--midi", help="Write tune.mid: a track per voice, named, with its program.")] = False,
     wav: Annotated[bool, typer.Option("--wav", help="Write tune.wav (FluidSynth).")] = False,
     svg: Annotated[bool, typer.Option("--svg", help="Write score.svg (abcm2ps).")] = False,
     png: Annotated[bool, typer.Option("--png", help="Write pianoroll.png.")] = False,
     ogg: Annotated[bool, typer.Option("--ogg", help="Also write tune.ogg.")] = False,
     mp3: Annotated[bool, typer.Option("--mp3", help="Also write tune.mp3.")] = False,
+    musicxml: Annotated[bool, typer.Option(
+        "--musicxml", help="Write tune.musicxml (music21), for MuseScore and other notation "
+        "programs.")] = False,
 ) -> None:
-    """Write MIDI, audio, score and piano roll (all four when none is named)."""
-    everything = not (midi or wav or svg or png)
+    """Write MIDI, audio, score and piano roll (all four when none is named), and MusicXML when
+    asked."""
+    everything = not (midi or wav or svg or png or musicxml)
     text, _ = decode_abc(_read_abc(file))
     try:
         out.mkdir(parents=True, exist_ok=True)
         report = render_all(
             text, out,
             midi=midi or everything, wav=wav or everything or ogg or mp3,
-            svg=svg or everything, png=png or everything,
+            svg=svg or everything, png=png or everything, musicxml=musicxml,
             audio_formats=_audio_formats(ogg=ogg, mp3=mp3),
         )
     except OSError as error:

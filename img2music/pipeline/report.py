@@ -42,6 +42,19 @@ REPORT_CSS = (TEMPLATES / "report.css").read_text(encoding="utf-8")
 # or script of any other kind.
 REPORT_CSS_HASH = "sha256-" + base64.b64encode(
     hashlib.sha256(REPORT_CSS.encode()).digest()).decode()
+# What each of a run's files is, as the report lists them (others are listed by name).
+FILE_LABELS = {
+    "tune.abc": "the tune in ABC",
+    "tune.mid": "MIDI, a track per voice with its instrument, for a sequencer or DAW",
+    "tune.musicxml": "MusicXML, to edit the score in MuseScore or another notation program",
+    "tune.ogg": "the tune played (Ogg Vorbis)",
+    "tune.wav": "the tune played (WAV)",
+    "score.svg": "the score (SVG)",
+    "pianoroll.png": "the piano roll",
+    "attention.png": "the explanation map",
+    "motivation.md": "why it sounds like this (Markdown)",
+    "report.json": "this report, as data",
+}
 ATTENTION_LABELS = {
     "attention": "Where the model looked while composing: attention of the tune's tokens to "
                  "the image (mean over layers, heads and tokens)",
@@ -65,7 +78,7 @@ def write_run(
         files["tune.abc"] = write_atomic(out / "tune.abc", abc)
         formats: tuple[AudioFormat, ...] = ("ogg",) if which("sox") else ()
         rendered = render_all(abc, out, wav=settings.keep_wav or not formats,
-                              audio_formats=formats, settings=settings)
+                              musicxml=True, audio_formats=formats, settings=settings)
         files.update({path.name: path for path in rendered.files.values()})
         problems.extend(rendered.problems)
         files["motivation.md"] = write_atomic(out / "motivation.md", _motivation_markdown(final))
@@ -203,6 +216,8 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path],
             calls=usage["calls"],
             tokens=usage["input_tokens"] + usage["output_tokens"],
             seconds=f"{report.get('wall_seconds', 0):.1f}",
+            files=[{"name": name, "label": FILE_LABELS.get(name, "")}
+                   for name in report.get("files", []) if name != "report.html"],
         ))
 
 

@@ -3,11 +3,16 @@
 Hand-written HTML, CSS and JavaScript, shipped as package data and served by the app itself, so
 the page needs nothing from the internet and no build step. It talks to the same API as any
 other client (`/v1/chat/completions` streamed, `/v1/runs/...`), with the same key.
+
+The score that follows the audio is drawn by abcjs, which `scripts/install.sh` takes from npm
+(a pinned version) into the git-ignored `vendor/` folder; the app serves it as `page/abcjs.js`
+and tells the page it has it. Without it the page shows the SVG score that abcm2ps engraved.
 """
 
 from __future__ import annotations
 
 from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from fastapi import FastAPI
@@ -28,6 +33,7 @@ PAGE_HEADERS = {
 }
 ASSETS = {"page.js": "text/javascript; charset=utf-8", "page.css": "text/css; charset=utf-8",
           "icon.svg": "image/svg+xml"}
+ABCJS = files(__name__).joinpath("vendor", "abcjs-basic-min.js")
 BODY_RESERVE_BYTES = 16_384
 # Seconds the page waits beyond the server's run limit before it gives up on a silent server.
 CLIENT_MARGIN_S = 30.0
@@ -40,6 +46,7 @@ def mount_page(app: FastAPI, settings: Settings) -> None:
     """
     contents = {name: files(__name__).joinpath(name).read_bytes()
                 for name in ("index.html", *ASSETS)}
+    abcjs = _read_if_there(ABCJS)
 
     def asset_response(name: str, media_type: str) -> Response:
         return Response(contents[name], media_type=media_type, headers=PAGE_HEADERS)
@@ -51,7 +58,15 @@ def mount_page(app: FastAPI, settings: Settings) -> None:
     @app.get("/page/config.json", include_in_schema=False)
     async def page_config() -> JSONResponse:
         """What the page needs before the first call: whether to ask for a key, limits, defaults."""
-        return JSONResponse(page_settings(settings), headers=PAGE_HEADERS)
+        return JSONResponse({**page_settings(settings), "abcjs": abcjs is not None},
+                            headers=PAGE_HEADERS)
+
+    @app.get("/page/abcjs.js", include_in_schema=False)
+    async def abcjs_script() -> Response:
+        if abcjs is None:
+            raise ApiError(404, "this server has no abcjs (scripts/install.sh installs it)",
+                           type="not_found_error", code="file_not_found")
+        return Response(abcjs, media_type=ASSETS["page.js"], headers=PAGE_HEADERS)
 
     @app.get("/page/{name}", include_in_schema=False)
     async def asset(name: str) -> Response:
@@ -75,3 +90,7 @@ def page_settings(settings: Settings) -> dict[str, Any]:
                      "repairs": settings.max_repairs, "explain": settings.explain},
     }
 
+
+
+def _read_if_there(path: Traversable) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None

@@ -1,12 +1,14 @@
 "use strict";
 // img2music's page: one run at a time through the server's OpenAI-compatible API, streamed.
 // Everything the model wrote is untrusted text: it goes in with textContent, never as markup,
-// and the run's files are shown from blob URLs in <img> and <audio>, never inlined.
+// and the run's files are shown from blob URLs in <img> and <audio>, never inlined. When the
+// server has abcjs, it draws the tune's score, and the run's own audio moves through it.
 
 const STEPS = ["describe", "retrieve", "compose", "parse_check", "evaluate", "explain"];
 const STEP_NAMES = {describe: "Describe", retrieve: "Retrieve", compose: "Compose",
                     parse_check: "Check", evaluate: "Evaluate", explain: "Explain"};
-const DOWNLOADS = [["tune.abc", "ABC"], ["tune.mid", "MIDI"], ["tune.wav", "WAV"],
+const DOWNLOADS = [["tune.abc", "ABC"], ["tune.mid", "MIDI"], ["tune.musicxml", "MusicXML"],
+                   ["tune.wav", "WAV"],
                    ["tune.ogg", "Ogg Vorbis"], ["score.svg", "Score (SVG)"],
                    ["pianoroll.png", "Piano roll"], ["attention.png", "Map (PNG)"],
                    ["motivation.md", "Motivation"], ["report.html", "Report (HTML)"],
@@ -14,10 +16,12 @@ const DOWNLOADS = [["tune.abc", "ABC"], ["tune.mid", "MIDI"], ["tune.wav", "WAV"
 const SIZES = {length_seconds: "Length (s)", length_beats: "Length (beats)", bars: "Bars",
                voices: "Voices", notes: "Notes"};
 const KEY_STORE = "img2music.key";
+const QUARTER = 0.25;  // abcjs measures note lengths in whole notes
 
 const $ = (id) => document.getElementById(id);
 // The run in progress (null when none) and the last run, whose results are on screen.
-const page = {config: null, file: null, preview: null, run: null, last: null};
+const page = {config: null, file: null, preview: null, run: null, last: null, abcjs: null,
+              follow: null};
 
 function element(tag, text, attributes = {}) {
   const node = document.createElement(tag);
@@ -60,6 +64,7 @@ async function start() {
     $("compose").disabled = true;
     return;
   }
+  page.abcjs = loadAbcjs();
   const {defaults, auth} = page.config;
   $("k").value = defaults.k;
   $("rounds").value = defaults.refine_rounds;
@@ -200,6 +205,7 @@ async function errorOf(response) {
 
 function beginRun(chosen) {
   if (page.last) page.last.blobs.forEach((url) => URL.revokeObjectURL(url));
+  stopFollowing();
   const run = {id: null, controller: new AbortController(), timer: null, finished: false,
                options: chosen, attempts: new Map(), blobs: [], maps: new Map(), result: null,
                repairs: page.config.defaults.repairs, best: null};
@@ -212,7 +218,8 @@ function beginRun(chosen) {
     $(id).replaceChildren();
   }
   for (const id of ["result", "story", "description-box", "examples-box", "attempts-box",
-                    "metrics-box", "failure", "map-box", "score-box", "faults-box"]) {
+                    "metrics-box", "failure", "map-box", "score-box", "faults-box",
+                    "follow-box"]) {
     $(id).hidden = true;
   }
   $("audio").removeAttribute("src");
@@ -539,7 +546,8 @@ async function showResult(result, run) {
   const loads = [];
   const audio = files.includes("tune.wav") ? "tune.wav" : files.find((f) => f === "tune.ogg");
   if (audio) loads.push(blobUrl(run, audio).then((url) => { $("audio").src = url; }));
-  if (files.includes("score.svg")) {
+  const following = audio && result.abc && await follow(result.abc, result.metrics);
+  if (!following && files.includes("score.svg")) {
     loads.push(blobUrl(run, "score.svg").then((url) => {
       $("score").src = url;
       $("score-box").hidden = false;
@@ -549,6 +557,96 @@ async function showResult(result, run) {
   const outcomes = await Promise.allSettled(loads);
   const failed = outcomes.find((outcome) => outcome.status === "rejected");
   if (failed) log(`Some files could not be shown: ${failed.reason.message}`);
+}
+
+// ---- the score that follows the audio -------------------------------------------------------
+
+function loadAbcjs() {
+  if (!page.config.abcjs) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const script = element("script", null, {src: "page/abcjs.js"});
+    script.onload = () => resolve(typeof ABCJS !== "undefined");
+    script.onerror = () => resolve(false);
+    document.head.append(script);
+  });
+}
+
+// Draws the tune with abcjs and lets the audio element drive abcjs's TimingCallbacks: the notes
+// light up as they sound, and a click on a note moves the audio there. The audio is abc2midi's,
+// so abcjs is given its tempo: quarter notes per minute from the run's measured length (abcjs
+// counts beats of the meter, and its own default tempo is not abc2midi's).
+async function follow(abc, metrics) {
+  if (!(await page.abcjs)) return false;
+  const box = $("follow");
+  box.replaceChildren();
+  let visual;
+  try {
+    [visual] = ABCJS.renderAbc(box, abc, {add_classes: true, responsive: "resize",
+                                          clickListener: (note) => seek(note)});
+  } catch (error) {
+    log(`The score cannot be drawn here (${error.message}); showing the engraved one.`);
+    return false;
+  }
+  const options = {eventCallback: highlight};
+  if (metrics && metrics.length_seconds > 0 && metrics.length_beats > 0) {
+    const quarters = 60 * metrics.length_beats / metrics.length_seconds;
+    options.qpm = quarters * QUARTER / visual.getBeatLength();
+  }
+  const timer = new ABCJS.TimingCallbacks(visual, options);
+  const audio = $("audio");
+  const events = new AbortController();
+  const on = (type, handler) => audio.addEventListener(type, handler, {signal: events.signal});
+  // Moved to the audio's time, abcjs announces the next note; the one sounding is lit instead.
+  const moveTo = (move) => {
+    timer.eventCallback = null;
+    move();
+    timer.eventCallback = highlight;
+    highlight(soundingAt(timer, audio.currentTime));
+  };
+  on("play", () => moveTo(() => timer.start(audio.currentTime, "seconds")));
+  on("pause", () => timer.pause());
+  on("seeked", () => moveTo(() => timer.setProgress(audio.currentTime, "seconds")));
+  on("ended", () => { timer.stop(); highlight(null); });
+  page.follow = {timer, events, lit: []};
+  $("follow-box").hidden = false;
+  return true;
+}
+
+function highlight(event) {
+  const follow = page.follow;
+  if (!follow) return;
+  follow.lit.forEach((note) => note.classList.remove("playing"));
+  follow.lit = event ? event.elements.flat() : [];
+  follow.lit.forEach((note) => note.classList.add("playing"));
+  const box = $("follow");
+  if (event) {
+    box.dataset.bar = event.measureNumber;
+    $("follow-bar").textContent = `Bar ${event.measureNumber + 1}`;
+  } else {
+    delete box.dataset.bar;
+    $("follow-bar").textContent = "";
+  }
+}
+
+function soundingAt(timer, seconds) {
+  const events = timer.noteTimings.filter((event) => event.type === "event" &&
+                                                    event.milliseconds <= seconds * 1000 + 1);
+  return events.length ? events[events.length - 1] : null;
+}
+
+function seek(note) {
+  const follow = page.follow;
+  if (!follow || !note) return;
+  const at = follow.timer.noteTimings.find((event) => event.type === "event" &&
+    (event.startCharArray || [event.startChar]).includes(note.startChar));
+  if (at) $("audio").currentTime = at.milliseconds / 1000;
+}
+
+function stopFollowing() {
+  if (!page.follow) return;
+  page.follow.events.abort();
+  page.follow.timer.stop();
+  page.follow = null;
 }
 
 function showFaults(faults, count) {
