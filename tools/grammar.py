@@ -18,7 +18,7 @@ READ_RULES = {"header-line": "read-header-line", "leading-body-line": "read-lead
               "body-field-line": "read-body-field-line", "decoration": "read-decoration",
               "music-line": "read-music-line", "more-body-lines": "read-more-body-lines",
               "chord-decoration": "read-chord-decoration",
-              "roll-free-decoration": "read-roll-free-decoration"}
+              "plain-decoration": "read-plain-decoration"}
 _RULE = re.compile(r"^(?P<name>[A-Za-z][\w-]*)[ \t]*::=", re.MULTILINE)
 
 
