@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from http import HTTPStatus
 from typing import Any, Literal, cast
 
@@ -39,6 +39,7 @@ from pydantic import SecretStr
 from img2music.graph.context import Context
 from img2music.graph.state import Message
 from img2music.settings import Settings, get_settings
+from img2music.tools.grammar import answer_grammar
 from img2music.tools.images import BadImage, open_image, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ CONNECT_TIMEOUT_S = 10.0
 JPEG_QUALITY = 90
 _DATA_URL = re.compile(r"data:(?P<media>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*),", re.ASCII)
 _DETAIL_CHARS = 300
+REASONING_END = "</think>"
+"""Where Keye's reasoning ends in think mode; a grammar constrains only what follows it."""
 
 
 class VLMUnavailable(RuntimeError):
@@ -67,6 +70,19 @@ class ModelReply:
     seconds: float
     truncated: bool = False  # the text was longer than the cap and was cut
     finish_reason: str | None = None  # "length" means the model hit max_tokens
+    constrained: bool = False  # the backend masked the answer with a grammar
+
+
+@dataclass(frozen=True)
+class AnswerConstraint:
+    """The grammar a compose call's answer must match, and where the constraint starts."""
+
+    grammar: str
+    reasoning_end: str | None = None  # constrain only after this marker (think mode)
+
+    def call_options(self) -> dict[str, Any]:
+        """The keyword arguments a chat model that applies grammars takes for one call."""
+        return {"grammar": self.grammar, "reasoning_end": self.reasoning_end}
 
 
 def think_suffix(thinking: bool) -> str:
@@ -142,6 +158,31 @@ def chat_model(context: Context, *, settings: Settings | None = None) -> BaseCha
     ))
 
 
+def answer_constraint(context: Context, *, settings: Settings | None = None
+                      ) -> AnswerConstraint | None:
+    """The ABC grammar for this run's compose calls, or None where it is not applied.
+
+    The local backend applies it with xgrammar (`auto` means on there). An OpenAI-compatible
+    endpoint gets no grammar from this build, whatever the setting: a server that did not expect
+    the field might refuse the call.
+    """
+    settings = settings or get_settings()
+    if context.grammar == "off":
+        return None
+    if settings.vlm_backend != "local":
+        if context.grammar == "on":
+            _warn_grammar_not_sent()
+        return None
+    return AnswerConstraint(answer_grammar(),
+                            reasoning_end=REASONING_END if context.thinking else None)
+
+
+@cache
+def _warn_grammar_not_sent() -> None:
+    logger.warning("IMG2MUSIC_VLM_GRAMMAR=on: this build applies the ABC grammar with the local "
+                   "backend only; answers from the endpoint are checked afterwards as before")
+
+
 def judge_chat_model(settings: Settings | None = None) -> BaseChatModel:
     """The evaluation judge (`IMG2MUSIC_JUDGE_*`): any OpenAI-compatible endpoint, so no
     vLLM-only sampling parameters; timeouts and retries as for the VLM."""
@@ -189,8 +230,12 @@ def _local_model(model_id: str, temperature: float, top_p: float, top_k: int,
 
 def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentation], *,
                endpoint: str, max_chars: int = MAX_REPLY_CHARS,
-               role: EndpointRole = "VLM") -> ModelReply:
+               role: EndpointRole = "VLM", constraint: AnswerConstraint | None = None
+               ) -> ModelReply:
     """One model call: its text (capped, as model output is untrusted), tokens and time.
+
+    With a `constraint`, the model is asked to apply its grammar (a model that says it did sets
+    `constrained` in its response metadata).
 
     Raises `VLMUnavailable` with one line naming the endpoint (the composer's VLM, or the
     evaluation judge) when the call fails for any reason the openai client reports: down,
@@ -199,7 +244,8 @@ def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentatio
     where = Endpoint(role, endpoint)
     started = time.monotonic()
     try:
-        message = model.invoke(list(messages))
+        message = model.invoke(list(messages),
+                               **(constraint.call_options() if constraint else {}))
     except openai.APITimeoutError as error:
         raise VLMUnavailable(_timeout_message(model, where)) from error
     except openai.APIConnectionError as error:
@@ -225,6 +271,7 @@ def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentatio
         seconds=seconds,
         truncated=truncated,
         finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+        constrained=message.response_metadata.get("constrained") is True,
     )
     logger.info("model call to %s: %d tokens in, %d out, %.1f s, finish %s", endpoint,
                 reply.input_tokens, reply.output_tokens, seconds, reply.finish_reason)

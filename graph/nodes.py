@@ -20,6 +20,7 @@ from langgraph.runtime import Runtime
 from img2music.graph.context import Context
 from img2music.graph.explain import image_explanation
 from img2music.graph.models import (
+    answer_constraint,
     call_model,
     chat_model,
     image_from_data_url,
@@ -148,7 +149,7 @@ def compose(
             feedback=metric_feedback(metrics, folder=folder))}]
     conversation = [*state.get("conversation", []), *turns]
     reply = call_model(model_for(context), to_langchain(conversation),
-                       endpoint=context.vlm_base_url)
+                       endpoint=context.vlm_base_url, constraint=answer_constraint(context))
     extraction = extract_abc(reply.text)
     repaired = repair_abc(extraction.abc) if extraction.abc else None
     attempt: Attempt = {
@@ -158,7 +159,7 @@ def compose(
         "fixes": repaired.fixes if repaired else [], "notes": extraction.notes,
         "check": None, "metrics": None, "valid": False,
         "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
-        "seconds": reply.seconds,
+        "seconds": reply.seconds, "constrained": reply.constrained,
     }
     answer = _answer_turn(attempt)
     return {

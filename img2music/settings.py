@@ -131,6 +131,12 @@ class Settings(BaseSettings):
     vlm_top_k: int = Field(default=20, ge=-1, description="Top-k sampling (vLLM extra_body).")
     vlm_max_tokens: int = Field(default=4096, gt=0, description="Most tokens per model call.")
     vlm_thinking: bool = Field(default=False, description="Keye's think mode when composing.")
+    vlm_grammar: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="Constrain the composer's answers with the ABC grammar (prompts/abc.ebnf), so "
+        "broken ABC cannot be written: `auto` where the backend applies it (the local backend), "
+        "`on` always, `off` never. Reasoning in think mode stays free.",
+    )
     vlm_timeout_s: float = Field(default=300, gt=0, description="Seconds one model call may take.")
     vlm_retries: int = Field(
         default=2, ge=0, description="Retries, with backoff, on connection errors and 5xx."

@@ -25,7 +25,8 @@ class GrammarWalk:
     def __init__(self, grammar: str, *, stop_chance: float = 0.3,
                  newline_chance: float = 0.1) -> None:
         info = xgrammar.TokenizerInfo(VOCABULARY, xgrammar.VocabType.RAW, stop_token_ids=[STOP_ID])
-        self._compiled = xgrammar.GrammarCompiler(info, cache_enabled=False).compile_grammar(grammar)
+        compiler = xgrammar.GrammarCompiler(info, cache_enabled=False)
+        self._compiled = compiler.compile_grammar(grammar)
         self._stop_chance = stop_chance
         self._newline_chance = newline_chance
 

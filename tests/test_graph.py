@@ -206,7 +206,8 @@ def test_with_the_image_the_composer_is_told_to_look_at_it() -> None:
 def attempt(n: int, round_number: int, valid: bool) -> Attempt:
     return {"n": n, "round": round_number, "kind": "compose", "raw": "", "abc": None,
             "motivation": "", "fixes": [], "notes": [], "check": None, "metrics": None,
-            "valid": valid, "input_tokens": 0, "output_tokens": 0, "seconds": 0.0}
+            "valid": valid, "input_tokens": 0, "output_tokens": 0, "seconds": 0.0,
+            "constrained": False}
 
 
 def runtime(**context: Any) -> Runtime[Context]:

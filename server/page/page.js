@@ -423,7 +423,7 @@ function showAttempt(attempt) {
   const state = !checked ? "pending" : attempt.valid ? "valid" : "rejected";
   item.dataset.state = state;
   const heading = element("h4", `Attempt ${attempt.n + 1} · round ${attempt.round} · ` +
-                                `${attempt.kind} · `);
+                                `${attempt.kind}${attempt.constrained ? " (under the grammar)" : ""} · `);
   heading.append(element("span", {pending: "checking…", valid: "valid",
                                    rejected: "rejected"}[state], {class: "verdict"}));
   const parts = [heading];
