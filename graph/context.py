@@ -55,7 +55,8 @@ class Context:
     """Per-run settings; a field left out takes its IMG2MUSIC_* setting."""
 
     vlm_base_url: Annotated[str, Field(
-        description="OpenAI-compatible endpoint of the vision-language model (vLLM).",
+        description="OpenAI-compatible endpoint of the vision-language model (vLLM, a hosted "
+        "API, Ollama).",
     )] = field(default_factory=_setting("vlm_base_url"))
     vlm_model: Annotated[str, Field(
         description="Model the endpoint serves (Keye-VL-8B by default).",
@@ -67,13 +68,13 @@ class Context:
         description="Nucleus sampling; Keye recommends 0.95.",
     )] = field(default_factory=_setting("top_p"))
     top_k: Annotated[int, Field(
-        description="Top-k sampling (vLLM extra_body); Keye recommends 20.",
+        description="Top-k sampling, sent to vLLM endpoints only; Keye recommends 20.",
     )] = field(default_factory=_setting("top_k"))
     max_tokens: Annotated[int, Field(
         description="Most tokens the model may write per call.",
     )] = field(default_factory=_setting("max_tokens"))
     thinking: Annotated[bool, Field(
-        description="Keye's think mode (/think) when composing.",
+        description="Keye's think mode (/think) when composing; other models get no switch.",
     )] = field(default_factory=_setting("thinking"))
     grammar: Annotated[GrammarMode, Field(
         description="Constrain each answer with the ABC grammar while the model writes it: auto "

@@ -1,10 +1,13 @@
 """The vision-language model behind one interface, and its failures as one clear line.
 
-The default backend is any OpenAI-compatible endpoint (vLLM serving Keye-VL-8B) through
-langchain-openai. Retries are the openai client's own: connection errors, timeouts, 408, 409,
-429 and 5xx are retried `vlm_retries` times with exponential backoff (0.5 s doubling, at most
-8 s, up to 25 % jitter; a server's `Retry-After` of up to two minutes is honoured instead),
-so one call takes at most about `(vlm_retries + 1) × vlm_timeout_s` plus the backoff.
+The default backend is any OpenAI-compatible endpoint (vLLM serving Keye-VL-8B, a hosted vision
+API, Ollama and other local servers) through langchain-openai, sent what its profile
+(`graph.profiles`) says it understands. Retries are the openai client's own: connection errors,
+timeouts, 408, 409, 429 and 5xx are retried `vlm_retries` times with exponential backoff (0.5 s
+doubling, at most 8 s, up to 25 % jitter; a server's `Retry-After` of up to two minutes is
+honoured instead), so one call takes at most about `(vlm_retries + 1) × vlm_timeout_s` plus the
+backoff. A 400 (or 422) that names a parameter sent is retried once with the standard
+parameters only.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import math
 import re
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache, lru_cache
+from functools import lru_cache
 from http import HTTPStatus
 from typing import Any, Literal, cast
 
 import openai
+from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -32,13 +36,24 @@ from langchain_core.messages import (
     MessageLikeRepresentation,
     SystemMessage,
 )
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_openai import ChatOpenAI
 from PIL import Image
 from pydantic import SecretStr
 
 from img2music.graph.context import Context
+from img2music.graph.profiles import (
+    SAMPLING,
+    Profile,
+    Refusal,
+    known_profile,
+    profile_for,
+    record_refusal,
+    refusal_for,
+    refused_parameters,
+)
 from img2music.graph.state import Message
-from img2music.settings import Settings, get_settings
+from img2music.settings import ProfileSetting, Settings, get_settings
 from img2music.tools.grammar import answer_grammar
 from img2music.tools.images import BadImage, open_image, to_rgb
 
@@ -50,6 +65,11 @@ EndpointRole = Literal["VLM", "judge"]
 CONNECT_TIMEOUT_S = 10.0
 """A host that does not even accept the connection is not worth the long generation timeout."""
 JPEG_QUALITY = 90
+LOWEST_JPEG_QUALITY = 60  # below it a photo over the byte limit is made smaller instead
+REFUSED = (openai.BadRequestError, openai.UnprocessableEntityError)
+"""The answers of an endpoint that will not take a request as it was sent."""
+THINK_SWITCH_MODELS = ("keye",)
+"""Models (by a part of their name) whose prompts end with a /think or /no_think switch."""
 _DATA_URL = re.compile(r"data:(?P<media>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*),", re.ASCII)
 _DETAIL_CHARS = 300
 REASONING_END = "</think>"
@@ -70,19 +90,18 @@ class ModelReply:
     seconds: float
     truncated: bool = False  # the text was longer than the cap and was cut
     finish_reason: str | None = None  # "length" means the model hit max_tokens
-    constrained: bool = False  # the backend masked the answer with a grammar
+    constrained: bool = False  # the answer was written under a grammar
 
 
 @dataclass(frozen=True)
 class AnswerConstraint:
-    """The grammar a compose call's answer must match, and where the constraint starts."""
+    """The grammar a compose call's answer must match, and how the backend receives it: the
+    local model masks with it (after `reasoning_end` in think mode), an endpoint gets it as
+    vLLM's `structured_outputs` (its reasoning parser, when it runs one, keeps thinking free)."""
 
     grammar: str
-    reasoning_end: str | None = None  # constrain only after this marker (think mode)
-
-    def call_options(self) -> dict[str, Any]:
-        """The keyword arguments a chat model that applies grammars takes for one call."""
-        return {"grammar": self.grammar, "reasoning_end": self.reasoning_end}
+    via: Literal["local", "structured_outputs"]
+    reasoning_end: str | None = None
 
 
 def think_suffix(thinking: bool) -> str:
@@ -90,23 +109,47 @@ def think_suffix(thinking: bool) -> str:
     return "/think" if thinking else "/no_think"
 
 
-def image_data_url(image: Image.Image, *, max_pixels: int) -> str:
-    """The image as a JPEG data URL within the model's pixel budget, aspect kept.
+def prompt_switch(thinking: bool, model: str) -> str:
+    """The switch a prompt to `model` ends with: Keye's, or nothing for the models to whom
+    it is only noise (GPT-4o, Gemini, Qwen2.5-VL, …)."""
+    uses_switch = any(name in model.lower() for name in THINK_SWITCH_MODELS)
+    return think_suffix(thinking) if uses_switch else ""
+
+
+def image_data_url(image: Image.Image, *, max_pixels: int, max_bytes: int | None = None) -> str:
+    """The image as a JPEG data URL within the model's pixel budget and, when given, a
+    provider's limit on the URL's length, aspect kept.
 
     Downscaling here keeps requests and saved runs small; the model's processor would shrink
-    a larger image anyway. Images are never upscaled.
+    a larger image anyway. Images are never upscaled. A photo over the byte limit is saved at a
+    lower JPEG quality first, then smaller until it fits.
     """
     if max_pixels <= 0:
         raise ValueError(f"the pixel budget must be positive, not {max_pixels}")
-    image = to_rgb(image)
+    image = _within_pixels(to_rgb(image), max_pixels)
+    quality = JPEG_QUALITY
+    while True:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=quality)
+        url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        if max_bytes is None or len(url) <= max_bytes:
+            return url
+        if quality > LOWEST_JPEG_QUALITY:
+            quality = max(LOWEST_JPEG_QUALITY, quality - 15)
+        elif image.width * image.height > 1:
+            pixels = image.width * image.height
+            image = _within_pixels(image, min(pixels - 1, int(pixels * 0.9 * max_bytes / len(url))))
+        else:
+            raise ValueError(f"no JPEG fits in a {max_bytes:,}-byte data URL")
+
+
+def _within_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
     width, height = image.size
-    if width * height > max_pixels:
-        scale = math.sqrt(max_pixels / (width * height))
-        size = (max(1, math.floor(width * scale)), max(1, math.floor(height * scale)))
-        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    if width * height <= max_pixels:
+        return image
+    scale = math.sqrt(max(1, max_pixels) / (width * height))
+    size = (max(1, math.floor(width * scale)), max(1, math.floor(height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
 def image_from_data_url(url: str, *, settings: Settings | None = None) -> Image.Image:
@@ -136,9 +179,11 @@ class _OpenAIConfig:
     base_url: str
     model: str
     api_key: str
+    profile: Profile
+    role: EndpointRole
     temperature: float
     top_p: float
-    top_k: int | None  # None: not sent, for servers other than vLLM
+    top_k: int | None  # None: never sent; otherwise sent where the profile reads it
     max_tokens: int
     timeout_s: float
     retries: int
@@ -150,57 +195,70 @@ def chat_model(context: Context, *, settings: Settings | None = None) -> BaseCha
     if settings.vlm_backend == "local":
         return _local_model(context.vlm_model, context.temperature, context.top_p,
                             context.top_k, context.max_tokens)
+    detection = profile_for(context.vlm_base_url, api_key=settings.vlm_api_key,
+                            choice=settings.vlm_profile)
     return _openai_model(_OpenAIConfig(
         base_url=context.vlm_base_url, model=context.vlm_model, api_key=settings.vlm_api_key,
-        temperature=context.temperature, top_p=context.top_p, top_k=context.top_k,
-        max_tokens=context.max_tokens, timeout_s=settings.vlm_timeout_s,
-        retries=settings.vlm_retries,
+        profile=detection.profile, role="VLM", temperature=context.temperature,
+        top_p=context.top_p, top_k=context.top_k, max_tokens=context.max_tokens,
+        timeout_s=settings.vlm_timeout_s, retries=settings.vlm_retries,
     ))
 
 
-def answer_constraint(context: Context, *, settings: Settings | None = None
-                      ) -> AnswerConstraint | None:
-    """The ABC grammar for this run's compose calls, or None where it is not applied.
+def answer_constraint(context: Context, model: BaseChatModel, *,
+                      settings: Settings | None = None) -> AnswerConstraint | None:
+    """The ABC grammar for this run's compose calls to `model`, or None where it is not sent.
 
-    The local backend applies it with xgrammar (`auto` means on there). An OpenAI-compatible
-    endpoint gets no grammar from this build, whatever the setting: a server that did not expect
-    the field might refuse the call.
+    `auto` applies it where it is understood: the local backend (xgrammar) and an endpoint whose
+    profile reads vLLM's structured outputs; `on` sends it to any endpoint too (one that refuses
+    the field is asked again without it, and the run's report says so); `off` never.
     """
     settings = settings or get_settings()
     if context.grammar == "off":
         return None
-    if settings.vlm_backend != "local":
-        if context.grammar == "on":
-            _warn_grammar_not_sent()
-        return None
-    return AnswerConstraint(answer_grammar(),
-                            reasoning_end=REASONING_END if context.thinking else None)
-
-
-@cache
-def _warn_grammar_not_sent() -> None:
-    logger.warning("IMG2MUSIC_VLM_GRAMMAR=on: this build applies the ABC grammar with the local "
-                   "backend only; answers from the endpoint are checked afterwards as before")
+    if settings.vlm_backend == "local":
+        return AnswerConstraint(answer_grammar(), "local",
+                                REASONING_END if context.thinking else None)
+    reads = isinstance(model, EndpointChatModel) and model.endpoint_profile.structured_outputs
+    if context.grammar == "on" or reads:
+        return AnswerConstraint(answer_grammar(), "structured_outputs")
+    return None
 
 
 def judge_chat_model(settings: Settings | None = None) -> BaseChatModel:
-    """The evaluation judge (`IMG2MUSIC_JUDGE_*`): any OpenAI-compatible endpoint, so no
-    vLLM-only sampling parameters; timeouts and retries as for the VLM."""
+    """The evaluation judge (`IMG2MUSIC_JUDGE_*`), with its endpoint's profile (no top-k: the
+    judge samples plainly); timeouts and retries as for the VLM."""
     settings = settings or get_settings()
+    api_key = settings.judge_api_key or settings.vlm_api_key
+    detection = profile_for(settings.judge_endpoint, api_key=api_key,
+                            choice=settings.judge_profile_choice,
+                            setting=settings.judge_profile_setting)
     return _openai_model(_OpenAIConfig(
-        base_url=settings.judge_endpoint, model=settings.judge_served_model,
-        api_key=settings.judge_api_key or settings.vlm_api_key,
-        temperature=settings.judge_temperature, top_p=1.0, top_k=None,
-        max_tokens=settings.judge_max_tokens, timeout_s=settings.vlm_timeout_s,
-        retries=settings.vlm_retries,
+        base_url=settings.judge_endpoint, model=settings.judge_served_model, api_key=api_key,
+        profile=detection.profile, role="judge", temperature=settings.judge_temperature,
+        top_p=1.0, top_k=None, max_tokens=settings.judge_max_tokens,
+        timeout_s=settings.vlm_timeout_s, retries=settings.vlm_retries,
     ))
+
+
+def endpoint_report(url: str, model: str, *, choice: ProfileSetting,
+                    setting: str = "IMG2MUSIC_VLM_PROFILE") -> dict[str, Any] | None:
+    """For a run's report: the endpoint's profile, why, and what it refused (None when it was
+    never asked, e.g. a run with a scripted model)."""
+    detection = known_profile(url, choice=choice, setting=setting)
+    if detection is None:
+        return None
+    refusal = refusal_for(url, model)
+    return {"url": url, "model": model, "profile": detection.profile.name,
+            "chosen_by": detection.reason, "warnings": list(refusal.warnings) if refusal else []}
 
 
 @lru_cache(maxsize=8)
 def _openai_model(config: _OpenAIConfig) -> ChatOpenAI:
-    # top_k is no OpenAI parameter: extra_body puts it at the top level of the request, where
-    # vLLM reads it. stream_usage asks for token counts when streaming too (vLLM sends them).
-    return ChatOpenAI(
+    # stream_usage asks for token counts when streaming too (vLLM sends them). LangChain sends
+    # some OpenAI models' calls to OpenAI's Responses API; every other endpoint gets chat
+    # completions, whatever its model is called.
+    return EndpointChatModel(
         base_url=config.base_url,
         model=config.model,
         api_key=SecretStr(config.api_key),
@@ -210,9 +268,124 @@ def _openai_model(config: _OpenAIConfig) -> ChatOpenAI:
         timeout=openai.Timeout(config.timeout_s,
                                connect=min(config.timeout_s, CONNECT_TIMEOUT_S)),
         max_retries=config.retries,
-        extra_body={"top_k": config.top_k} if config.top_k is not None else None,
         stream_usage=True,
+        use_responses_api=None if config.profile.name == "openai" else False,
+        endpoint_profile=config.profile,
+        top_k=config.top_k,
+        role=config.role,
     )
+
+
+class EndpointChatModel(ChatOpenAI):
+    """ChatOpenAI that sends its endpoint what the endpoint's profile understands.
+
+    Fields beyond OpenAI's (the profile's `top_k`, a call's own `extra_body`) travel in
+    `extra_body`, which the openai client puts at the top level of the request. A 400 (or 422,
+    as some servers answer an unknown field) that names a parameter sent gets one retry with
+    the standard parameters only, less any the endpoint said it does not support; the refusal
+    is remembered for this endpoint and model (`graph.profiles`) and logged as one warning line.
+    """
+
+    endpoint_profile: Profile
+    top_k: int | None = None
+    role: EndpointRole = "VLM"
+
+    def _get_request_payload(self, input_: Any, *, stop: list[str] | None = None,
+                             **kwargs: Any) -> dict[str, Any]:
+        payload = super()._get_request_payload(input_, stop=stop, **kwargs)
+        payload = self._shaped(payload, refusal_for(self._url, self.model_name))
+        if "messages" in payload:  # chat completions (the Responses API has `input`)
+            payload["messages"] = [self._fit_images(message) for message in payload["messages"]]
+        return payload
+
+    def _shaped(self, payload: dict[str, Any], refusal: Refusal | None) -> dict[str, Any]:
+        """The request's parameters as this endpoint takes them (messages left as they are),
+        less what it refused."""
+        payload = dict(payload)
+        extra = {**self.endpoint_profile.extra_body(top_k=self.top_k),
+                 **(payload.pop("extra_body", None) or {})}
+        if self.endpoint_profile.token_limit == "max_tokens" and "max_completion_tokens" in payload:
+            payload["max_tokens"] = payload.pop("max_completion_tokens")
+        if refusal is not None:
+            return {k: v for k, v in payload.items() if k not in refusal.dropped}
+        return {**payload, "extra_body": extra} if extra else payload
+
+    def _fit_images(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The message with any image data URL over the provider's limit made to fit."""
+        content = message.get("content")
+        if not isinstance(content, list):
+            return message
+        limit = self.endpoint_profile.max_image_bytes
+        parts = []
+        for part in content:
+            image = part.get("image_url") if isinstance(part, dict) else None
+            url = image.get("url") if isinstance(image, dict) else None
+            if isinstance(image, dict) and isinstance(url, str) and url.startswith("data:") \
+                    and len(url) > limit:
+                part = {**part, "image_url": {**image, "url": _fitted_data_url(url, limit)}}
+            parts.append(part)
+        return {**message, "content": parts}
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None,
+                  **kwargs: Any) -> ChatResult:
+        try:
+            return super()._generate(messages, stop, run_manager, **kwargs)
+        except REFUSED as error:
+            if not self._learn_refusal(error, kwargs):
+                raise
+        return super()._generate(messages, stop, run_manager, **kwargs)
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None,
+                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        started = False
+        try:
+            for chunk in super()._stream(messages, stop, run_manager, **kwargs):
+                started = True
+                yield chunk
+            return
+        except REFUSED as error:
+            if started or not self._learn_refusal(error, kwargs):
+                raise
+        yield from super()._stream(messages, stop, run_manager, **kwargs)
+
+    @property
+    def _url(self) -> str:
+        return str(self.openai_api_base or "")
+
+    def _learn_refusal(self, error: openai.APIStatusError, kwargs: dict[str, Any]) -> bool:
+        """Whether the error named a parameter this model sends; if so the endpoint gets the
+        standard ones only from now on (less those it does not support), and a warning says so.
+
+        What was sent is worked out as if nothing had been refused yet: a call that went out
+        before a concurrent one learned the refusal is retried too, without a second warning.
+        """
+        sent = self._shaped({**self._default_params, **kwargs}, None)
+        extra = set(sent.get("extra_body") or {})
+        standard = set(sent) - {"model", "messages", "stream", "extra_body"}
+        said = _said(error)
+        refused = refused_parameters(f"{error.param or ''} {said}", extra=extra,
+                                     standard=standard)
+        if not refused:
+            return False
+        dropped = {"extra_body", *(refused & standard)}
+        if refused & SAMPLING:
+            dropped |= SAMPLING
+        left_out = ", ".join(sorted((refused | extra | dropped) - {"extra_body"}))
+        warning = (f"{Endpoint(self.role, self._url)} refused {', '.join(sorted(refused))} "
+                   f"({error.status_code}: {said}); asked again without {left_out}, as every "
+                   "later request to it will be")
+        if record_refusal(self._url, self.model_name, dropped, warning):
+            logger.warning("%s", warning)
+        return True
+
+
+@lru_cache(maxsize=4)
+def _fitted_data_url(url: str, limit: int) -> str:
+    """The image of a data URL made to fit `limit`, once: a conversation sends it every turn."""
+    picture = image_from_data_url(url)
+    return image_data_url(picture, max_pixels=picture.width * picture.height, max_bytes=limit)
 
 
 @lru_cache(maxsize=2)
@@ -229,23 +402,30 @@ def _local_model(model_id: str, temperature: float, top_p: float, top_k: int,
 
 
 def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentation], *,
-               endpoint: str, max_chars: int = MAX_REPLY_CHARS,
-               role: EndpointRole = "VLM", constraint: AnswerConstraint | None = None
-               ) -> ModelReply:
+               endpoint: str, max_chars: int = MAX_REPLY_CHARS, role: EndpointRole = "VLM",
+               extra_body: Mapping[str, Any] | None = None,
+               constraint: AnswerConstraint | None = None) -> ModelReply:
     """One model call: its text (capped, as model output is untrusted), tokens and time.
 
-    With a `constraint`, the model is asked to apply its grammar (a model that says it did sets
-    `constrained` in its response metadata).
-
-    Raises `VLMUnavailable` with one line naming the endpoint (the composer's VLM, or the
-    evaluation judge) when the call fails for any reason the openai client reports: down,
-    refused, timed out, 5xx after the retries, 4xx.
+    `extra_body` holds this call's own fields beyond OpenAI's, for an endpoint whose profile
+    reads them (check `EndpointChatModel.profile`); an endpoint that refuses one gets the call
+    again without them. A `constraint` asks the backend to write under its grammar; the reply
+    says whether it did. Raises `VLMUnavailable` with one line naming the endpoint (the
+    composer's VLM, or the evaluation judge) when the call fails for any reason the openai
+    client reports: down, refused, timed out, 5xx after the retries, 4xx.
     """
     where = Endpoint(role, endpoint)
     started = time.monotonic()
+    body = dict(extra_body or {})
+    options: dict[str, Any] = {}
+    if constraint is not None and constraint.via == "structured_outputs":
+        body["structured_outputs"] = {"grammar": constraint.grammar}
+    elif constraint is not None:
+        options = {"grammar": constraint.grammar, "reasoning_end": constraint.reasoning_end}
+    if body:
+        options["extra_body"] = body
     try:
-        message = model.invoke(list(messages),
-                               **(constraint.call_options() if constraint else {}))
+        message = model.invoke(list(messages), **options)
     except openai.APITimeoutError as error:
         raise VLMUnavailable(_timeout_message(model, where)) from error
     except openai.APIConnectionError as error:
@@ -271,11 +451,22 @@ def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentatio
         seconds=seconds,
         truncated=truncated,
         finish_reason=finish_reason if isinstance(finish_reason, str) else None,
-        constrained=message.response_metadata.get("constrained") is True,
+        constrained=constraint is not None and _applied(model, message, constraint),
     )
     logger.info("model call to %s: %d tokens in, %d out, %.1f s, finish %s", endpoint,
                 reply.input_tokens, reply.output_tokens, seconds, reply.finish_reason)
     return reply
+
+
+def _applied(model: BaseChatModel, message: BaseMessage, constraint: AnswerConstraint) -> bool:
+    """Whether the answer was written under the grammar: the local model says so; an endpoint
+    got it unless it refused the request's extra fields (then it was asked without them)."""
+    if constraint.via == "local":
+        return message.response_metadata.get("constrained") is True
+    if not isinstance(model, EndpointChatModel):
+        return False
+    refusal = refusal_for(model.openai_api_base or "", model.model_name)
+    return refusal is None or "extra_body" not in refusal.dropped
 
 
 def _tries(model: BaseChatModel) -> int:
@@ -304,8 +495,9 @@ class Endpoint:
 
     @property
     def start_hint(self) -> str:
-        return (" (is vLLM running? see `img2music vlm serve`)" if self.role == "VLM"
-                else " (is it running? see IMG2MUSIC_JUDGE_BASE_URL)")
+        return (" (is the model server running? `img2music vlm serve` starts vLLM on a GPU; "
+                "`img2music doctor` lists the hosted and local alternatives)"
+                if self.role == "VLM" else " (is it running? see IMG2MUSIC_JUDGE_BASE_URL)")
 
 
 def _timeout_message(model: BaseChatModel, endpoint: Endpoint) -> str:
@@ -337,10 +529,7 @@ def _status_message(model: BaseChatModel, error: openai.APIStatusError,
         reason = HTTPStatus(status).phrase
     except ValueError:
         reason = "error"
-    body = error.body
-    if isinstance(body, dict):
-        body = body.get("message") or body
-    detail = _one_line(str(body)) if body else ""
+    detail = _said(error)
     said = f": {detail}" if detail else ""
     name = model.model_name if isinstance(model, ChatOpenAI) else None
     if status == 404 and name is not None and "model" in detail.lower():
@@ -356,6 +545,14 @@ def _status_message(model: BaseChatModel, error: openai.APIStatusError,
     if status >= 500 or status in (408, 409, 429):
         return f"{endpoint} answered {status} {reason} {_times(_tries(model))}{said}"
     return f"{endpoint} answered {status} {reason}{said}"
+
+
+def _said(error: openai.APIStatusError) -> str:
+    """What the endpoint said in its error body, in one line."""
+    body = error.body
+    if isinstance(body, dict):
+        body = body.get("message") or body
+    return _one_line(str(body)) if body else ""
 
 
 def _served_models(model: BaseChatModel) -> list[str]:

@@ -24,10 +24,17 @@ from img2music.graph.models import (
     call_model,
     chat_model,
     image_from_data_url,
-    think_suffix,
+    prompt_switch,
     to_langchain,
 )
-from img2music.graph.state import Attempt, AttemptKind, Message, State, rounds_and_repairs
+from img2music.graph.state import (
+    Attempt,
+    AttemptKind,
+    Message,
+    State,
+    replaces,
+    rounds_and_repairs,
+)
 from img2music.prompt_files import render_prompt
 from img2music.tools.check import ParseCheck, compile_abc
 from img2music.tools.diagnostics import Diagnostic
@@ -42,6 +49,8 @@ RetrieverFor = Callable[[Context], Any]
 MAX_DESCRIPTION_CHARS = 2_000
 MAX_RAW_CHARS = 50_000
 MAX_BARS = 64
+MAX_FAULTS_SHOWN = 12
+EXAMPLES_TO_SPARE = 4  # fetched beyond k, in case some examples are not playable
 _RETRIEVER_LOCK = threading.Lock()
 NO_TUNE = ("your answer has no ABC tune: write the whole tune in an ```abc block, starting "
            "with X:1 and ending the header with K:")
@@ -53,7 +62,7 @@ def describe(
     """The model looks at the image first; retrieval matches its words to real tunes."""
     context = runtime.context
     prompt = _render(context, "describe.j2", note=state.get("note", ""),
-                     thinking=think_suffix(False))
+                     thinking=prompt_switch(False, context.vlm_model))
     messages = [_system(context), _image_message(state["image"], prompt)]
     reply = call_model(model_for(context), to_langchain(messages),
                        endpoint=context.vlm_base_url)
@@ -72,12 +81,28 @@ def retrieve(
     context = runtime.context
     started = time.perf_counter()
     retriever = (retriever_for or default_retriever)(context)
-    examples = retriever.retrieve(
+    found = retriever.retrieve(
         image=image_from_data_url(state["image"]), description=state.get("description") or None,
-        k=context.rag_k, fusion=context.fusion,
+        k=context.rag_k + EXAMPLES_TO_SPARE, fusion=context.fusion,
     )
+    examples = playable_examples(found, context.rag_k)
     return {"examples": [example.model_dump() for example in examples],
             "timings": {"retrieve": time.perf_counter() - started}}
+
+
+def playable_examples(examples: list[Any], k: int) -> list[Any]:
+    """The first k examples the checker finds no error in: a prompt teaches only ABC that plays
+    (an index built with other rules, or an example cut to its token budget, may not)."""
+    kept: list[Any] = []
+    for example in examples:
+        if len(kept) == k:
+            break
+        check = compile_abc(example.abc).check
+        if check.ok:
+            kept.append(example)
+        else:
+            logger.info("example %s left out: %s", example.id, check.summary())
+    return kept
 
 
 def default_retriever(context: Context) -> Any:
@@ -104,14 +129,15 @@ def _shared_retriever() -> Any:
     return Retriever(embedder, settings=settings)
 
 
-def next_attempt(attempts: list[Attempt]) -> tuple[AttemptKind, int]:
-    """What the compose node does next, read off the attempts so far."""
+def next_attempt(attempts: list[Attempt], best: int | None) -> tuple[AttemptKind, int]:
+    """What the compose node does next, read off the attempts so far: once this round's tune
+    has been measured, a refinement; before that, a repair of the latest tune."""
     if not attempts:
         return "compose", 0
     last = attempts[-1]
-    if not last["valid"]:
-        return "repair", last["round"]
-    return "refine", last["round"] + 1
+    measured = (best is not None and attempts[best]["round"] == last["round"]
+                and attempts[best]["metrics"] is not None)
+    return ("refine", last["round"] + 1) if measured else ("repair", last["round"])
 
 
 def compose(
@@ -125,9 +151,10 @@ def compose(
     """
     context = runtime.context
     attempts = state.get("attempts", [])
-    kind, round_number = next_attempt(attempts)
+    best = state.get("best")
+    kind, round_number = next_attempt(attempts, best)
     folder = context.prompts_dir or None
-    thinking = think_suffix(context.thinking)
+    thinking = prompt_switch(context.thinking, context.vlm_model)
     if kind == "compose":
         prompt = _render(
             context, "compose.j2", description=state.get("description", ""),
@@ -138,20 +165,24 @@ def compose(
                           else {"role": "user", "content": prompt})
         turns: list[Message] = [_system(context), first]
     elif kind == "repair":
-        errors = ParseCheck.model_validate(attempts[-1]["check"]).feedback()
+        check = ParseCheck.model_validate(attempts[-1]["check"])
         turns = [{"role": "user", "content": _render(
-            context, "repair.j2", errors=errors, thinking=thinking)}]
+            context, "repair.j2", errors=check.feedback(tier="error"),
+            faults=check.feedback(tier="fault"), thinking=thinking)}]
     else:
-        metrics = TuneMetrics.model_validate(attempts[-1]["metrics"])
+        assert best is not None, "a refinement follows a measured tune"
+        metrics = TuneMetrics.model_validate(attempts[best]["metrics"])
+        standing = attempts[best]["abc"] if best != attempts[-1]["n"] else None
         turns = [{"role": "user", "content": _render(
             context, "refine.j2", round=round_number, thinking=thinking,
-            sees_image=context.see_image,
+            sees_image=context.see_image, tune=(standing or "").rstrip(),
             feedback=metric_feedback(metrics, folder=folder))}]
     conversation = [*state.get("conversation", []), *turns]
-    reply = call_model(model_for(context), to_langchain(conversation),
-                       endpoint=context.vlm_base_url, constraint=answer_constraint(context))
+    model = model_for(context)
+    reply = call_model(model, to_langchain(conversation), endpoint=context.vlm_base_url,
+                       constraint=answer_constraint(context, model))
     extraction = extract_abc(reply.text)
-    repaired = repair_abc(extraction.abc) if extraction.abc else None
+    repaired = repair_abc(extraction.abc, cut_off=extraction.cut_off) if extraction.abc else None
     attempt: Attempt = {
         "n": len(attempts), "round": round_number, "kind": kind,
         "raw": reply.text[:MAX_RAW_CHARS],
@@ -170,29 +201,35 @@ def compose(
 
 
 def parse_check(state: State) -> State:
-    """The checker's verdict on the latest tune; a valid tune becomes the one the run stands on."""
+    """The checker's verdict on the latest tune; a playable tune with no more faults than the
+    one the run stands on (and not the same tune) becomes the one it stands on."""
     started = time.perf_counter()
-    attempt = state["attempts"][-1]
+    attempts = state["attempts"]
+    attempt = attempts[-1]
     if attempt["abc"] is None:
-        check = ParseCheck(ok=False, errors=[
+        check = ParseCheck(ok=False, error_count=1, errors=[
             Diagnostic(severity="error", line=0, col=0, message=NO_TUNE)])
     else:
         check = compile_abc(attempt["abc"]).check
+    checked: Attempt = {**attempt, "check": check.model_dump(), "valid": check.ok}
     update: State = {
-        "attempts": [{**attempt, "check": check.model_dump(), "valid": check.ok}],
+        "attempts": [checked],
         "timings": {"parse_check": time.perf_counter() - started},
     }
-    if check.ok:
+    best = state.get("best")
+    if replaces(checked, attempts[best] if best is not None else None):
         update["best"] = attempt["n"]
     return update
 
 
 def evaluate(state: State) -> State:
-    """The eight MusPy metrics of the tune just accepted, for the report and for refining."""
+    """The eight MusPy metrics of the tune the run now stands on, for the report and refining."""
     started = time.perf_counter()
-    attempt = state["attempts"][-1]
+    best = state.get("best")
+    assert best is not None, "evaluate runs only once a tune is playable"
+    attempt = state["attempts"][best]
     compiled = compile_abc(attempt["abc"] or "")
-    assert compiled.midi is not None, "evaluate runs only after a valid parse-check"
+    assert compiled.midi is not None, "a playable tune compiles"
     metrics = evaluate_midi(compiled.midi, bars=compiled.check.bars, voices=compiled.check.voices)
     return {"attempts": [{**attempt, "metrics": metrics.model_dump()}],
             "timings": {"evaluate": time.perf_counter() - started}}
@@ -208,9 +245,10 @@ def explain(
         last = attempts[-1] if attempts else None
         reason = "no valid tune within the limits"
         if last and last["check"]:
-            reason += ": " + ParseCheck.model_validate(last["check"]).feedback(limit=3)
+            reason += ": " + ParseCheck.model_validate(last["check"]).summary()
         return {"status": "failed", "failure": reason, "final_abc": None}
     chosen = attempts[best]
+    check = ParseCheck.model_validate(chosen["check"])
     rounds, repairs = rounds_and_repairs(attempts)
     explanation: dict[str, Any] = {
         "method": runtime.context.explain,
@@ -227,6 +265,8 @@ def explain(
         logger.warning("no image explanation: %s", error)
         explanation["note"] = f"no image explanation: {type(error).__name__}: {error}"
     return {"status": "done", "final_abc": chosen["abc"], "motivation": chosen["motivation"],
+            "faults": [fault.one_line() for fault in check.faults[:MAX_FAULTS_SHOWN]],
+            "fault_count": check.fault_count,
             "explanation": explanation, "timings": {"explain": time.perf_counter() - started}}
 
 

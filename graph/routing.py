@@ -7,7 +7,7 @@ from typing import Literal
 from langgraph.runtime import Runtime
 
 from img2music.graph.context import Context
-from img2music.graph.state import State
+from img2music.graph.state import State, is_clean, repeats_an_earlier_tune
 
 
 def after_describe(state: State, runtime: Runtime[Context]) -> Literal["retrieve", "compose"]:
@@ -19,22 +19,27 @@ def after_describe(state: State, runtime: Runtime[Context]) -> Literal["retrieve
 def after_parse_check(
     state: State, runtime: Runtime[Context]
 ) -> Literal["evaluate", "compose", "explain"]:
-    """A valid tune is measured; a broken one goes back for repair while attempts are left;
-    then the run ends on the best valid tune it has, or fails naming the last errors."""
+    """A tune with errors or faults goes back for repair while repairs are left in this round,
+    unless the model handed back a tune it already wrote. Then the tune the run stands on is
+    measured if it is new this round; otherwise the run ends (on its best playable tune, or
+    failing with the last errors)."""
     attempts = state["attempts"]
     last = attempts[-1]
-    if last["valid"]:
-        return "evaluate"
     repairs_this_round = sum(
-        1 for attempt in attempts if attempt["round"] == last["round"] and not attempt["valid"]
+        attempt["round"] == last["round"] and attempt["kind"] == "repair" for attempt in attempts
     )
-    if repairs_this_round <= runtime.context.repairs:
+    if (not is_clean(last) and not repeats_an_earlier_tune(attempts)
+            and repairs_this_round < runtime.context.repairs):
         return "compose"
+    best = state.get("best")
+    if best is not None and attempts[best]["metrics"] is None:
+        return "evaluate"
     return "explain"
 
 
 def after_evaluate(state: State, runtime: Runtime[Context]) -> Literal["compose", "explain"]:
-    """Refine while rounds are left; the refined tune replaces the current one only if valid."""
+    """Refine while rounds are left; a refined tune replaces the current one only when it is
+    playable and has no more faults (`state.replaces`)."""
     context = runtime.context
     if context.refine and state["attempts"][-1]["round"] < context.refine_rounds:
         return "compose"

@@ -27,7 +27,7 @@ class Attempt(TypedDict):
     notes: list[str]  # what extraction did
     check: dict[str, Any] | None  # ParseCheck, as JSON
     metrics: dict[str, Any] | None  # TuneMetrics of a valid tune, as JSON
-    valid: bool
+    valid: bool  # playable: the check found no error (faults may remain)
     input_tokens: int
     output_tokens: int
     seconds: float
@@ -65,6 +65,33 @@ def upsert_attempts(left: list[Attempt], right: list[Attempt]) -> list[Attempt]:
     return merged
 
 
+def fault_count(attempt: Attempt) -> int:
+    """Faults the checker found in the attempt's tune: what a musician would still correct."""
+    return int((attempt["check"] or {}).get("fault_count", 0))
+
+
+def is_clean(attempt: Attempt) -> bool:
+    """Playable with nothing left to correct, so no repair is asked for."""
+    return attempt["valid"] and fault_count(attempt) == 0
+
+
+def repeats_an_earlier_tune(attempts: Sequence[Attempt]) -> bool:
+    """The latest answer's tune is one the model already wrote: asking again would pay for an
+    answer that is already known."""
+    last = attempts[-1]["abc"]
+    return last is not None and any(attempt["abc"] == last for attempt in attempts[:-1])
+
+
+def replaces(candidate: Attempt, current: Attempt | None) -> bool:
+    """Whether the run stands on `candidate` rather than on `current`: a playable tune, new,
+    with no more faults; so the run ends on the best playable tune, fewest faults then latest."""
+    if not candidate["valid"]:
+        return False
+    if current is None:
+        return True
+    return candidate["abc"] != current["abc"] and fault_count(candidate) <= fault_count(current)
+
+
 def rounds_and_repairs(attempts: Sequence[Attempt]) -> tuple[int, int]:
     """Refinement rounds reached and grammar repairs asked for: what a tune took to make."""
     return (max((attempt["round"] for attempt in attempts), default=0),
@@ -86,6 +113,8 @@ class State(TypedDict, total=False):
     attempts: Annotated[list[Attempt], upsert_attempts]
     best: int | None  # index in attempts of the tune the run stands on
     final_abc: str | None
+    faults: list[str]  # what a musician would still correct in the final tune, one line each
+    fault_count: int  # all of them; `faults` lists the first
     motivation: str
     explanation: dict[str, Any]
     status: Status

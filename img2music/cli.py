@@ -62,15 +62,19 @@ def _compile(path: Path) -> CompiledAbc:
 
 
 def _diagnostic_json(diagnostic: Diagnostic) -> dict[str, object]:
-    return diagnostic.model_dump(include={"line", "col", "message", "source"})
+    return diagnostic.model_dump(include={"severity", "line", "col", "message", "source"})
 
 
 @app.command()
 def check(
     file: Annotated[Path, typer.Argument(help="An ABC file (one or more tunes).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Faults fail too, not only errors.")] = False,
 ) -> None:
-    """Parse-check an ABC file: exit 0 when the tune is valid, 1 when not, 2 on usage errors."""
+    """Parse-check an ABC file: exit 0 when it has no errors (faults, what a musician would
+    correct, are listed as warnings), 1 when it has errors (or faults, with --strict), 2 on
+    usage errors."""
     compiled = _compile(file)
     result = compiled.check
     metrics: TuneMetrics | None = None
@@ -79,8 +83,11 @@ def check(
     if as_json:
         payload = {
             "ok": result.ok,
+            "clean": result.clean,
             "errors": [_diagnostic_json(d) for d in result.errors],
-            "warnings": [_diagnostic_json(d) for d in result.warnings],
+            "faults": [_diagnostic_json(d) for d in result.faults],
+            "error_count": result.error_count,
+            "fault_count": result.fault_count,
             "tunes": result.tunes,
             "voices": result.voices,
             "bars": result.bars,
@@ -92,21 +99,29 @@ def check(
         typer.echo(json.dumps(payload, ensure_ascii=False))
     else:
         _print_check(file, compiled, metrics)
-    raise typer.Exit(0 if result.ok else 1)
+    raise typer.Exit(0 if result.ok and (result.clean or not strict) else 1)
 
 
 def _print_check(file: Path, compiled: CompiledAbc, metrics: TuneMetrics | None) -> None:
     result = compiled.check
-    verdict = "[green]valid[/green]" if result.ok else "[red]not valid[/red]"
+    if not result.ok:
+        verdict = f"[red]not valid[/red], {_count(result.error_count, 'error')}"
+    elif result.fault_count:
+        verdict = f"[yellow]valid[/yellow], {_count(result.fault_count, 'warning')}"
+    else:
+        verdict = "[green]valid[/green]"
     console.print(
         f"{file}: {verdict} ({result.backend}) · {result.tunes} tune(s) · {result.voices} "
         f"voice(s) · {result.bars} bars · {result.notes} notes · {result.duration_beats:g} beats",
         highlight=False,
     )
-    for diagnostic in [*result.errors, *result.warnings]:
-        colour = "red" if diagnostic.severity == "error" else "yellow"
-        console.print(Text.assemble("  ", (diagnostic.severity, colour), " ",
-                                    diagnostic.one_line()))
+    for diagnostic in [*result.errors, *result.faults]:
+        label, colour = ("error", "red") if diagnostic.severity == "error" else ("warning",
+                                                                                 "yellow")
+        console.print(Text.assemble("  ", (label, colour), " ", diagnostic.one_line()))
+    unlisted = result.error_count + result.fault_count - len(result.errors) - len(result.faults)
+    if unlisted > 0:
+        console.print(f"  … and {unlisted} more", highlight=False)
     if metrics is not None:
         shown = " · ".join(
             f"{metric.name} {metric.value:.3g}" if metric.value is not None
@@ -260,6 +275,10 @@ def index_query(
         raise typer.Exit(1)
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _similarity(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
@@ -301,9 +320,14 @@ def compose_command(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64)] = 4,
 ) -> None:
     """Compose music for each image: tune.abc, MIDI, audio, score, explanation and reports."""
+    from img2music.readiness import no_model_answers
     from img2music.runs import Composition, compose
 
     paths = _image_paths(images)
+    help_text = no_model_answers(get_settings())
+    if help_text is not None:  # every image would fail the same way: say how to get a model
+        errors.print(Text(help_text))
+        raise typer.Exit(1)
     folders = _output_folders(paths, out)
     overrides: dict[str, Any] = {"rag_k": k, "repairs": repairs, "refine_rounds": refine_rounds,
                  "rag": False if no_rag else None, "refine": False if no_refine else None,
@@ -320,17 +344,15 @@ def compose_command(
         def one(path: Path) -> Composition:
             result = compose(path, out_dir=folders[path], note=note, on_progress=show,
                              **overrides)
-            verdict = "done" if result.ok else f"no tune: {result.error}"
+            verdict = f"no tune: {result.error}" if not result.ok else (
+                f"done, {_count(result.fault_count, 'fault')}" if result.fault_count else "done")
             progress.update(tasks[str(path)], description=f"{path.name}: {verdict}")
             return result
 
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             results = list(pool.map(one, paths))
     for result in results:
-        if result.ok:
-            console.print(Text(f"{result.image}: {result.out_dir / 'tune.abc'}"))
-        else:
-            errors.print(Text(f"{result.image}: {result.error}"))
+        (console if result.ok else errors).print(Text(result.summary()))
     raise typer.Exit(0 if all(result.ok for result in results) else 1)
 
 
@@ -364,21 +386,30 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to bind; loopback by default.")] = (
         "127.0.0.1"),
-    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535,
+                                      help="0 takes a free port (printed).")] = 8000,
 ) -> None:
     """Serve the web page, the OpenAI-compatible endpoint (model `img2music`) and runs' files."""
     import uvicorn
+
+    from img2music.readiness import no_model_answers
 
     settings = get_settings()
     if host not in LOOPBACK and settings.api_key is None:
         errors.print(f"[yellow]warning:[/yellow] serving on {host} without IMG2MUSIC_API_KEY: "
                      "anyone who can reach this address can spend your model's time")
+    help_text = no_model_answers(settings)
+    if help_text is not None:  # serve anyway: the model may come up later, /health says when
+        errors.print(Text.assemble(("warning: ", "yellow"), help_text))
     from img2music.server.app import app as server  # built from these same settings
 
+    config = uvicorn.Config(server, host=host, port=port, log_level=settings.log_level.lower(),
+                            timeout_graceful_shutdown=5)
+    listening = config.bind_socket()  # bound first, so the port printed is the one served
+    port = listening.getsockname()[1]
     console.print(f"img2music on http://{host}:{port}/ (the page) and http://{host}:{port}/v1 "
                   f"(model img2music); runs in {settings.data_dir / 'runs'}", highlight=False)
-    uvicorn.run(server, host=host, port=port,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[listening])
 
 
 STATUS_STYLE = {"ok": "[green]ok[/green]", "warning": "[yellow]warning[/yellow]",
@@ -388,9 +419,10 @@ STATUS_STYLE = {"ok": "[green]ok[/green]", "warning": "[yellow]warning[/yellow]"
 @app.command()
 def doctor() -> None:
     """Check what the configured path needs, and say how to fix what is missing."""
-    from img2music.readiness import doctor_checks
+    from img2music.readiness import doctor_checks, no_model_answers
 
-    checks = doctor_checks(get_settings())
+    settings = get_settings()
+    checks = doctor_checks(settings)
     table = Table(show_lines=False)
     for column in ("check", "status", "found", "fix"):
         table.add_column(column, overflow="fold")
@@ -399,6 +431,9 @@ def doctor() -> None:
                       escape(check.fix))
     console.print(table)
     missing = [check.name for check in checks if not check.ok]
+    help_text = no_model_answers(settings) if "VLM endpoint" in missing else None
+    if help_text is not None:
+        console.print(Text(help_text))
     if missing:
         errors.print(f"[red]not ready:[/red] {', '.join(missing)}")
         raise typer.Exit(1)

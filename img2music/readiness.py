@@ -16,6 +16,7 @@ from typing import Literal
 
 import httpx
 
+from img2music.graph.profiles import list_models, profile_for
 from img2music.settings import Settings
 from img2music.tools.programs import which
 
@@ -29,6 +30,27 @@ PYTHON_PACKAGES = {
     "langchain_openai": "langchain-openai", "fastapi": "fastapi", "uvicorn": "uvicorn",
 }
 VLM_PROBE_TIMEOUT_S = 3.0
+GET_A_MODEL = "img2music vlm serve on a GPU, a hosted API or a local server (see below)"
+FIRST_RUN = """\
+No model answered at {url} ({reason}).
+img2music needs a vision-language model behind an OpenAI-compatible endpoint. Three ways to
+get one:
+
+1. vLLM on a machine with an NVIDIA GPU, serving Keye-VL-8B (the model img2music is tuned for):
+     pip install 'img2music[vllm]'
+     img2music vlm serve
+
+2. A hosted vision API (OpenAI, Gemini, OpenRouter, Together, ...): set three variables, e.g.
+     export IMG2MUSIC_VLM_BASE_URL=https://api.openai.com/v1
+     export IMG2MUSIC_VLM_MODEL=gpt-4o-mini
+     export IMG2MUSIC_VLM_API_KEY=sk-...
+
+3. A local server such as Ollama, with a vision model:
+     ollama pull qwen2.5vl:7b
+     export IMG2MUSIC_VLM_BASE_URL=http://127.0.0.1:11434/v1
+     export IMG2MUSIC_VLM_MODEL=qwen2.5vl:7b
+
+`img2music doctor` then checks that it answers."""
 
 
 @dataclass(frozen=True)
@@ -129,28 +151,53 @@ def index(settings: Settings) -> list[Check]:
 
 
 def vlm_endpoint(settings: Settings) -> Check:
-    """The endpoint answers `GET /models` and serves the configured model."""
+    """The endpoint answers `GET /models`, serves the configured model, and has a profile."""
     name = "VLM endpoint"
     if settings.vlm_backend == "local":
         return local_model(settings.vlm_model, "local VLM")
     url = settings.vlm_base_url.rstrip("/") + "/models"
-    headers = {"Authorization": f"Bearer {settings.vlm_api_key}"}
     try:
-        response = httpx.get(url, headers=headers, timeout=VLM_PROBE_TIMEOUT_S)
-        response.raise_for_status()
-        served = [str(model.get("id")) for model in response.json().get("data", [])]
+        served = [str(model.get("id")) for model in list_models(
+            settings.vlm_base_url, api_key=settings.vlm_api_key, timeout=VLM_PROBE_TIMEOUT_S)]
     except httpx.HTTPStatusError as error:
         return Check(name, "missing", f"{url} answered {error.response.status_code}",
                      "check IMG2MUSIC_VLM_BASE_URL and IMG2MUSIC_VLM_API_KEY")
+    except httpx.TransportError as error:
+        return Check(name, "missing", f"{url}: nothing answers ({_no_answer(error)})",
+                     GET_A_MODEL)
     except (httpx.HTTPError, ValueError, AttributeError) as error:
         return Check(name, "missing", f"{url}: {type(error).__name__}: {error}".strip(": "),
-                     "start it on a GPU machine: img2music vlm serve (or set "
-                     "IMG2MUSIC_VLM_BASE_URL)")
+                     "check IMG2MUSIC_VLM_BASE_URL: it should end in /v1")
     if settings.vlm_model not in served:
         listed = ", ".join(served) or "no model"
         return Check(name, "missing", f"{settings.vlm_base_url} serves {listed}, not "
                      f"{settings.vlm_model}", "set IMG2MUSIC_VLM_MODEL to one of them, or serve it")
-    return Check(name, "ok", f"{settings.vlm_base_url} serves {settings.vlm_model}")
+    detection = profile_for(settings.vlm_base_url, api_key=settings.vlm_api_key,
+                            choice=settings.vlm_profile)
+    return Check(name, "ok", f"{settings.vlm_base_url} serves {settings.vlm_model}; profile "
+                 f"{detection.profile.name} ({detection.reason})")
+
+
+def no_model_answers(settings: Settings) -> str | None:
+    """The first-run help (the three ways to get a model) when nothing answers at the VLM
+    endpoint: refused, no such host, timed out. None when something answers, whatever it
+    says (`doctor` names the rest), or with the local backend."""
+    if settings.vlm_backend == "local":
+        return None
+    try:
+        list_models(settings.vlm_base_url, api_key=settings.vlm_api_key,
+                    timeout=VLM_PROBE_TIMEOUT_S)
+    except httpx.TransportError as error:
+        return FIRST_RUN.format(url=settings.vlm_base_url, reason=_no_answer(error))
+    except (httpx.HTTPError, ValueError, AttributeError):
+        pass  # something answered: `doctor` says what is wrong with it
+    return None
+
+
+def _no_answer(error: httpx.TransportError) -> str:
+    if isinstance(error, httpx.TimeoutException):
+        return f"no answer within {VLM_PROBE_TIMEOUT_S:g} s"
+    return f"{type(error).__name__}: {error}".strip(": ")
 
 
 def attention_model(settings: Settings) -> Check | None:

@@ -129,9 +129,20 @@ def _image_url(picture: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def _verdict(attempt: dict[str, Any]) -> str:
+    """Whether the attempt plays, and how many faults a musician would still correct in it."""
+    if not attempt.get("check"):
+        return "not checked"
+    if not attempt["valid"]:
+        return "does not play"
+    faults = int(attempt["check"].get("fault_count", 0))
+    return f"plays, {faults} fault{'s' if faults > 1 else ''}" if faults else "plays"
+
+
 def _attempt_summary(attempt: dict[str, Any]) -> str:
-    if attempt.get("check") and not attempt["valid"]:
-        return ParseCheck.model_validate(attempt["check"]).feedback(limit=3)
+    check = attempt.get("check")
+    if check and (not attempt["valid"] or (check.get("fault_count") and not attempt["metrics"])):
+        return ParseCheck.model_validate(check).feedback(limit=3)
     if attempt.get("metrics"):
         metrics = TuneMetrics.model_validate(attempt["metrics"])
         return " · ".join(
@@ -173,10 +184,14 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path], report: di
             "score": e["score"], "image": _similarity(e.get("image_similarity")),
             "text": _similarity(e.get("text_similarity")),
         } for e in final.get("examples", [])],
-        attempts=[{**a, "summary": _attempt_summary(dict(a))} for a in final.get("attempts", [])],
+        attempts=[{**a, "summary": _attempt_summary(dict(a)), "verdict": _verdict(dict(a))}
+                  for a in final.get("attempts", [])],
         abc=final.get("final_abc"),
+        faults=final.get("faults", []) if final.get("final_abc") else [],
+        fault_count=final.get("fault_count", 0),
         prompt_set=report.get("prompt_set", {}).get("hash", ""),
         model=context.vlm_model,
+        endpoint=report.get("vlm_endpoint"),
         calls=usage["calls"],
         tokens=usage["input_tokens"] + usage["output_tokens"],
         seconds=f"{report.get('wall_seconds', 0):.1f}",

@@ -7,12 +7,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
-from img2music.graph.models import VLMUnavailable, image_data_url
+from img2music.graph.models import VLMUnavailable, chat_model, endpoint_report, image_data_url
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import State
 from img2music.prompt_files import prompt_set
@@ -39,7 +40,8 @@ class RunCancelled(Exception):
 
 @dataclass
 class Composition:
-    """What one image gave: the tune (None when none was valid), the files, and the report."""
+    """What one image gave: the tune (None when no attempt was playable), what a musician would
+    still correct in it, the files, and the report."""
 
     image: Path
     out_dir: Path
@@ -49,10 +51,22 @@ class Composition:
     report: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     failure_kind: FailureKind | None = None
+    faults: list[str] = field(default_factory=list)
+    fault_count: int = 0
 
     @property
     def ok(self) -> bool:
         return self.abc is not None and self.error is None
+
+    def summary(self) -> str:
+        """One line: where the tune is and what is left to correct, or why there is none."""
+        if not self.ok:
+            return f"{self.image}: {self.error}"
+        line = f"{self.image}: {self.out_dir / 'tune.abc'}"
+        if self.fault_count:
+            line += (f" ({self.fault_count} fault{'s' if self.fault_count > 1 else ''} a "
+                     f"musician would correct; first: {self.faults[0]})")
+        return line
 
 
 def compose(
@@ -82,10 +96,9 @@ def compose(
         return _failed(image, out, f"{image}: {error}", "bad_image")
     state: State = {"image": image_data_url(picture, max_pixels=settings.vlm_image_pixels),
                     "note": note}
-    kwargs: dict[str, Any] = {"retriever_for": retriever_for}
-    if model_for is not None:
-        kwargs["model_for"] = model_for
-    graph = build_graph(**kwargs)
+    # The model is built from these settings too (profile, key, timeouts), not the process's.
+    graph = build_graph(model_for=model_for or partial(chat_model, settings=settings),
+                        retriever_for=retriever_for)
     final: State = {}
     try:
         for mode, chunk in graph.stream(state, context=context,
@@ -108,6 +121,8 @@ def compose(
         "image": str(image),
         "settings": dict(context.__dict__),
         "prompt_set": {"name": prompts.name, "hash": prompts.hash},
+        "vlm_endpoint": None if settings.vlm_backend == "local" else endpoint_report(
+            context.vlm_base_url, context.vlm_model, choice=settings.vlm_profile),
         "wall_seconds": time.perf_counter() - started,
     }
     files, report = write_run(out, final, picture, report, context=context, settings=settings)
@@ -117,6 +132,7 @@ def compose(
         motivation=final.get("motivation", ""), files=files, report=report,
         error=None if done else final.get("failure", "no tune"),
         failure_kind=None if done else "no_tune",
+        faults=final.get("faults", []), fault_count=final.get("fault_count", 0),
     )
 
 

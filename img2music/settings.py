@@ -10,6 +10,7 @@ from platformdirs import user_data_path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+ProfileSetting = Literal["auto", "vllm", "openai", "ollama", "generic"]
 SOUNDFONT_CANDIDATES = (
     Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
     Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),
@@ -115,8 +116,15 @@ class Settings(BaseSettings):
     )
     vlm_backend: Literal["openai", "local"] = Field(
         default="openai",
-        description="`openai`: any OpenAI-compatible endpoint (vLLM serving Keye-VL-8B); "
-        "`local`: an in-process transformers model.",
+        description="`openai`: any OpenAI-compatible endpoint (vLLM serving Keye-VL-8B, a "
+        "hosted vision API, Ollama); `local`: an in-process transformers model.",
+    )
+    vlm_profile: ProfileSetting = Field(
+        default="auto",
+        description="What the endpoint understands beyond OpenAI's standard fields: `vllm` "
+        "(top_k; structured outputs), `openai` (standard fields, max_completion_tokens), "
+        "`ollama` (standard fields, max_tokens), `generic` (standard fields, max_tokens); "
+        "`auto` asks the endpoint once per process.",
     )
     vlm_base_url: str = Field(
         default="http://127.0.0.1:8001/v1", description="OpenAI-compatible endpoint of the VLM."
@@ -128,14 +136,20 @@ class Settings(BaseSettings):
     vlm_api_key: str = Field(default="EMPTY", description="API key for the endpoint, if any.")
     vlm_temperature: float = Field(default=0.6, ge=0, le=2, description="Sampling temperature.")
     vlm_top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling.")
-    vlm_top_k: int = Field(default=20, ge=-1, description="Top-k sampling (vLLM extra_body).")
+    vlm_top_k: int = Field(
+        default=20, ge=-1, description="Top-k sampling, sent to vLLM endpoints only."
+    )
     vlm_max_tokens: int = Field(default=4096, gt=0, description="Most tokens per model call.")
-    vlm_thinking: bool = Field(default=False, description="Keye's think mode when composing.")
+    vlm_thinking: bool = Field(
+        default=False,
+        description="Keye's think mode when composing; models without the /think switch "
+        "get no switch at all.",
+    )
     vlm_grammar: Literal["auto", "on", "off"] = Field(
         default="auto",
         description="Constrain the composer's answers with the ABC grammar (prompts/abc.ebnf), so "
-        "broken ABC cannot be written: `auto` where the backend applies it (the local backend), "
-        "`on` always, `off` never. Reasoning in think mode stays free.",
+        "broken ABC cannot be written: `auto` where the backend applies it (the local backend, "
+        "a vLLM endpoint), `on` always, `off` never. Reasoning in think mode stays free.",
     )
     vlm_timeout_s: float = Field(default=300, gt=0, description="Seconds one model call may take.")
     vlm_retries: int = Field(
@@ -222,6 +236,11 @@ class Settings(BaseSettings):
     judge_api_key: str | None = Field(
         default=None, description="API key for the judge endpoint; unset: the VLM's key."
     )
+    judge_profile: ProfileSetting | None = Field(
+        default=None,
+        description="The judge endpoint's profile (as IMG2MUSIC_VLM_PROFILE); unset: the VLM's "
+        "setting when the judge is the VLM's endpoint, `auto` when it has its own.",
+    )
     judge_temperature: float = Field(
         default=0.7, ge=0, le=2,
         description="Judge sampling temperature; above 0 so that repeated answers differ and "
@@ -246,6 +265,20 @@ class Settings(BaseSettings):
     def judge_endpoint(self) -> str:
         """The judge's endpoint: its own, else the composer's."""
         return self.judge_base_url or self.vlm_base_url
+
+    @property
+    def judge_profile_choice(self) -> ProfileSetting:
+        """The judge's profile setting: its own, else the VLM's on the VLM's endpoint."""
+        if self.judge_profile is not None:
+            return self.judge_profile
+        return self.vlm_profile if self.judge_base_url is None else "auto"
+
+    @property
+    def judge_profile_setting(self) -> str:
+        """The variable the judge's profile setting comes from, for messages."""
+        if self.judge_profile is None and self.judge_base_url is None:
+            return "IMG2MUSIC_VLM_PROFILE"
+        return "IMG2MUSIC_JUDGE_PROFILE"
 
     @property
     def judge_served_model(self) -> str:

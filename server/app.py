@@ -337,6 +337,8 @@ def run_summary(folder: Path, report: dict[str, Any], base: str) -> dict[str, An
         "failure_kind": report.get("failure_kind") or (
             None if report.get("status") == "done" else "no_tune"),
         "abc": report.get("final_abc"),
+        "faults": report.get("faults", []) if report.get("final_abc") else [],
+        "fault_count": report.get("fault_count", 0) if report.get("final_abc") else 0,
         "motivation": report.get("motivation", ""),
         "description": report.get("description", ""),
         "metrics": chosen_metrics(report),

@@ -8,11 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 import torch
 from langchain_core.messages import HumanMessage, SystemMessage
 from matplotlib import cbook
 from PIL import Image
+from transformers import AttentionInterface
+from transformers.models.qwen2_vl.modeling_qwen2_vl import (
+    Qwen2VLAttention,
+    eager_attention_forward,
+)
 
 from img2music.graph.local_vlm import LocalChatModel, LocalModelUnavailable, LocalTurn, LocalVLM
 from img2music.settings import Settings
@@ -24,7 +30,6 @@ from img2music.tools.attention import (
     draw_overlay,
     draw_section_overlays,
     image_attention,
-    naive_image_attention,
     sections_of,
     token_spans_for,
 )
@@ -175,8 +180,37 @@ def test_saved_model_loads_and_a_missing_one_is_explained(tmp_path: Path) -> Non
         LocalVLM.load(str(tmp_path / "empty"))
 
 
+def reference_maps(
+    vlm: LocalVLM, image: Image.Image, written: list[int], spans: list[tuple[str, int, int]]
+) -> tuple[npt.NDArray[np.float64], dict[str, npt.NDArray[np.float64]]]:
+    """The paper's equation 2, written out from the full attention tensor that transformers
+    returns with `output_attentions=True`; nothing of `img2music.tools.attention` is used."""
+    prompt = vlm.prompt_inputs(conversation(image))
+    ids = torch.cat([prompt["input_ids"], torch.tensor([written])], dim=1)
+    text = torch.zeros((1, len(written)), dtype=prompt["mm_token_type_ids"].dtype)  # 0: text
+    with torch.no_grad():
+        outputs = vlm.model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                            mm_token_type_ids=torch.cat([prompt["mm_token_type_ids"], text], 1),
+                            pixel_values=prompt["pixel_values"],
+                            image_grid_thw=prompt["image_grid_thw"], output_attentions=True,
+                            use_cache=False)
+    weights = torch.stack(outputs.attentions)[:, 0].double()  # layers, heads, query, key
+    length = prompt["input_ids"].shape[1]
+    image_columns = [i for i, token in enumerate(prompt["input_ids"][0].tolist())
+                     if token == vlm.image_token_id]
+    per_token = weights[:, :, length:, image_columns].mean(dim=(0, 1)).numpy()  # written, image
+    _, patch_rows, patch_columns = prompt["image_grid_thw"][0].tolist()
+    shape = (patch_rows // MERGE_SIZE, patch_columns // MERGE_SIZE)
+    rows_of: dict[str, list[int]] = {}
+    for name, start, end in spans:
+        rows_of.setdefault(name, []).extend(range(start, end))
+    return (per_token.mean(axis=0).reshape(shape),
+            {name: per_token[rows].mean(axis=0).reshape(shape)
+             for name, rows in rows_of.items()})
+
+
 @pytest.mark.parametrize("image_name", ["photo", "wide"])
-def test_hooked_map_equals_the_naive_mean(
+def test_hooked_map_equals_a_reference_from_the_full_attention_tensor(
     vlm: LocalVLM, image_name: str, request: pytest.FixtureRequest
 ) -> None:
     image: Image.Image = request.getfixturevalue(image_name)
@@ -186,19 +220,65 @@ def test_hooked_map_equals_the_naive_mean(
     ids = encoded["input_ids"]
 
     hooked = image_attention(vlm.model, inputs, ids, vlm.image_token_id, token_spans=spans)
-    naive = naive_image_attention(vlm.model, inputs, ids, vlm.image_token_id, token_spans=spans)
+    grid, sections = reference_maps(vlm, image, ids, spans)
 
-    _, height, width = (int(value) for value in inputs["image_grid_thw"][0])
-    shape = (height // MERGE_SIZE, width // MERGE_SIZE)
-    assert hooked.grid.shape == shape
+    assert hooked.grid.shape == grid.shape
     assert (hooked.layers, hooked.heads, hooked.tokens) == (2, 4, len(ids))
-    assert hooked.image_tokens == shape[0] * shape[1]
-    np.testing.assert_allclose(hooked.grid, naive.grid, atol=1e-5, rtol=0)
-    assert set(hooked.sections) == set(naive.sections) == {"V:1", "V:2"}
-    for name, grid in hooked.sections.items():
-        assert grid.shape == shape
-        np.testing.assert_allclose(grid, naive.sections[name], atol=1e-5, rtol=0)
+    assert hooked.image_tokens == grid.size
+    np.testing.assert_allclose(hooked.grid, grid, atol=1e-6, rtol=1e-4)
+    assert set(hooked.sections) == set(sections) == {"V:1", "V:2"}
+    for name, section in hooked.sections.items():
+        np.testing.assert_allclose(section, sections[name], atol=1e-6, rtol=1e-4)
     assert float(hooked.grid.min()) > 0
+    assert not np.allclose(hooked.sections["V:1"], hooked.sections["V:2"], atol=0, rtol=1e-3)
+
+
+STEERED = "img2music-test-steered"
+
+
+def steer_attention(column: int) -> None:
+    """The decoder's attention implementation, replaced: every position after `column` attends
+    to it alone (the others to themselves). The vision tower keeps eager attention."""
+
+    def steered(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                value: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float,
+                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if not isinstance(module, Qwen2VLAttention):
+            result: tuple[torch.Tensor, torch.Tensor] = eager_attention_forward(
+                module, query, key, value, attention_mask, scaling, **kwargs)
+            return result
+        batch, heads, length, _ = query.shape
+        chosen = torch.where(torch.arange(length) > column, column, torch.arange(length))
+        weights = torch.nn.functional.one_hot(chosen, length).to(query.dtype)
+        weights = weights.expand(batch, heads, length, length)
+        values = value.repeat_interleave(heads // value.shape[1], dim=1)
+        return (weights @ values).transpose(1, 2).contiguous(), weights
+
+    AttentionInterface.register(STEERED, steered)
+
+
+def test_attention_steered_to_one_patch_lights_that_patch(fresh_vlm: LocalVLM) -> None:
+    """A known answer: black picture, one white cell of the merged grid (row 2, column 1 of
+    3 × 4), and a model made to attend only to the image token that carries it."""
+    pixels = np.zeros((84, 112, 3), dtype=np.uint8)  # 3 × 4 cells of 28 px: 2 × 2 patches each
+    pixels[56:84, 28:56] = 255
+    image = Image.fromarray(pixels)
+    inputs = fresh_vlm.prompt_inputs(conversation(image))
+    patches = inputs["pixel_values"]  # one row per 14-px patch, in the processor's order
+    bright = (patches.mean(dim=1) > patches.mean()).nonzero().flatten()
+    [token] = (bright // MERGE_SIZE**2).unique().tolist()  # 2 × 2 patches merge into a token
+    image_columns = (inputs["input_ids"][0] == fresh_vlm.image_token_id).nonzero().flatten()
+    steer_attention(int(image_columns[token]))
+    fresh_vlm.model.set_attn_implementation(STEERED)
+
+    ids = fresh_vlm.tokenizer(VOICES_ABC, add_special_tokens=False)["input_ids"]
+    lit = image_attention(fresh_vlm.model, inputs, ids, fresh_vlm.image_token_id,
+                          token_spans=[("V:1", 0, 10)])
+
+    expected = np.zeros((3, 4), dtype=np.float32)
+    expected[2, 1] = 1.0
+    np.testing.assert_array_equal(lit.grid, expected)
+    np.testing.assert_array_equal(lit.sections["V:1"], expected)
 
 
 def test_shapes_follow_the_image(vlm: LocalVLM, photo: Image.Image, wide: Image.Image) -> None:

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from img2music.cli import app
 from img2music.tools.music21_corpus import iter_corpus_tunes
+from tests.needs import needs_programs, needs_soundfont
 
 runner = CliRunner()
 
@@ -49,15 +50,35 @@ def test_check_valid_tune_as_json(tune_file: Path) -> None:
 
 def test_check_invalid_tune_exits_1_with_the_place(tmp_path: Path) -> None:
     path = tmp_path / "broken.abc"
-    path.write_text(TUNE.replace("e3 c2 A", "e3 c2 A B"), encoding="utf-8")
+    path.write_text(TUNE.replace("e3 c2 A", "e3 [c2 A"), encoding="utf-8")
     result = runner.invoke(app, ["check", str(path), "--json"])
     assert result.exit_code == 1
     payload = json.loads(result.stdout)
     assert payload["ok"] is False
+    assert payload["errors"][0]["severity"] == "error"
     assert payload["errors"][0]["line"] == 7
-    assert payload["errors"][0]["col"] == 17  # where the long bar starts
-    assert "too long" in payload["errors"][0]["message"]
+    assert payload["errors"][0]["col"] == 20  # where the chord opens
+    assert "a chord opened with [ is not closed" in payload["errors"][0]["message"]
     assert payload["metrics"] == {}
+
+
+def test_check_lists_faults_as_warnings_and_exits_0_unless_strict(tmp_path: Path) -> None:
+    path = tmp_path / "faulty.abc"
+    path.write_text(TUNE.replace("e3 c2 A", "e3 c2 A B"), encoding="utf-8")
+    result = runner.invoke(app, ["check", str(path), "--json"])
+    assert result.exit_code == 0
+    payload = json.loads(result.stdout)
+    assert (payload["ok"], payload["clean"], payload["errors"]) == (True, False, [])
+    fault = payload["faults"][0]
+    assert (fault["severity"], fault["line"], fault["col"]) == ("fault", 7, 17)  # the long bar
+    assert "too long" in fault["message"] and payload["fault_count"] == 1
+    assert payload["metrics"]["pitch_range"] == 12  # it plays, so it is measured
+    human = runner.invoke(app, ["check", str(path)])
+    assert human.exit_code == 0
+    assert "valid, 1 warning" in human.stdout
+    assert "warning line 7, col 17: bar 3 lasts 7/8" in human.stdout
+    assert runner.invoke(app, ["check", "--strict", str(path)]).exit_code == 1
+    assert runner.invoke(app, ["check", "--strict", "--json", str(path)]).exit_code == 1
 
 
 def test_check_human_output(tune_file: Path) -> None:
@@ -87,8 +108,8 @@ def test_check_real_corpus_file_with_many_tunes(tmp_path: Path) -> None:
     assert result.exit_code == (0 if payload["ok"] else 1)
 
 
-@pytest.mark.skipif(shutil.which("fluidsynth") is None or shutil.which("abcm2ps") is None,
-                    reason="fluidsynth and abcm2ps (Debian packages) are not installed")
+@needs_programs("fluidsynth", "abcm2ps")
+@needs_soundfont
 def test_render_writes_every_file(tune_file: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(app, ["render", str(tune_file), "--out", str(out)])
@@ -119,3 +140,19 @@ def test_installed_entry_point(tune_file: Path) -> None:
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["ok"] is True
+
+
+@needs_programs("abc2midi")
+def test_render_exits_1_naming_a_missing_program_and_writes_the_rest(
+    tune_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    programs = tmp_path / "bin"  # abc2midi alone: no fluidsynth, no abcm2ps
+    programs.mkdir()
+    (programs / "abc2midi").symlink_to(str(shutil.which("abc2midi")))
+    monkeypatch.setenv("PATH", str(programs))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["render", str(tune_file), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "wav: fluidsynth is not installed (Debian package: fluidsynth)" in result.stderr
+    assert "svg: abcm2ps is not installed (Debian package: abcm2ps)" in result.stderr
+    assert {path.name for path in out.iterdir()} == {"tune.mid", "pianoroll.png"}

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from PIL import Image, ImageDraw
 from img2music.tools.check import check_abc
 from img2music.tools.music21_corpus import iter_corpus_tunes
 from tests.openai_server import last_user_text, scripted_server
+from tests.realworld import papers_tune
 from tests.test_graph import REFINED, TUNE, answer
 
 PHOTO = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
@@ -148,10 +148,11 @@ def test_a_batch_killed_midway_keeps_every_image_it_finished(tmp_path: Path) -> 
     for name in ("a-first", "b-second"):
         (images / f"{name}.jpg").write_bytes(PHOTO.read_bytes())
     calls = itertools.count()
-    release = threading.Event()
+    second_image_asked, release = threading.Event(), threading.Event()
 
     def stall_after_the_first_image(body: dict[str, Any]) -> str:
         if next(calls) >= 3:  # describe, compose, refine of the first image answer; then stall
+            second_image_asked.set()
             release.wait(120)
         return respond(body)
 
@@ -162,10 +163,8 @@ def test_a_batch_killed_midway_keeps_every_image_it_finished(tmp_path: Path) -> 
             [str(Path(sys.executable).with_name("img2music")), "compose", str(images), "--out",
              str(tmp_path / "out"), "--no-rag", "--explain", "none", "--concurrency", "1"],
             env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 300
-        while len(server.requests) < 4:  # the second image is being composed
-            assert batch.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
+        assert second_image_asked.wait(300), "the batch never reached the second image"
+        assert batch.poll() is None
         batch.kill()
         batch.wait(timeout=30)
         release.set()
@@ -175,3 +174,29 @@ def test_a_batch_killed_midway_keeps_every_image_it_finished(tmp_path: Path) -> 
     assert (first / "tune.wav").read_bytes()[:4] == b"RIFF"
     assert "</html>" in (first / "report.html").read_text()
     assert not (tmp_path / "out" / "b-second" / "tune.abc").exists()
+
+
+def test_the_papers_tune_is_delivered_and_its_faults_summed_up_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """Keye-VL-8B's tune from the paper (Fig. 2a), from a model that never fixes it: every bar
+    is short, yet it plays, so it is written out with what a musician would correct."""
+    def never_fixes(body: dict[str, Any]) -> str:
+        return respond(body) if "Describe this image" in last_user_text(body) else papers_tune()
+
+    with scripted_server(never_fixes) as server:
+        result = img2music(tmp_path, server.url, "compose", str(PHOTO), "--out",
+                           str(tmp_path / "out"), "--no-rag", "--explain", "none")
+    assert result.returncode == 0, result.stdout + result.stderr
+    folder = tmp_path / "out" / "grace_hopper"
+    summary = [line for line in result.stdout.splitlines() if "tune.abc" in line]
+    assert len(summary) == 1
+    assert summary[0].startswith(f"{PHOTO}: {folder / 'tune.abc'} (28 faults a musician would "
+                                 "correct; first: line 8, col 13: bar 2 lasts 3/8 but M:6/4")
+    assert check_abc((folder / "tune.abc").read_text()).fault_count == 28
+    report = json.loads((folder / "report.json").read_text())
+    assert report["status"] == "done" and report["fault_count"] == 28
+    assert report["faults"][0].startswith("line 8, col 13: bar 2 lasts 3/8")
+    assert len(server.requests) == 4  # describe, compose, the repair, the refinement
+    html = (folder / "report.html").read_text()
+    assert "What a musician would still correct" in html and "bar 2 lasts 3/8" in html

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 
 import mido
 import pytest
@@ -11,11 +10,9 @@ import pytest
 from img2music.settings import Settings
 from img2music.tools.check import check_abc
 from img2music.tools.convert import InvalidAbc, InvalidMidi, abc_to_midi, midi_to_abc
+from tests.needs import needs_programs
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("abc2midi") is None or shutil.which("midi2abc") is None,
-    reason="abc2midi and midi2abc (Debian package abcmidi) are not installed",
-)
+pytestmark = needs_programs("abc2midi", "midi2abc")
 
 DUET = """X:1
 T:Two voices
@@ -54,8 +51,9 @@ def test_abc_to_midi_keeps_tempo_meter_key_voices_and_programs() -> None:
 
 
 def test_invalid_abc_raises_with_the_first_error() -> None:
-    with pytest.raises(InvalidAbc, match="line 9, col 1: bar 1 of voice 1 lasts 8/8"):
-        abc_to_midi(DUET.replace("A2 B2 c2 | d4", "A2 B2 c2 d2 | d4", 1))
+    with pytest.raises(InvalidAbc, match="line 9, col 7: a chord opened with"):
+        abc_to_midi(DUET.replace("A2 B2 c2 | d4", "A2 B2 [c2 | d4", 1))
+    assert abc_to_midi(DUET.replace("A2 B2 c2 | d4", "A2 B2 c2 d2 | d4", 1))  # a long bar plays
 
 
 def _pitches(midi: bytes) -> list[int]:

@@ -30,6 +30,7 @@ from img2music.prompt_files import shipped_prompts
 from img2music.settings import Settings, get_settings
 from tests.openai_server import ScriptedServer, last_user_text, scripted_server
 from tests.scripted import ScriptedChatModel
+from tests.serving import refusing_port
 from tests.test_graph import REFINED, TUNE, Examples, answer
 
 PHOTOS = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")
@@ -238,10 +239,10 @@ def test_the_command_line_fails_bad_items_in_one_line_and_goes_on(
     tmp_path: Path, images: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     (images / "notes.png").write_text("not an image", encoding="utf-8")
-    with scripted_server(composer) as server:
+    with scripted_server(composer) as server, refusing_port() as judge_port:
         for name, value in {"IMG2MUSIC_VLM_BASE_URL": server.url,
                             "IMG2MUSIC_VLM_MODEL": server.model,
-                            "IMG2MUSIC_JUDGE_BASE_URL": "http://127.0.0.1:9/v1",
+                            "IMG2MUSIC_JUDGE_BASE_URL": f"http://127.0.0.1:{judge_port}/v1",
                             "IMG2MUSIC_VLM_RETRIES": "0"}.items():
             monkeypatch.setenv(name, value)
         get_settings.cache_clear()
@@ -374,3 +375,116 @@ def test_variants_from_built_ins_a_config_file_and_prompt_sets(tmp_path: Path) -
     assert parse_prompt_option("try=my prompts/") == ("try", Path("my prompts"))
     with pytest.raises(VariantError, match="NAME=DIR"):
         parse_prompt_option("my_prompts")
+
+
+def judged_order(judge_server: ScriptedServer) -> list[tuple[str, str]]:
+    """(question, tune title) of each judge question, in the order the judge was asked."""
+    order = []
+    for request in judge_server.requests:
+        text = message_texts(request)
+        if "Rate it from 1 to 7" in text:
+            question = next(q.key for q in questions() if q.question in text)
+            order.append((question, re.findall(r"^T:(.*)$", text, re.MULTILINE)[0]))
+    return order
+
+
+def test_the_seed_sets_the_judging_order(
+    tmp_path: Path, images: Path, servers: tuple[ScriptedServer, ScriptedServer],
+) -> None:
+    composer_server, judge_server = servers
+    orders = {}
+    for name, seed in (("first", 0), ("again", 0), ("other", 1)):
+        judge_server.requests.clear()
+        (tmp_path / "results" / "judgments.jsonl").unlink(missing_ok=True)  # judge anew
+        result = evaluate(tmp_path, images, composer_server, judge_server,
+                          ["no-rag-no-refine"], repeats=1, clip=False, concurrency=1,
+                          seed=seed)
+        assert result.summary.meta["seed"] == seed
+        assert f"shuffled with seed {seed}" in result.markdown
+        orders[name] = judged_order(judge_server)
+    assert len(orders["first"]) == 2 * 8  # two tunes, eight questions
+    assert orders["again"] == orders["first"]
+    assert orders["other"] != orders["first"]
+    assert sorted(orders["other"]) == sorted(orders["first"])
+
+
+def test_reference_names_the_variant_the_others_are_compared_with(
+    tmp_path: Path, images: Path, servers: tuple[ScriptedServer, ScriptedServer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    composer_server, judge_server = servers
+    for name, value in {"IMG2MUSIC_VLM_BASE_URL": composer_server.url,
+                        "IMG2MUSIC_VLM_MODEL": composer_server.model,
+                        "IMG2MUSIC_JUDGE_BASE_URL": judge_server.url,
+                        "IMG2MUSIC_JUDGE_MODEL": judge_server.model,
+                        "IMG2MUSIC_VLM_RETRIES": "0"}.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    arguments = ["eval", "--images", str(images), "--variants", "caption-only,no-rag-no-refine",
+                 "--out", str(tmp_path / "cli"), "--repeats", "1", "--no-clip"]
+    unknown = CliRunner().invoke(app, [*arguments, "--reference", "full"])
+    assert unknown.exit_code == 2
+    assert "--reference full is not among the variants run" in unknown.stderr
+    assert not (tmp_path / "cli").exists()  # refused before anything ran
+
+    result = CliRunner().invoke(app, [*arguments, "--reference", "no-rag-no-refine"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert summary["reference"] == "no-rag-no-refine"
+    assert list(summary["paired"]) == ["caption-only"]
+    markdown = (tmp_path / "cli" / "summary.md").read_text()
+    assert "## Paired differences against `no-rag-no-refine`" in markdown
+
+
+def test_without_a_judge_endpoint_the_composer_judges_itself_and_says_so(
+    tmp_path: Path, images: Path,
+) -> None:
+    def composer_and_judge(body: dict[str, Any]) -> str:
+        asked = message_texts(body)
+        return judge(body) if "Rate it from 1 to 7" in asked or "Imagine" in asked else (
+            composer(body))
+
+    with scripted_server(composer_and_judge) as server:
+        settings = Settings(vlm_base_url=server.url, vlm_model=server.model, vlm_retries=0,
+                            data_dir=tmp_path / "data")
+        result = run_eval(EvalOptions(images=[images], out=tmp_path / "self",
+                                      variants=resolve_variants(["no-rag-no-refine"]),
+                                      repeats=1, clip=False),
+                          settings=settings, retriever_for=lambda _: Examples())
+    assert result.errors == [] and result.judge_calls == 2 * 8
+    judged = [r for r in server.requests if "Rate it from 1 to 7" in message_texts(r)]
+    assert len(judged) == 16 and all(r["model"] == server.model for r in judged)
+    judge_meta = result.summary.meta["judge"]
+    assert judge_meta["self_judging"] is True and judge_meta["endpoint"] == server.url
+    assert "The judge is the composing model itself" in result.markdown
+
+
+def test_changed_settings_are_composed_and_judged_again_not_mixed_in(
+    tmp_path: Path, images: Path, servers: tuple[ScriptedServer, ScriptedServer],
+) -> None:
+    composer_server, judge_server = servers
+
+    def run(**changed: Any) -> EvalResult:
+        settings = Settings(**{"vlm_base_url": composer_server.url,
+                               "vlm_model": composer_server.model,
+                               "judge_base_url": judge_server.url,
+                               "judge_model": judge_server.model, "vlm_retries": 0,
+                               "data_dir": tmp_path / "data", **changed})
+        return run_eval(EvalOptions(images=[images], out=tmp_path / "results",
+                                    variants=resolve_variants(["no-rag-no-refine"]),
+                                    repeats=1, clip=False),
+                        settings=settings, retriever_for=lambda _: Examples())
+
+    first = run()
+    assert (first.composed, first.reused, first.judge_calls) == (2, 0, 16)
+    hotter = run(vlm_temperature=0.9)  # another composition setting: new runs
+    assert (hotter.composed, hotter.reused, hotter.judge_calls) == (2, 0, 16)
+    assert {body["temperature"] for body in composer_server.requests[-4:]} == {0.9}
+    stricter = run(vlm_temperature=0.9, judge_temperature=0.1)  # another judge: judged again
+    assert (stricter.composed, stricter.reused, stricter.judge_calls) == (0, 2, 16)
+    again = run(vlm_temperature=0.9, judge_temperature=0.1)  # nothing changed: nothing redone
+    assert (again.composed, again.reused, again.judge_calls) == (0, 2, 0)
+    runs = (tmp_path / "results" / "runs.jsonl").read_text().splitlines()
+    items = (tmp_path / "results" / "items.jsonl").read_text().splitlines()
+    assert len(runs) == 4 and len(items) == 2  # the old runs stay on file, not in the results
+    assert all(json.loads(item)["settings"]["temperature"] == 0.9 for item in items)

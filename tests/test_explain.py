@@ -17,6 +17,7 @@ from img2music.runs import compose
 from img2music.settings import get_settings
 from img2music.tools.images import open_image
 from tests.scripted import ScriptedChatModel
+from tests.serving import refusing_port
 from tests.test_graph import DESCRIPTION, PHOTO, REFINED, TUNE, Examples, answer
 from tests.tiny_vlm import build_tiny_vlm
 
@@ -83,16 +84,12 @@ def test_compose_writes_the_overlay_and_names_its_method(tiny_clip: None, tmp_pa
 
 
 def test_an_endpoint_that_is_down_fails_the_image_in_one_line(tmp_path: Path) -> None:
-    import socket
-
     from img2music import compose as top_level
 
     assert top_level is compose
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    result = compose(PHOTO, out_dir=tmp_path, retriever_for=lambda _: Examples(),
-                     vlm_base_url=f"http://127.0.0.1:{port}/v1", explain="none")
+    with refusing_port() as port:
+        result = compose(PHOTO, out_dir=tmp_path, retriever_for=lambda _: Examples(),
+                         vlm_base_url=f"http://127.0.0.1:{port}/v1", explain="none")
     assert not result.ok and result.abc is None
     assert f"http://127.0.0.1:{port}/v1" in (result.error or "")
     assert "refused the connection" in (result.error or "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -391,3 +392,72 @@ def test_a_music21_corpus_tune_round_trips_through_prose_and_a_fence() -> None:
     assert result.candidates == 1
     assert result.motivation == ("The woodcut shows an old warrior, so I chose a German ballad."
                                  "\n\nIts 4/2 breadth suits the epic subject.")
+
+
+def test_a_tune_inside_a_json_string_value() -> None:
+    text = ('{"title": "Harbour Lights", "style": "A slow swaying line over a steady bass.",\n'
+            ' "abc": ' + json.dumps(FIRST_TUNE) + "}")
+    result = extract_abc(text)
+    assert result.abc == FIRST_TUNE
+    assert result.motivation == "A slow swaying line over a steady bass."
+    assert "read the tune from a JSON string" in result.notes
+    assert not result.cut_off
+
+
+def test_a_json_reply_cut_off_inside_the_tune() -> None:
+    text = '{"style": "Bright and quick.", "abc": ' + json.dumps(FIRST_TUNE)[:-12]
+    result = extract_abc(text)
+    assert result.abc is not None and result.abc.startswith("X:1\nT:Harbour Lights")
+    assert result.cut_off
+    assert "read the tune from a JSON string cut off" in result.notes
+
+
+@pytest.mark.parametrize("tags", [("<abc>", "</abc>"), ("<ABC>\n", "\n</ABC>")])
+def test_a_tune_in_abc_tags(tags: tuple[str, str]) -> None:
+    opening, closing = tags
+    text = f"I wrote this for the harbour.{opening}{FIRST_TUNE}{closing}The end rises gently."
+    result = extract_abc(text)
+    assert result.abc == FIRST_TUNE
+    assert result.motivation == "I wrote this for the harbour.\n\nThe end rises gently."
+
+
+def test_a_fence_nested_in_a_markdown_fence() -> None:
+    text = (f"```markdown\n# Harbour\n\nThe lights sway.\n\n```abc\n{FIRST_TUNE}```\n```\n")
+    result = extract_abc(text)
+    assert result.abc == FIRST_TUNE and not result.cut_off
+
+
+def test_a_placeholder_block_is_never_the_tune() -> None:
+    text = (f"A first version:\n\n```abc\n{FIRST_TUNE}```\n\nThe final output:\n\n"
+            "```abc\n...  -- The actual ABC notation will be here.\n```\n")
+    result = extract_abc(text)
+    assert result.abc == FIRST_TUNE
+
+
+@pytest.mark.parametrize("prose", ["这首曲子描绘了港口的灯光，缓慢而温暖。A小调。",
+                                   "港の灯りを描いた曲です。Cのメロディ。"])
+def test_prose_in_any_language_around_the_tune(prose: str) -> None:
+    result = extract_abc(f"{prose}\n{FIRST_TUNE}{prose}\n")
+    assert result.abc == FIRST_TUNE
+    assert result.motivation == f"{prose}\n{prose}"
+
+
+def test_a_reply_cut_off_inside_its_only_tune_is_taken_and_marked() -> None:
+    cut = FIRST_TUNE[:-10]
+    result = extract_abc(f"Here is the tune:\n\n```abc\n{cut}")
+    assert result.abc == cut + "\n" and result.cut_off
+    assert "the reply ends inside the tune: it was cut off" in result.notes
+
+
+def test_a_reply_cut_off_inside_a_second_draft_keeps_the_complete_first() -> None:
+    text = f"```abc\n{FIRST_TUNE}```\n\nBetter:\n\n```abc\n{SECOND_TUNE[:-10]}"
+    result = extract_abc(text)
+    assert result.abc == FIRST_TUNE and not result.cut_off
+    assert "skipped the last tune: the reply ends inside it" in result.notes
+
+
+def test_a_tune_with_no_key_is_taken_when_there_is_nothing_else() -> None:
+    text = "好的，这是曲子：\nX:163928 L:1/8 M:4/4 K\n|: E2 | A3 B cBcA | BAAB cBAG |]\n"
+    result = extract_abc(text)
+    assert result.abc == "X:163928 L:1/8 M:4/4 K\n|: E2 | A3 B cBcA | BAAB cBAG |]\n"
+    assert "took a tune that has no K: line, the only one there is" in result.notes

@@ -13,8 +13,9 @@ from matplotlib import cbook
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
 from img2music.graph.models import image_data_url
+from img2music.graph.nodes import next_attempt
 from img2music.graph.routing import after_describe, after_evaluate, after_parse_check
-from img2music.graph.state import Attempt, State
+from img2music.graph.state import Attempt, AttemptKind, State, fault_count
 from img2music.prompt_files import prompt_set
 from img2music.tools.check import check_abc
 from img2music.tools.extract import strip_reasoning
@@ -38,7 +39,9 @@ D2 F2 A2 d2 | c2 B2 A4 | B2 A2 F2 D2 | E8 |
 % [close]
 F2 A2 d2 f2 | e2 d2 c4 | d2 A2 F2 E2 | D8 |]
 """
-BROKEN = TUNE.replace("c2 B2 A4 |", "c2 B2 A4 B2 |")
+FAULTY = TUNE.replace("c2 B2 A4 |", "c2 B2 A4 B2 |")  # plays, but bar 2 is too long
+FAULTIER = FAULTY.replace("d2 A2 F2 E2 |", "d2 A2 F2 E2 F2 |")  # two bars too long
+BROKEN = TUNE.replace("B2 A2 F2 D2 |", "B2 A2 [F2 D2 |")  # an unclosed chord: not playable
 REFINED = TUNE.replace("T:Dignity", "T:Dignity, refined").replace("D8 |]", "D6 z2 |]")
 
 
@@ -73,10 +76,11 @@ class Examples:
         return self.examples[: query["k"]]
 
 
-def run(replies: list[str], **context: Any) -> tuple[State, ScriptedChatModel, list[str], Examples]:
+def run(replies: list[str], *, examples: Examples | None = None,
+        **context: Any) -> tuple[State, ScriptedChatModel, list[str], Examples]:
     """Run the graph on a real photo; returns the final state, the model, the node order."""
     model = ScriptedChatModel(replies=replies)
-    examples = Examples()
+    examples = examples or Examples()
     graph = build_graph(model_for=lambda _: model, retriever_for=lambda _: examples)
     state: State = {"image": image_data_url(open_image(PHOTO), max_pixels=128 * 128),
                     "note": "something solemn"}
@@ -136,16 +140,62 @@ def test_a_prompt_edited_in_studio_replaces_its_file_for_that_run() -> None:
     assert schema["compose_prompt"]["langgraph_nodes"] == ["compose"]
 
 
+def test_a_tune_with_a_fault_is_repaired_with_the_fault_shown() -> None:
+    state, model, order, _ = run([DESCRIPTION, answer(FAULTY), answer(TUNE)], refine=False)
+    assert order == ["describe", "retrieve", "compose", "parse_check", "compose", "parse_check",
+                     "evaluate", "explain"]
+    repair_prompt = model.texts(2)[-1]
+    assert "Your tune plays, but the ABC checker found what a musician would correct" in (
+        repair_prompt)
+    assert "bar 2 lasts 10/8 but M:4/4 bars last 8/8 (2/8 too long)" in repair_prompt
+    assert "c2 B2 A4 B2" in repair_prompt  # the offending line
+    assert "X:1" not in repair_prompt  # the tune itself is already in the conversation
+    assert state["final_abc"] == TUNE
+    assert [a["valid"] for a in state["attempts"]] == [True, True]
+    assert state["faults"] == [] and state["fault_count"] == 0
+
+
 def test_a_broken_tune_is_repaired_with_the_errors_shown() -> None:
     state, model, order, _ = run([DESCRIPTION, answer(BROKEN), answer(TUNE)], refine=False)
     assert order == ["describe", "retrieve", "compose", "parse_check", "compose", "parse_check",
                      "evaluate", "explain"]
     repair_prompt = model.texts(2)[-1]
-    assert "bar 2 lasts 10/8 but M:4/4 bars last 8/8 (2/8 too long)" in repair_prompt
-    assert "c2 B2 A4 B2" in repair_prompt  # the offending line
-    assert "X:1" not in repair_prompt  # the tune itself is already in the conversation
+    assert "cannot play your tune as you meant it" in repair_prompt
+    assert "a chord opened with [ is not closed" in repair_prompt
+    assert "B2 A2 [F2 D2" in repair_prompt
     assert state["final_abc"] == TUNE
     assert [a["valid"] for a in state["attempts"]] == [False, True]
+
+
+def test_a_repair_that_returns_the_same_tune_ends_the_repairs_at_once() -> None:
+    """The model hands back what it wrote: asking again would pay for a known answer. The tune
+    plays, so it is delivered with its fault reported."""
+    state, model, order, _ = run([DESCRIPTION, answer(FAULTY), answer(FAULTY)], refine=False,
+                                 repairs=3)
+    assert order == ["describe", "retrieve", "compose", "parse_check", "compose", "parse_check",
+                     "evaluate", "explain"]
+    assert len(model.calls) == 3
+    assert state["status"] == "done" and state["final_abc"] == FAULTY
+    assert state["best"] == 0  # the same tune again does not replace it
+    assert state["fault_count"] == 1
+    assert "bar 2 lasts 10/8 but M:4/4 bars last 8/8" in state["faults"][0]
+
+
+def test_the_run_ends_on_the_playable_tune_with_fewest_faults() -> None:
+    state, model, _, _ = run(
+        [DESCRIPTION, answer(FAULTIER), answer(BROKEN), answer(FAULTY), answer(FAULTIER)],
+        refine=False, repairs=3)
+    assert [a["valid"] for a in state["attempts"]] == [True, False, True, True]
+    assert [fault_count(a) for a in state["attempts"] if a["valid"]] == [2, 1, 2]
+    assert state["best"] == 2 and state["final_abc"] == FAULTY
+    assert state["attempts"][2]["metrics"] and not state["attempts"][0]["metrics"]
+    assert len(model.calls) == 5
+
+
+def test_among_playable_tunes_with_equal_faults_the_latest_stands() -> None:
+    other = FAULTY.replace("T:Dignity", "T:Dignity again")
+    state, _, _, _ = run([DESCRIPTION, answer(FAULTY), answer(other)], refine=False, repairs=1)
+    assert state["best"] == 1 and state["final_abc"] == other
 
 
 def test_no_tune_at_all_stops_at_the_repair_limit_and_fails_clearly() -> None:
@@ -156,17 +206,47 @@ def test_no_tune_at_all_stops_at_the_repair_limit_and_fails_clearly() -> None:
     assert state["status"] == "failed"
     assert "no valid tune within the limits" in state["failure"]
     assert "no ABC tune" in state["failure"]
+    assert "\n" not in state["failure"]
     assert state["final_abc"] is None
     assert len(model.calls) == 4
 
 
-def test_a_refinement_that_breaks_the_tune_keeps_the_valid_one() -> None:
-    state, _, order, _ = run([DESCRIPTION, answer(TUNE), answer(BROKEN)], repairs=0,
+@pytest.mark.parametrize("refined", [BROKEN, FAULTY])
+def test_a_refinement_that_is_not_better_keeps_the_tune_it_had(refined: str) -> None:
+    """A refined tune replaces the current one only with no errors and no more faults."""
+    state, _, order, _ = run([DESCRIPTION, answer(TUNE), answer(refined)], repairs=0,
                              refine_rounds=1)
     assert order[-3:] == ["compose", "parse_check", "explain"]
     assert state["status"] == "done"
     assert state["final_abc"] == TUNE
     assert state["best"] == 0
+
+
+def test_a_refinement_after_a_failed_repair_shows_the_tune_that_stands() -> None:
+    state, model, order, _ = run(
+        [DESCRIPTION, answer(FAULTY), answer(BROKEN), answer(REFINED)], repairs=1,
+        refine_rounds=1)
+    assert order == ["describe", "retrieve", "compose", "parse_check", "compose", "parse_check",
+                     "evaluate", "compose", "parse_check", "evaluate", "explain"]
+    refine_prompt = model.texts(3)[-1]
+    assert "this tune stands" in refine_prompt and "c2 B2 A4 B2" in refine_prompt
+    assert [a["kind"] for a in state["attempts"]] == ["compose", "repair", "refine"]
+    assert state["final_abc"] == REFINED and state["best"] == 2
+
+
+def test_a_retrieved_example_with_an_error_never_reaches_a_prompt() -> None:
+    examples = Examples()
+    broken = examples.examples[0].model_copy(update={
+        "id": "broken", "caption": "A tune cut off inside a chord.",
+        "abc": "X:9\nT:Cut\nM:4/4\nL:1/4\nK:C\nC D E F | [CEG\n"})
+    examples.examples.insert(0, broken)
+    state, model, _, _ = run([DESCRIPTION, answer(TUNE)], examples=examples, refine=False,
+                             rag_k=2)
+    assert examples.queries[0]["k"] > 2  # a few spare, in case some are not playable
+    assert [e["id"] for e in state["examples"]] == [e.id for e in examples.examples[1:3]]
+    prompt = model.texts(1)[1]
+    assert "A tune cut off inside a chord." not in prompt and "[CEG" not in prompt
+    assert "An Irish air, number 1." in prompt
 
 
 @pytest.mark.parametrize("context", [{"rag": False}, {"rag_k": 0}])
@@ -203,11 +283,20 @@ def test_with_the_image_the_composer_is_told_to_look_at_it() -> None:
     assert "Look at the image again" in model.texts(2)[-1]
 
 
-def attempt(n: int, round_number: int, valid: bool) -> Attempt:
-    return {"n": n, "round": round_number, "kind": "compose", "raw": "", "abc": None,
-            "motivation": "", "fixes": [], "notes": [], "check": None, "metrics": None,
+def attempt(n: int, round_number: int, valid: bool, *, faults: int = 0, abc: str | None = None,
+            kind: AttemptKind = "compose", measured: bool = False) -> Attempt:
+    return {"n": n, "round": round_number, "kind": kind, "raw": "",
+            "abc": abc if abc is not None else f"X:{n}\nK:C\nC|\n",
+            "motivation": "", "fixes": [], "notes": [],
+            "check": {"ok": valid, "fault_count": faults}, "metrics": {} if measured else None,
             "valid": valid, "input_tokens": 0, "output_tokens": 0, "seconds": 0.0,
             "constrained": False}
+
+
+def attempts_of(*verdicts: tuple[bool, int]) -> list[Attempt]:
+    """Attempts of round 0 with (playable, faults) each: a composition, then repairs."""
+    return [attempt(n, 0, valid, faults=faults, kind="repair" if n else "compose")
+            for n, (valid, faults) in enumerate(verdicts)]
 
 
 def runtime(**context: Any) -> Runtime[Context]:
@@ -224,19 +313,50 @@ def test_after_describe(rag: bool, k: int, expected: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("valid", "repairs", "expected"),
-    [([True], 0, "evaluate"), ([False], 1, "compose"), ([False], 0, "explain"),
-     ([False, False], 1, "explain"), ([False, False, False], 3, "compose")],
+    ("verdicts", "best", "repairs", "expected"),
+    [
+        ([(True, 0)], 0, 0, "evaluate"),  # clean: measured at once
+        ([(True, 0)], 0, 3, "evaluate"),
+        ([(True, 2)], 0, 1, "compose"),  # playable with faults: a repair is asked for
+        ([(True, 2)], 0, 0, "evaluate"),  # no repairs allowed: measured as it is
+        ([(False, 0)], None, 1, "compose"),
+        ([(False, 0)], None, 0, "explain"),  # nothing playable: the run fails
+        ([(False, 0), (False, 0)], None, 1, "explain"),
+        ([(False, 0), (False, 0), (False, 0)], None, 3, "compose"),
+        ([(True, 3), (False, 0)], 0, 1, "evaluate"),  # repairs spent: the playable one stands
+        ([(True, 3), (True, 1)], 1, 1, "evaluate"),
+    ],
 )
-def test_after_parse_check(valid: list[bool], repairs: int, expected: str) -> None:
-    state: State = {"attempts": [attempt(i, 0, v) for i, v in enumerate(valid)]}
+def test_after_parse_check(verdicts: list[tuple[bool, int]], best: int | None, repairs: int,
+                           expected: str) -> None:
+    state: State = {"attempts": attempts_of(*verdicts), "best": best}
     assert after_parse_check(state, runtime(repairs=repairs)) == expected
 
 
+def test_after_parse_check_stops_repairing_when_a_tune_comes_back_unchanged() -> None:
+    same = "X:1\nT:t\nM:4/4\nL:1/4\nK:C\nC D E F G |]\n"
+    attempts = [attempt(0, 0, True, faults=1, abc=same),
+                attempt(1, 0, True, faults=1, abc=same, kind="repair")]
+    assert after_parse_check({"attempts": attempts, "best": 0}, runtime(repairs=3)) == "evaluate"
+    unplayable = [attempt(0, 0, False, abc=same), attempt(1, 0, False, abc=same, kind="repair")]
+    assert after_parse_check({"attempts": unplayable}, runtime(repairs=3)) == "explain"
+
+
 def test_after_parse_check_counts_repairs_per_round() -> None:
-    state: State = {"attempts": [attempt(0, 0, False), attempt(1, 0, True),
-                                 attempt(2, 1, False)]}
+    state: State = {"attempts": [attempt(0, 0, False), attempt(1, 0, True, measured=True),
+                                 attempt(2, 1, False, kind="refine")], "best": 1}
     assert after_parse_check(state, runtime(repairs=1)) == "compose"
+    state["attempts"].append(attempt(3, 1, False, kind="repair"))
+    assert after_parse_check(state, runtime(repairs=1)) == "explain"  # round 0's tune stands
+
+
+def test_next_attempt_repairs_until_the_round_is_measured() -> None:
+    assert next_attempt([], None) == ("compose", 0)
+    playable = attempt(0, 0, True, faults=1)
+    assert next_attempt([playable], 0) == ("repair", 0)
+    assert next_attempt([{**playable, "metrics": {}}], 0) == ("refine", 1)
+    refined = attempt(1, 1, False, kind="refine")
+    assert next_attempt([{**playable, "metrics": {}}, refined], 0) == ("repair", 1)
 
 
 @pytest.mark.parametrize(
@@ -250,7 +370,9 @@ def test_after_evaluate(round_number: int, refine: bool, rounds: int, expected: 
 
 
 def test_the_tunes_in_these_tests_are_what_they_claim() -> None:
-    assert check_abc(TUNE).ok and check_abc(REFINED).ok
+    assert check_abc(TUNE).clean and check_abc(REFINED).clean
+    assert check_abc(FAULTY).ok and check_abc(FAULTY).fault_count == 1
+    assert check_abc(FAULTIER).ok and check_abc(FAULTIER).fault_count == 2
     assert not check_abc(BROKEN).ok
 
 

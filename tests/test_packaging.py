@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,8 +13,13 @@ GENERIC_NAMES = ("graph", "tools", "server", "prompts", "tests", "benchmarks")
 
 
 def test_wheel_has_only_the_img2music_top_level(tmp_path: Path) -> None:
+    # Built from a copy: setuptools writes build/ and *.egg-info/ next to the sources it builds.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache",
+        ".langgraph_api"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
          "--quiet", "--wheel-dir", str(tmp_path)],
         check=True, timeout=300,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-import time
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,22 +23,19 @@ import pytest
 from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 import img2music.server.page as page_module
+from tests.needs import CHROMIUM, needs_chromium
 from tests.openai_server import Behaviour
 from tests.test_compose_cli import PHOTO
 from tests.test_graph import REFINED
-from tests.test_server import KEY, Served, img2music_server
-
-CHROMIUM = Path("/usr/bin/chromium")
+from tests.test_server import KEY, Served, img2music_server, never_fixes_the_papers_tune
 
 PHONE = {"width": 375, "height": 740}
 WAIT_MS = 120_000  # a whole run on two shared CPU cores, CLIP and rendering included
+BLOB_URL = re.compile(r"^blob:")  # the page shows the run's media from blob URLs
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if not CHROMIUM.is_file():
-        pytest.skip("the browser tests need Debian's chromium at /usr/bin/chromium "
-                    "(scripts/install.sh installs it; Playwright's browser download is not used)")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=str(CHROMIUM),
@@ -84,6 +81,7 @@ def visit(browser: Browser, server: Served, tmp_path: Path, **options: Any) -> I
     context.route("**/*", route)
     page.on("pageerror", lambda error: seen.errors.append(str(error)))
     page.goto(server.url + "/")
+    expect(page.get_by_role("button", name="Compose")).to_be_enabled()  # the page is ready
     try:
         yield seen
     finally:
@@ -129,6 +127,7 @@ def tiny_attention_model(tmp_path: Path) -> Path:
     return tmp_path / "tiny-vlm"
 
 
+@needs_chromium
 def test_from_a_photo_to_music_watching_every_step(browser: Browser, tmp_path: Path) -> None:
     with img2music_server(tmp_path, attention_model=tiny_attention_model(tmp_path)) as server, \
             visit(browser, server, tmp_path, viewport={"width": 1280, "height": 900}) as seen:
@@ -167,20 +166,21 @@ def test_from_a_photo_to_music_watching_every_step(browser: Browser, tmp_path: P
 
         # The audio element has a playable WAV source.
         audio = page.locator("#audio")
-        source = audio.get_attribute("src") or ""
-        assert source.startswith("blob:")
-        assert page_bytes(page, source)[:4] == b"RIFF"
+        expect(audio).to_have_attribute("src", BLOB_URL)  # the media loads after the heading
+        assert page_bytes(page, audio.get_attribute("src") or "")[:4] == b"RIFF"
         page.wait_for_function("document.getElementById('audio').duration > 0")
 
         # The score and the maps are shown as images, the maps per section selectable.
         score = page.locator("#score")
+        expect(score).to_have_attribute("src", BLOB_URL)
         expect(score).to_be_visible()
         assert page_bytes(page, score.get_attribute("src") or "").lstrip().startswith(b"<")
-        assert score.evaluate("image => image.naturalWidth") > 0
+        page.wait_for_function("document.getElementById('score').naturalWidth > 0")
         options = page.locator("#map-section option").all_inner_texts()
         assert options == ["Whole tune", "Section theme", "Section close"]
+        expect(page.locator("#map")).to_have_attribute("src", BLOB_URL)
         whole = page.locator("#map").get_attribute("src")
-        assert page.locator("#map").evaluate("image => image.naturalWidth") > 0
+        page.wait_for_function("document.getElementById('map').naturalWidth > 0")
         expect(page.locator("#map")).to_have_attribute("alt", "Where the model looked while "
                                                        "composing: attention of the tune's tokens "
                                                        "to the image (mean over layers, heads and "
@@ -221,6 +221,7 @@ def test_from_a_photo_to_music_watching_every_step(browser: Browser, tmp_path: P
         assert page.evaluate("navigator.clipboard.readText()") == REFINED
 
 
+@needs_chromium
 def test_with_a_key_the_page_asks_for_it_and_works_on_a_phone(
     browser: Browser, tmp_path: Path
 ) -> None:
@@ -253,8 +254,9 @@ def test_with_a_key_the_page_asks_for_it_and_works_on_a_phone(
         expect(page.locator("#result-heading")).to_have_text("The tune: Dignity, refined",
                                                              timeout=WAIT_MS)
         # Media fetched with the key, shown from blob URLs.
+        expect(page.locator("#audio")).to_have_attribute("src", BLOB_URL)
         assert page_bytes(page, page.locator("#audio").get_attribute("src") or "")[:4] == b"RIFF"
-        assert page.locator("#score").evaluate("image => image.naturalWidth") > 0
+        page.wait_for_function("document.getElementById('score').naturalWidth > 0")
         with page.expect_download() as download:
             page.get_by_role("link", name="Report (JSON)").click()
         report = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
@@ -281,6 +283,7 @@ def drop_image(page: Page, image: Path) -> None:
     }""", {"name": image.name, "data": base64.b64encode(image.read_bytes()).decode()})
 
 
+@needs_chromium
 def test_failures_are_shown_in_one_line(browser: Browser, tmp_path: Path) -> None:
     not_an_image = tmp_path / "notes.jpg"
     not_an_image.write_text("not a picture at all", encoding="utf-8")
@@ -309,6 +312,32 @@ def test_failures_are_shown_in_one_line(browser: Browser, tmp_path: Path) -> Non
         seen.shot("5-endpoint-down")
 
 
+@needs_chromium
+def test_a_tune_that_plays_shows_what_a_musician_would_correct(browser: Browser,
+                                                               tmp_path: Path) -> None:
+    with img2music_server(tmp_path, responder=never_fixes_the_papers_tune) as server, \
+            visit(browser, server, tmp_path) as seen:
+        page = seen.page
+        compose_with(page, PHOTO)
+        expect(page.locator("#result-heading")).to_have_text("The tune: Sunset Over the Coast",
+                                                             timeout=WAIT_MS)
+        faults = page.locator("#faults-box")
+        expect(faults).to_be_visible()
+        expect(page.locator("#faults-note")).to_have_text(
+            "The tune plays as it is; the checker found 28 things to correct (the first are "
+            "listed).")
+        expect(page.locator("#faults li")).to_have_count(12)
+        expect(page.locator("#faults li").first).to_contain_text(
+            "line 8, col 13: bar 2 lasts 3/8 but M:6/4 bars last 12/8")
+        expect(page.locator("#attempts > li").first).to_contain_text(
+            "valid, 28 faults to correct")
+        assert ("Attempt 1 plays, with 28 fault(s) a musician would correct, first: bar 2 lasts "
+                "3/8") in " ".join(page.locator("#log li").all_text_contents())
+        expect(page.locator("#failure")).to_be_hidden()
+        seen.shot("7-faults")
+
+
+@needs_chromium
 def test_a_run_without_a_valid_tune_shows_each_rejection(browser: Browser,
                                                          tmp_path: Path) -> None:
     def no_music(body: dict[str, Any]) -> str:
@@ -328,6 +357,7 @@ def test_a_run_without_a_valid_tune_shows_each_rejection(browser: Browser,
         seen.shot("6-no-tune")
 
 
+@needs_chromium
 def test_a_run_can_be_cancelled_and_one_over_the_limit_stops(browser: Browser,
                                                               tmp_path: Path) -> None:
     with img2music_server(tmp_path, behaviour=Behaviour(sleep_s=1.0)) as server, \
@@ -353,15 +383,15 @@ def test_a_run_can_be_cancelled_and_one_over_the_limit_stops(browser: Browser,
 
 
 def wait_for_end(server: Served, run_id: str) -> dict[str, Any]:
-    """The run's summary once it has stopped (a cancel takes effect at the next node)."""
-    deadline = time.monotonic() + WAIT_MS / 1000
-    while True:
-        summary: dict[str, Any] = httpx.get(f"{server.url}/v1/runs/{run_id}").json()
-        if summary["status"] != "running" or time.monotonic() > deadline:
-            return summary
-        time.sleep(0.1)
+    """The run's summary once it has stopped (a cancel takes effect at the next node): its
+    event stream ends when the run does."""
+    run = f"{server.url}/v1/runs/{run_id}"
+    httpx.get(f"{run}/events", timeout=WAIT_MS / 1000)
+    summary: dict[str, Any] = httpx.get(run).json()
+    return summary
 
 
+@needs_chromium
 def test_a_silent_server_does_not_leave_the_page_waiting(
     browser: Browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,6 +30,8 @@ from img2music.tools.render import (
     render_svg,
     render_wav,
 )
+from tests.needs import needs_programs as requires
+from tests.needs import needs_soundfont as requires_soundfont
 
 # 8 quarter notes at 120 quarter notes a minute: 4.0 s of notes.
 SMALL = "X:1\nT:Scale of C\nM:4/4\nL:1/4\nQ:1/4=120\nK:C\nCDEF|GABc|]\n"
@@ -55,21 +57,6 @@ EARLY_END_S = 0.05
 # our gain is about 0.02 RMS, so 1e-3 (-60 dBFS) separates sound from silence with room to spare.
 MIN_RMS = 1e-3
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def requires(program: str) -> pytest.MarkDecorator:
-    package = DEBIAN_PACKAGES.get(program, program)
-    return pytest.mark.skipif(
-        shutil.which(program) is None,
-        reason=f"{program} is not installed: install Debian package {package}",
-    )
-
-
-requires_soundfont = pytest.mark.skipif(
-    Settings().find_soundfont() is None,
-    reason="no General MIDI SoundFont: install Debian package fluid-soundfont-gm or "
-    "timgm6mb-soundfont, or set IMG2MUSIC_SOUNDFONT",
-)
 
 
 @pytest.fixture(scope="module")
@@ -264,9 +251,11 @@ def test_render_all_writes_only_what_is_asked(tmp_path: Path) -> None:
 
 
 def test_render_all_refuses_an_invalid_tune_with_its_first_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"not a valid tune: line 7, col 9: a slur opened"):
-        render_all(SMALL.replace("GABc", "GAB(c"), tmp_path)
+    with pytest.raises(ValueError, match=r"not a valid tune: line 7, col 9: a chord opened"):
+        render_all(SMALL.replace("GABc", "GAB[c"), tmp_path)
     assert not any(tmp_path.iterdir())
+    faulty = render_all(SMALL.replace("GABc", "GAB(c"), tmp_path, wav=False, svg=False)
+    assert set(faulty.files) == {"midi", "png"}  # an open slur is a fault: the tune plays
 
 
 @pytest.mark.parametrize(

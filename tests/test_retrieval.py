@@ -7,18 +7,20 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL.Image import Image
+from typer.testing import CliRunner
 
-from img2music.settings import Settings
+from img2music.cli import app
+from img2music.settings import Settings, get_settings
 from img2music.tools.check import check_abc
 from img2music.tools.embedder import load_embedder
 from img2music.tools.index import (
+    INGEST_BATCH,
     IndexMismatch,
     Vector,
     build_index,
@@ -193,30 +195,43 @@ def _count(settings: Settings, name: str) -> int:
     return 0 if collection is None else collection.count()
 
 
+KILL_AFTER_BATCHES = 2
+# The build killed (SIGKILL, no cleanup) right after its second batch is committed, saying how
+# many records it had committed by then.
+KILLED_BUILD = """
+import os, signal, sys
+from img2music.tools.embedder import load_embedder
+from img2music.tools.index import build_index
+
+def after_batch(report):
+    after_batch.batches += 1
+    if after_batch.batches == {batches}:
+        print(report.added, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+after_batch.batches = 0
+build_index("music21", load_embedder(), limit={limit}, on_batch=after_batch)
+"""
+
+
 def test_an_interrupted_build_loses_nothing_and_resumes(tmp_path: Path) -> None:
     settings = offline_settings(tmp_path)
-    build = ("index", "build", "--source", "music21", "--limit", "1000")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("img2music")), *build], env=_environment(tmp_path),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    name = load_embedder(settings).name
-    deadline = time.monotonic() + 120
-    stored = 0
-    while time.monotonic() < deadline and stored < 256 and process.poll() is None:
-        time.sleep(1)
-        stored = _count(settings, name)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert 0 < stored < 1000, "the build was not caught mid-way"
-    resumed = _cli(tmp_path, *build)
+    limit = 400
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_BUILD.format(batches=KILL_AFTER_BATCHES, limit=limit)],
+        env=_environment(tmp_path), capture_output=True, text=True, timeout=600, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    committed = int(killed.stdout)
+    assert 0 < committed <= KILL_AFTER_BATCHES * INGEST_BATCH
+    stored = _count(settings, load_embedder(settings).name)
+    assert stored == committed  # every committed batch survives the kill, and nothing else
+    resumed = _cli(tmp_path, "index", "build", "--source", "music21", "--limit", str(limit))
     assert resumed.returncode == 0, resumed.stderr
     match = re.search(r"(\d+) added, (\d+) already stored", resumed.stdout)
     assert match is not None, resumed.stdout
-    added, already = int(match.group(1)), int(match.group(2))
-    assert already >= stored and added + already == 1000
+    assert (int(match.group(1)), int(match.group(2))) == (limit - stored, stored)
     info = _cli(tmp_path, "index", "info")
-    assert re.search(r"music21 .* 1000 ", info.stdout), info.stdout
+    assert re.search(rf"music21 .* {limit} ", info.stdout), info.stdout
 
 
 def _environment(tmp_path: Path) -> dict[str, str]:
@@ -243,15 +258,21 @@ def test_index_commands_build_inspect_and_query(tmp_path: Path) -> None:
                  "--image", str(photo), "-k", "3", "--abc")
     assert query.returncode == 0, query.stderr
     assert query.stdout.count("\nX:") == 3
-    filtered = _cli(tmp_path, "index", "query", "a song", "--filter", "meter=3/4", "-k", "2")
+    filtered = _cli(tmp_path, "index", "query", "a song", "--filter", "meter=3/4", "-k", "2",
+                    "--abc")
     assert filtered.returncode == 0, filtered.stderr
+    meters = re.findall(r"^M:\s*(.*)$", filtered.stdout, re.MULTILINE)
+    assert meters == ["3/4", "3/4"], filtered.stdout  # two tunes, each in 3/4 by its header
     bad = _cli(tmp_path, "index", "query", "a song", "--image", str(tmp_path / "none.png"))
     assert bad.returncode == 2 and "cannot read" in bad.stderr
 
 
-def test_query_without_an_index_says_how_to_build_it(tmp_path: Path) -> None:
-    result = _cli(tmp_path, "index", "query", "a song")
-    assert result.returncode == 1
+def test_query_without_an_index_says_how_to_build_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMG2MUSIC_CLIP_MODEL", "img2music-tiny")
+    monkeypatch.setenv("IMG2MUSIC_CLIP_PRETRAINED", "none")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["index", "query", "a song"])
+    assert result.exit_code == 1
     assert "img2music index build --source music21" in result.stderr
 
 

@@ -6,13 +6,12 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.openai_server import scripted_server
-from tests.test_studio import free_port
+from tests.serving import listening_port, refusing_port
 
 IMG2MUSIC = str(Path(sys.executable).with_name("img2music"))
 
@@ -24,16 +23,27 @@ def run(tmp_path: Path, *arguments: str, **settings: str) -> subprocess.Complete
                           text=True, timeout=300, check=False)
 
 
+def doctor_table(stdout: str) -> dict[str, tuple[str, str, str]]:
+    """Each check's row of the doctor's table: status, what was found, the fix."""
+    rows = {}
+    for line in stdout.splitlines():
+        cells = [cell.strip() for cell in line.split("│")]
+        if len(cells) == 6:
+            rows[cells[1]] = (cells[2], cells[3], cells[4])
+    return rows
+
+
 def test_doctor_names_what_is_missing_with_the_fix(tmp_path: Path) -> None:
-    down = run(tmp_path, "doctor", IMG2MUSIC_VLM_BASE_URL="http://127.0.0.1:9/v1")
+    with refusing_port() as port:
+        down = run(tmp_path, "doctor", IMG2MUSIC_VLM_BASE_URL=f"http://127.0.0.1:{port}/v1")
     assert down.returncode == 1
-    lines = down.stdout.splitlines()
-    vlm = next(line for line in lines if "VLM endpoint" in line)
-    assert "missing" in vlm and "127.0.0.1:9" in vlm and "img2music vlm serve" in vlm
+    table = doctor_table(down.stdout)
+    status, found, fix = table["VLM endpoint"]
+    assert status == "missing" and f"127.0.0.1:{port}" in found and "img2music vlm serve" in fix
     for ready in ("abc2midi", "abcm2ps", "fluidsynth", "SoundFont", "Python packages"):
-        assert "ok" in next(line for line in lines if ready in line), ready
-    index = next(line for line in lines if "index music21" in line)
-    assert "warning" in index and "img2music index build" in index
+        assert table[ready][0] == "ok", (ready, table[ready])
+    status, _, fix = table["index music21"]
+    assert status == "warning" and "img2music index build" in fix
     assert "not ready: VLM endpoint" in down.stderr
 
 
@@ -85,22 +95,18 @@ def test_vlm_serve_without_vllm_says_how_to_get_it(tmp_path: Path) -> None:
 
 
 def test_serve_warns_when_it_is_open_without_a_key_and_answers(tmp_path: Path) -> None:
-    port = free_port()
     environment = {**os.environ, "IMG2MUSIC_DATA_DIR": str(tmp_path / "data")}
-    process = subprocess.Popen([IMG2MUSIC, "serve", "--host", "0.0.0.0", "--port", str(port)],
+    process = subprocess.Popen([IMG2MUSIC, "serve", "--host", "0.0.0.0", "--port", "0"],
                                env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
-                break
-            except httpx.HTTPError:
-                assert process.poll() is None and time.monotonic() < deadline
-                time.sleep(0.3)
+        assert process.stdout is not None
+        announced = process.stdout.readline()  # the port the system gave it, before it serves
+        port = listening_port(process)
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30)
     finally:
         process.terminate()
         _, stderr = process.communicate(timeout=30)
+    assert f"img2music on http://0.0.0.0:{port}/" in announced
     assert models.json()["data"][0]["id"] == "img2music"
     assert "without IMG2MUSIC_API_KEY" in stderr

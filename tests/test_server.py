@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,12 +23,14 @@ from langchain_core.messages import HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_openai import ChatOpenAI
 
+from img2music.graph.nodes import EXAMPLES_TO_SPARE
 from img2music.server.app import create_app
 from img2music.settings import Settings, get_settings
 from img2music.tools.check import check_abc
 from img2music.tools.extract import extract_abc
 from tests.openai_server import Behaviour, ScriptedServer, last_user_text, scripted_server
-from tests.serving import served
+from tests.realworld import papers_tune
+from tests.serving import refusing_port, served
 from tests.test_compose_cli import PHOTO
 from tests.test_graph import Examples, reply_for
 
@@ -78,6 +79,21 @@ def img2music_server(tmp_path: Path, responder: Any = reply_for, behaviour: Beha
                 else:
                     os.environ[name] = value
             get_settings.cache_clear()
+
+
+class Gate:
+    """A scripted VLM's answers, held back until the test opens the gate: a run waits inside a
+    model call for exactly as long as the test needs, with no sleeps."""
+
+    def __init__(self, responder: Any = reply_for) -> None:
+        self.responder = responder
+        self.opened = threading.Event()
+
+    def __call__(self, body: dict[str, Any]) -> str:
+        if not self.opened.wait(120):
+            raise RuntimeError("the test never opened the gate")
+        text: str = self.responder(body)
+        return text
 
 
 def image_message(text: str = "", url: str = PHOTO_URL) -> list[Any]:
@@ -176,7 +192,8 @@ def test_request_fields_and_the_extension_set_the_run(tmp_path: Path) -> None:
                         "seed": 7})
     extension: dict[str, Any] = completion.model_extra["img2music"]  # type: ignore[index]
     assert extension["rounds"] == 0 and len(server.vlm.requests) == 2
-    assert [query["k"] for query in server.examples.queries] == [1]
+    assert [query["k"] for query in server.examples.queries] == [1 + EXAMPLES_TO_SPARE]
+    assert len(extension["examples"]) == 1
     assert len(extension["examples"]) == 1
     assert {body["temperature"] for body in server.vlm.requests} == {0.2}
     assert {body["max_completion_tokens"] for body in server.vlm.requests} == {900}
@@ -195,6 +212,13 @@ def post(server: Served, body: bytes | dict[str, Any], **headers: str) -> httpx.
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     return httpx.post(f"{server.url}/v1/chat/completions", content=content, timeout=60,
                       headers={"Content-Type": "application/json", **headers})
+
+
+@pytest.fixture(scope="module")
+def refusing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One app for the requests it must refuse before anything runs (nothing ever runs on it)."""
+    with img2music_server(tmp_path_factory.mktemp("refusals")) as server:
+        yield server
 
 
 @pytest.mark.parametrize(("body", "status", "code"), [
@@ -220,11 +244,11 @@ def post(server: Served, body: bytes | dict[str, Any], **headers: str) -> httpx.
     (b"{not json", 400, "invalid_json"),
 ])
 def test_bad_requests_are_refused_in_openais_error_shape(
-    tmp_path: Path, body: bytes | dict[str, Any], status: int, code: str
+    refusing_server: Served, body: bytes | dict[str, Any], status: int, code: str
 ) -> None:
-    with img2music_server(tmp_path) as server:
-        response = post(server, body)
-        runs = list(server.runs.glob("*")) if server.runs.exists() else []
+    server = refusing_server
+    response = post(server, body)
+    runs = list(server.runs.glob("*")) if server.runs.exists() else []
     assert response.status_code == status
     error = response.json()["error"]
     assert error["code"] == code and error["type"]
@@ -232,13 +256,13 @@ def test_bad_requests_are_refused_in_openais_error_shape(
     assert server.vlm.requests == [] and runs == []  # refused before anything ran
 
 
-def test_the_openai_client_raises_the_matching_errors(tmp_path: Path) -> None:
-    with img2music_server(tmp_path) as server:
-        with pytest.raises(openai.NotFoundError, match="does not exist"):
-            server.client.chat.completions.create(model="gpt-4o", messages=image_message())
-        with pytest.raises(openai.BadRequestError, match="no image"):
-            server.client.chat.completions.create(
-                model="img2music", messages=[{"role": "user", "content": "hello"}])
+def test_the_openai_client_raises_the_matching_errors(refusing_server: Served) -> None:
+    client = refusing_server.client
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        client.chat.completions.create(model="gpt-4o", messages=image_message())
+    with pytest.raises(openai.BadRequestError, match="no image"):
+        client.chat.completions.create(
+            model="img2music", messages=[{"role": "user", "content": "hello"}])
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
@@ -294,11 +318,12 @@ def test_a_vlm_that_is_down_is_a_502_naming_it_and_health_says_so(tmp_path: Path
     assert response.status_code == 502
     error = response.json()["error"]
     assert error["code"] == "vlm_unavailable" and server.vlm.url in error["message"]
-    with img2music_server(tmp_path, vlm_base_url="http://127.0.0.1:9/v1") as server:
+    with refusing_port() as port, img2music_server(
+            tmp_path, vlm_base_url=f"http://127.0.0.1:{port}/v1") as server:
         health = httpx.get(f"{server.url}/health")
     assert health.status_code == 503 and health.json()["status"] == "unavailable"
     vlm = next(c for c in health.json()["checks"] if c["name"] == "VLM endpoint")
-    assert vlm["status"] == "missing" and "127.0.0.1:9" in vlm["detail"]
+    assert vlm["status"] == "missing" and f"127.0.0.1:{port}" in vlm["detail"]
 
 
 def test_health_reports_each_part(tmp_path: Path) -> None:
@@ -325,6 +350,24 @@ def test_no_valid_tune_is_a_200_that_explains_the_failure(tmp_path: Path) -> Non
     assert "report.json" in extension["files"]
 
 
+def never_fixes_the_papers_tune(body: dict[str, Any]) -> str:
+    """A model that answers every compose, repair and refine call with the paper's tune."""
+    return reply_for(body) if "Describe this image" in last_user_text(body) else papers_tune()
+
+
+def test_a_tune_that_plays_is_delivered_with_its_faults(tmp_path: Path) -> None:
+    with img2music_server(tmp_path, responder=never_fixes_the_papers_tune) as server:
+        completion = server.client.chat.completions.create(
+            model="img2music", messages=image_message())
+        calls = len(server.vlm.requests)
+    extension: dict[str, Any] = completion.model_extra["img2music"]  # type: ignore[index]
+    assert extension["status"] == "done" and extension["failure_kind"] is None
+    assert extension["fault_count"] == 28
+    assert extension["faults"][0].startswith("line 8, col 13: bar 2 lasts 3/8 but M:6/4")
+    assert "T: Sunset Over the Coast" in (completion.choices[0].message.content or "")
+    assert calls == 4  # describe, compose, one repair and one refinement, each answered alike
+
+
 def test_with_a_key_every_route_but_health_needs_it(tmp_path: Path) -> None:
     with img2music_server(tmp_path, api_key=KEY) as server:
         anonymous = openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0)
@@ -340,37 +383,36 @@ def test_with_a_key_every_route_but_health_needs_it(tmp_path: Path) -> None:
         assert [m.id for m in server.client.models.list()] == ["img2music"]
 
 
-def test_without_a_key_no_authentication_is_asked(tmp_path: Path) -> None:
-    with img2music_server(tmp_path) as server:
-        models = httpx.get(f"{server.url}/v1/models")
+def test_without_a_key_no_authentication_is_asked(refusing_server: Served) -> None:
+    models = httpx.get(f"{refusing_server.url}/v1/models")
     assert models.status_code == 200 and models.json()["data"][0]["id"] == "img2music"
 
 
 def test_beyond_the_queue_requests_get_429_at_once(tmp_path: Path) -> None:
-    with img2music_server(tmp_path, behaviour=Behaviour(sleep_s=1.0),
-                          server_max_concurrent_runs=1, server_max_queued_runs=1) as server:
-        results: list[httpx.Response] = []
-
-        def one() -> None:
-            results.append(post(server, {"model": "img2music", "messages": image_message(),
-                                         "img2music": {"refine": False}}))
-
-        threads = [threading.Thread(target=one) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-            time.sleep(0.3)
-        for thread in threads:
-            thread.join()
-    statuses = sorted(response.status_code for response in results)
-    assert statuses == [200, 200, 429]
-    refused = next(response for response in results if response.status_code == 429)
-    assert refused.json()["error"]["type"] == "rate_limit_error"
-    assert refused.headers["retry-after"]
+    gate = Gate()
+    body = {"model": "img2music", "messages": image_message(), "stream": True,
+            "img2music": {"refine": False}}
+    # A streamed answer starts (200) once its run is admitted: the first runs, held in its
+    # first model call, the second waits, the third finds no room.
+    with img2music_server(tmp_path, responder=gate, server_max_concurrent_runs=1,
+                          server_max_queued_runs=1) as server, httpx.Client(
+            base_url=f"{server.url}/v1", timeout=120) as http, \
+            http.stream("POST", "/chat/completions", json=body) as running, \
+            http.stream("POST", "/chat/completions", json=body) as waiting:
+        refused = http.post("/chat/completions", json={**body, "stream": False})
+        gate.opened.set()
+        answers = ["".join(response.iter_text()) for response in (running, waiting)]
+    assert (running.status_code, waiting.status_code, refused.status_code) == (200, 200, 429)
+    error = refused.json()["error"]
+    assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
+    assert refused.headers["retry-after"] == "1"
+    assert all('"finish_reason": "stop"' in text and "```abc" in text for text in answers)
     assert server.vlm.most_in_flight == 1
 
 
 def test_a_run_can_be_followed_and_cancelled(tmp_path: Path) -> None:
-    with img2music_server(tmp_path, behaviour=Behaviour(sleep_s=0.5)) as server:
+    gate = Gate()
+    with img2music_server(tmp_path, responder=gate) as server:
         stream = server.client.chat.completions.create(
             model="img2music", messages=image_message(), stream=True)
         first = next(iter(stream))
@@ -378,6 +420,7 @@ def test_a_run_can_be_followed_and_cancelled(tmp_path: Path) -> None:
         run = f"{server.url}/v1/runs/{run_id}"
         assert httpx.get(run).json()["status"] == "running"
         assert httpx.delete(run).json()["status"] == "cancelling"
+        gate.opened.set()  # the describe call answers; the run stops before the next step
         rest = list(stream)
         events = [json.loads(line[6:]) for line in httpx.get(f"{run}/events").text.splitlines()
                   if line.startswith("data: ")]
@@ -386,7 +429,7 @@ def test_a_run_can_be_followed_and_cancelled(tmp_path: Path) -> None:
     assert "cancelled by request" in (rest[-2].choices[0].delta.content or "")
     assert events[0]["type"] == "queued" and events[-1]["type"] == "failed"
     assert summary["status"] == "failed" and summary["failure_kind"] == "cancelled"
-    assert len(server.vlm.requests) < 3
+    assert len(server.vlm.requests) == 1
 
 
 def test_a_run_over_the_time_limit_is_stopped_with_504(tmp_path: Path) -> None:

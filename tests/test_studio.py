@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,41 +14,48 @@ import openai
 import pytest
 
 from img2music.tools.check import check_abc
+from tests.needs import LANGGRAPH, needs_langgraph_cli
 from tests.openai_server import scripted_server
+from tests.serving import listening_port
 from tests.test_graph import reply_for
 from tests.test_server import PHOTO_URL, image_message
 
 ROOT = Path(__file__).resolve().parents[1]
-LANGGRAPH = Path(sys.executable).with_name("langgraph")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def hermetic_config(folder: Path) -> Path:
+    """The shipped langgraph.json with its paths made absolute and no `.env`: `langgraph dev`
+    then runs outside the checkout, where no developer's settings file can reach it."""
+    config = json.loads((ROOT / "langgraph.json").read_text(encoding="utf-8"))
+    config["dependencies"] = [str(ROOT / path) for path in config["dependencies"]]
+    config["graphs"] = {name: str(ROOT / spec) for name, spec in config["graphs"].items()}
+    config["http"] = {**config["http"], "app": str(ROOT / config["http"]["app"])}
+    config["env"] = {}
+    path = folder / "langgraph.json"
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
 
 
-@pytest.fixture
-def dev_server(tmp_path: Path) -> Iterator[str]:
-    if not LANGGRAPH.exists() and shutil.which("langgraph") is None:
-        pytest.skip("langgraph-cli[inmem] is not installed (pip install -e '.[dev]')")
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One `langgraph dev` for the module, on the port the system gave it."""
+    folder = tmp_path_factory.mktemp("studio")
     with scripted_server(reply_for) as vlm:
-        port = free_port()
         environment = {
             **os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false",
-            "IMG2MUSIC_DATA_DIR": str(tmp_path / "data"), "IMG2MUSIC_VLM_BASE_URL": vlm.url,
+            "IMG2MUSIC_DATA_DIR": str(folder / "data"), "IMG2MUSIC_VLM_BASE_URL": vlm.url,
             "IMG2MUSIC_VLM_MODEL": vlm.model, "IMG2MUSIC_CLIP_MODEL": "img2music-tiny",
             "IMG2MUSIC_CLIP_PRETRAINED": "none", "IMG2MUSIC_EXPLAIN": "none",
         }
-        log = (tmp_path / "langgraph-dev.log").open("w")
+        log = (folder / "langgraph-dev.log").open("w")
         process = subprocess.Popen(
             [str(LANGGRAPH), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1",
-             "--port", str(port)], cwd=ROOT, env=environment, stdout=log,
-            stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
+             "--port", "0", "--config", str(hermetic_config(folder))], cwd=folder,
+            env=environment, stdout=log, stderr=subprocess.STDOUT)
         try:
+            url = f"http://127.0.0.1:{listening_port(process)}"
             deadline = time.monotonic() + 120
-            while True:
+            while True:  # listening comes before the graph is loaded
                 try:
                     if httpx.get(f"{url}/ok", timeout=2).status_code == 200:
                         break
@@ -58,7 +63,7 @@ def dev_server(tmp_path: Path) -> Iterator[str]:
                     pass
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("langgraph dev did not start: "
-                                       + (tmp_path / "langgraph-dev.log").read_text()[-2000:])
+                                       + (folder / "langgraph-dev.log").read_text()[-2000:])
                 time.sleep(0.5)
             yield url
         finally:
@@ -70,6 +75,7 @@ def dev_server(tmp_path: Path) -> Iterator[str]:
             log.close()
 
 
+@needs_langgraph_cli
 def test_studio_sees_the_graph_its_settings_and_prompts_and_runs_it(dev_server: str) -> None:
     with httpx.Client(base_url=dev_server, timeout=120) as studio:
         assistants = studio.post("/assistants/search", json={}).json()
@@ -91,6 +97,7 @@ def test_studio_sees_the_graph_its_settings_and_prompts_and_runs_it(dev_server: 
     assert check_abc(final["final_abc"]).ok
 
 
+@needs_langgraph_cli
 def test_the_openai_routes_and_the_page_answer_on_the_same_port(dev_server: str) -> None:
     page = httpx.get(f"{dev_server}/")
     assert page.status_code == 200 and "<title>" in page.text

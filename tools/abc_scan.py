@@ -1,27 +1,55 @@
 """A position-aware scan of ABC text: tunes, header fields, bars and their durations.
 
-abc2midi and music21 both accept damage that makes a tune unusable (unclosed slurs, bars of the
-wrong length, prose in the body) or report it far from where it is. This scan knows where every
-bar starts, so its diagnostics point at the damage in one line a model can act on.
+abc2midi and music21 both accept damage that makes a tune unusable (prose in the body, an unclosed
+chord) or report it far from where it is. This scan knows where every bar starts, so its
+diagnostics point at the damage in one line a model can act on.
+
+Each diagnostic is in one of two tiers (see `img2music.tools.check` for the whole list, which
+also covers the text limits and the reference parser). The scan's **errors**, the conditions that
+stop a tune from being read as its writer meant it, are exactly these:
+
+- the header: no `K:` line, or a `K:` that names no key (`K:`, `K:Q`); an `M:` that is not a meter;
+  an `L:` that is not a note length; a `V:` without a name; music before the `K:` line; a header
+  line that is neither a field nor music (prose in the header); a tune without `X:` or with
+  `X:` not on its first line;
+- the body: music after a blank line (a blank line ends a tune); a chord `[` or inline field
+  `[K:` not closed with `]`, a chord holding letters that are not notes (`[Am]`), grace notes
+  `{` not closed with `}`, a chord symbol or annotation `"` or a `+decoration+` not closed on its
+  line; an accidental with no note after it; a tuplet `(1` or `(10`; any other character that
+  cannot stand in music (prose, `F#`, garbage);
+- the whole: no notes at all (chord symbols are not played; a `%%MIDI drum` pattern alone is a
+  fault); more notes or bars than the limits allow.
+
+Everything else it reports is a **fault**: bars that do not fill the meter (or hold a whole
+number of bars), voices of unequal length, unbalanced slurs, an empty chord `[]`, a lone `:` or
+`!`, lines with no bar lines, no `T:` or `M:`, a meter with no note value (`M:2`), a key with a
+word that is not a mode (`K:C pentatonic`), a field letter ABC does not define.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from img2music.tools.diagnostics import Diagnostic
+from img2music.tools.diagnostics import Diagnostic, Severity
 
-FIELD_LINE = re.compile(r"^([A-Za-z+]):(.*)$")
+FIELD_LINE = re.compile(r"^([A-Zmrsw+]):(.*)$")
+# Field letters of ABC 2.1; other capitals followed by a colon are a fault, never music.
+KNOWN_FIELDS = set("ABCDFGHIKLMNOPQRSTUVWXZmrsw+")
 KEY_TONIC = re.compile(r"^(?P<tonic>[A-Ga-g][#b]?)\s*(?P<word>[A-Za-z]*)(?P<rest>.*)$")
 MODE_PREFIXES = ("m", "maj", "min", "ion", "aeo", "mix", "dor", "phr", "lyd", "loc", "exp")
+CLEF_NAME = re.compile(r"^(?:treble|bass|alto|tenor|baritone|soprano|mezzo|perc|percussion|drum"
+                       r"|tab|none)\d?(?:[+-]8)?$", re.IGNORECASE)
+KEY_ACCIDENTAL = re.compile(r"^(?:\^{1,2}|_{1,2}|=)[A-Ga-g]$")
 METER_VALUE = re.compile(r"^\s*(?:(?P<common>C\|?)|(?P<free>none)|\(?(?P<num>\d+(?:\+\d+)*)\)?"
-                         r"/(?P<den>\d+))\s*$")
+                         r"(?:/(?P<den>\d+))?)\s*$")
 UNIT_VALUE = re.compile(r"^\s*(\d+)/(\d+)\s*$")
 VOICE_ID = re.compile(r"^\s*([^\s=\]]+)(?:\s+.*)?$")
 LENGTH = re.compile(r"(\d*)(/*)(\d*)")
+MICROTONE = re.compile(r"\d*/\d*|\d+")
 BAR_TOKEN = re.compile(r"\.?(?::*\|+\]?:*|:{2,})")
 ENDING = re.compile(r"\[?\d+(?:[,-]\d+)*")
 DEFAULT_DECORATIONS = set(".~HLMOPSTuv")
@@ -35,6 +63,8 @@ MAX_CLASSIFIED_CHARS = 2_000
 MUSIC_MARKUP = re.compile(r'"[^"]*"|![^!\s]*!|\+[^+\s]*\+|\[[A-Za-z]:[^\]]*\]')
 PROSE_LETTERS = re.compile(r"[hijklmnopqrstw]")
 PLAIN_WORD = re.compile(r"^[A-Za-z]{2,}[.,;!?]?$")
+TEXT_BLOCK_START, TEXT_BLOCK_END = "%%begintext", "%%endtext"
+DRUMS_ON = re.compile(r"^%%MIDI\s+drumon\b")
 
 
 @dataclass
@@ -73,6 +103,7 @@ class ScannedTune:
     notes: int = 0
     duration: Fraction = Fraction(0)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    found: Counter[str] = field(default_factory=Counter)  # every diagnostic, kept or not
 
     def field_value(self, letter: str) -> str | None:
         return next((f.value.strip() for f in self.header if f.letter == letter), None)
@@ -110,6 +141,8 @@ def is_music_line(line: str) -> bool:
     if stripped.startswith(("#", "* ", "- ", "> ", "```", "~~~", "**")):
         return False
     bare = MUSIC_MARKUP.sub(" ", stripped)
+    if any(char.isalpha() and not char.isascii() for char in bare):
+        return False  # prose in another script (Chinese, Japanese, Cyrillic...) or accents
     if any(PROSE_LETTERS.search(word) for word in re.findall(r"[A-Za-z]{2,}", bare)):
         return False
     words = bare.split()
@@ -135,13 +168,14 @@ def parse_length(text: str) -> tuple[Fraction, int]:
 
 
 def meter_length(value: str) -> tuple[Fraction | None, bool]:
-    """Bar length in whole notes (None for free meter) and whether the value was understood."""
+    """Bar length in whole notes (None for free meter, or a count with no note value such as
+    `M:2`, which players read in different ways) and whether the value was understood."""
     match = METER_VALUE.match(value)
     if match is None:
         return None, False
     if match["common"]:
         return (Fraction(1) if match["common"] == "C" else Fraction(2, 2)), True
-    if match["free"]:
+    if match["free"] or match["den"] is None:
         return None, True
     numerator = sum(int(part) for part in match["num"].split("+"))
     return Fraction(numerator, int(match["den"])), True
@@ -151,19 +185,44 @@ def default_unit(meter: Fraction | None) -> Fraction:
     return Fraction(1, 16) if meter is not None and meter < Fraction(3, 4) else Fraction(1, 8)
 
 
-def key_is_known(value: str) -> bool:
-    """A tonic with an optional mode, `none`/`HP`, or only a clef; accidentals may follow."""
+def is_mode(word: str) -> bool:
+    """ABC reads a mode by its first three letters: `m`, `maj`, `Minor`, `Dorian`, `mix`..."""
+    word = word.lower()
+    return word == "m" or word[:3] in MODE_PREFIXES
+
+
+def is_key_parameter(token: str) -> bool:
+    """What may follow the key: `clef=bass`, `middle=d`, a clef name, explicit accidentals."""
+    return ("=" in token[1:] or CLEF_NAME.match(token) is not None
+            or KEY_ACCIDENTAL.match(token) is not None)
+
+
+def key_problem(value: str) -> tuple[Severity, str] | None:
+    """What is wrong with a `K:` value, in its tier: no tonic is an error (the notes' pitches
+    are unknown); a word that is not a mode is a fault (players ignore it and read the tonic's
+    major key)."""
     text = value.split("%", 1)[0].strip()
-    if text in ("none", "HP", "Hp") or text.startswith(("clef=", "treble", "bass", "alto")):
-        return True
+    example = "e.g. K:C, K:Am or K:D dorian (K:none for no key signature)"
+    if not text:
+        return "error", f"K: names no key; write the key, {example}"
+    tokens = text.split()
+    if text in ("none", "HP", "Hp") or all(is_key_parameter(token) for token in tokens):
+        return None
     match = KEY_TONIC.match(text)
     if match is None:
-        return False
-    word, rest = match["word"].lower(), match["rest"]
-    if not word or word == "m" or word[:3] in MODE_PREFIXES:
-        return not rest or rest[0] in " \t^_="
-    gap = text[len(match["tonic"]):]
-    return gap[:1].isspace()
+        return "error", f"K:{text} is not a known key; use a tonic A-G with optional # or b " \
+                        "and a mode, " + example
+    tonic = match["tonic"]
+    after = text[len(tonic):]
+    glued = re.match(r"[A-Za-z]+", after)  # Am, Gmaj, Dmix=c
+    words = ([glued.group()] if glued else []) + after[glued.end() if glued else 0:].split()
+    mode = words.pop(0) if words and is_mode(words[0]) else "major"
+    unknown = [word for word in words if not is_key_parameter(word)]
+    if not unknown:
+        return None
+    return "fault", (f"K:{text}: {' '.join(unknown)!r} is not an ABC mode, so players read the "
+                     f"key as {tonic} {mode}; write K:{tonic}{'' if mode == 'major' else mode} "
+                     "or use a mode ABC knows (maj, min, dor, phr, lyd, mix, aeo, loc)")
 
 
 def in_common_units(unit: Fraction, *values: Fraction) -> list[str]:
@@ -226,14 +285,19 @@ class _TuneScanner:
         self.user_decorations: set[str] = set()
         self.key_anywhere = any(line.startswith("K:") for line in lines[first:last + 1])
         self.bare_lines: list[int] = []
+        self.text_lines = _text_block_lines(lines, first, last)
+        self.drums = any(DRUMS_ON.match(line) for line in lines[first:last + 1])
+        self.repeats = False
 
-    def report(self, severity: str, line: int, col: int, message: str) -> None:
-        if len(self.tune.diagnostics) >= MAX_DIAGNOSTICS_PER_TUNE:
+    def report(self, severity: Severity, line: int, col: int, message: str) -> None:
+        """Keep the first diagnostics of each tier, and count them all: many faults never hide
+        an error, and the count of faults is exact."""
+        self.tune.found[severity] += 1
+        if self.tune.found[severity] > MAX_DIAGNOSTICS_PER_TUNE:
             return
         source = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
         self.tune.diagnostics.append(
-            Diagnostic(severity=severity, line=line, col=col, message=message,  # type: ignore[arg-type]
-                       source=source)
+            Diagnostic(severity=severity, line=line, col=col, message=message, source=source)
         )
 
     def scan(self) -> ScannedTune:
@@ -249,15 +313,18 @@ class _TuneScanner:
         if not lines[self.first].startswith("X:"):
             self.report("error", self.first + 1, 1,
                         "the tune has no X: line; X: (reference number) must be its first line")
+        continued = False
         for index in range(self.first, self.last + 1):
             line = lines[index]
             if not line.strip():
                 if any(f.letter == "K" for f in tune.header):
                     return index
                 continue
-            if line.startswith("%"):
+            if line.startswith("%") or index in self.text_lines or continued:
+                continued = continued and _continues(line)
                 continue
             match = FIELD_LINE.match(line)
+            continued = match is not None and _continues(line)
             if match is None:
                 if is_music_line(line):
                     if self.key_anywhere:
@@ -283,13 +350,13 @@ class _TuneScanner:
         x_value = tune.field_value("X")
         if x_value is not None and not x_value.isdigit():
             line = next(f.line for f in tune.header if f.letter == "X")
-            self.report("warning", line, 3, f"X:{x_value} should be a number, e.g. X:1")
+            self.report("fault", line, 3, f"X:{x_value} should be a number, e.g. X:1")
         if tune.field_value("T") is None:
-            self.report("warning", tune.first_line, 1, "the tune has no T: (title) field")
+            self.report("fault", tune.first_line, 1, "the tune has no T: (title) field")
         for header_field in tune.header:
             self.apply_field(header_field.letter, header_field.value, header_field.line, 1)
         if tune.field_value("M") is None:
-            self.report("warning", tune.first_line, 1,
+            self.report("fault", tune.first_line, 1,
                         "no M: (meter) field, so the meter is free and bar lengths are not "
                         "checked; add one, e.g. M:4/4")
         if not self.key_anywhere:
@@ -301,19 +368,27 @@ class _TuneScanner:
     def apply_field(self, letter: str, value: str, line: int, col: int) -> None:
         """Act on a field in the header, the body, or inline `[L:…]`."""
         value = value.split("%", 1)[0].strip()
-        if letter == "K":
-            if not key_is_known(value):
-                self.report("error", line, col,
-                            f"K:{value} is not a known key; use a tonic A-G with optional # or b "
-                            "and a mode, e.g. K:G, K:Am, K:D dorian")
+        if letter not in KNOWN_FIELDS:
+            self.report("fault", line, col,
+                        f"{letter}: is not an ABC field, so players skip it; remove it or write "
+                        "it as a comment (% ...)")
+        elif letter == "K":
+            problem = key_problem(value)
+            if problem is not None:
+                self.report(problem[0], line, col, problem[1])
         elif letter == "M":
             meter, understood = meter_length(value)
             if not understood:
                 self.report("error", line, col,
                             f"M:{value} is not a meter; use e.g. M:4/4, M:6/8, M:C or M:none")
                 return
-            self.meter, self.meter_text = meter, value
-            if self.voice is not None:
+            if meter is None and value != "none":
+                self.report("fault", line, col,
+                            f"M:{value} gives no note value, so bar lengths are not checked; "
+                            f"write e.g. M:{value}/4 or M:{value}/2")
+            if self.voice is None:  # the header's, or the body's before any voice
+                self.meter, self.meter_text = meter, value
+            else:  # a change inside a voice is that voice's
                 self.voice.meter, self.voice.meter_text = meter, value
                 if not self.voice.unit_set and self.unit is None:
                     self.voice.unit = default_unit(meter)
@@ -369,7 +444,7 @@ class _TuneScanner:
                                 "music after a blank line; a blank line ends a tune in ABC, "
                                 "so remove blank lines inside the tune")
                 continue
-            if line.startswith("%"):
+            if line.startswith("%") or index in self.text_lines:
                 continue
             match = FIELD_LINE.match(line)
             if match is not None:
@@ -402,7 +477,7 @@ class _TuneScanner:
                 end = text.find(char, position + 1)
                 if end < 0 or not DECORATION_NAME.match(text[position + 1:end]):
                     if char == "!":
-                        self.report("warning", number, col,
+                        self.report("fault", number, col,
                                     "a lone ! is read as an old-style line break; write "
                                     "decorations as !name!, e.g. !trill!")
                         position += 1
@@ -420,7 +495,7 @@ class _TuneScanner:
                 position = self.scan_paren(text, position, number)
             elif char == ")":
                 if not voice.slurs:
-                    self.report("error", number, col,
+                    self.report("fault", number, col,
                                 "a slur is closed with ) but was never opened with (")
                 else:
                     voice.slurs.pop()
@@ -446,6 +521,12 @@ class _TuneScanner:
                 position += 1 + size
             elif self.is_decoration(char, text[position + 1:position + 2]):
                 position += 1
+            elif char == "#" and text[position - 1:position] in NOTE_LETTERS:
+                note = text[position - 1]
+                self.report("error", number, col - 1,
+                            f"{note}# is not ABC: a sharp goes before its note, ^{note} (a flat "
+                            f"_{note}, a natural ={note})")
+                return
             else:
                 shown = char if char.isprintable() else repr(char)
                 self.report("error", number, col,
@@ -474,6 +555,9 @@ class _TuneScanner:
         start = position
         while position < len(text) and text[position] in "^_=":
             position += 1
+        microtone = MICROTONE.match(text, position) if position > start else None
+        if microtone is not None and text[start] in "^_":  # ^/c, _3/4e: ABC 2.1 microtones
+            position = microtone.end()
         if position >= len(text) or text[position] not in NOTE_LETTERS | set("zx"):
             self.report("error", number, start + 1,
                         "an accidental (^, _ or =) needs a note after it")
@@ -512,16 +596,23 @@ class _TuneScanner:
             ending = ENDING.match(text, position)
             assert ending is not None
             self.mark_boundary(voice)
+            self.repeats = True
             return ending.end()
         if rest.startswith("|"):
             return self.scan_bar(text, position + 1, number, boundary=True)
         end = position + 1
         notes_in_chord = 0
         first_length: Fraction | None = None
+        stray_letter: str | None = None
         while end < len(text) and text[end] != "]":
             char = text[end]
             if char in "|[ \t":
                 break
+            if char in "!\"" and text.find(char, end + 1) > 0:
+                end = text.find(char, end + 1) + 1  # a decoration or annotation on a chord note
+                continue
+            if char.isalpha() and char not in NOTE_LETTERS and not self.is_decoration(char, ""):
+                stray_letter = stray_letter or char
             if char in NOTE_LETTERS:
                 notes_in_chord += 1
                 end += 1
@@ -537,8 +628,16 @@ class _TuneScanner:
                         "a chord opened with [ is not closed with ] before the next space, bar "
                         "line or chord")
             return len(text)
+        if stray_letter is not None:
+            name = text[position + 1:end]
+            self.report("error", number, position + 1,
+                        f"[{name}] is not a chord of notes ({stray_letter} is not a note); a "
+                        f'chord name goes in quotes before a note, e.g. "{name}"{name[0]}2, and '
+                        f"a chord of notes in brackets, e.g. [CEG]")
+            return end + 1
         if notes_in_chord == 0:
-            self.report("error", number, position + 1, "a chord [ ] holds no notes")
+            self.report("fault", number, position + 1,
+                        "an empty chord [] holds no notes; remove it")
             return end + 1
         outer, size = parse_length(text[end + 1:])
         self.mark_music(voice, number, position + 1)
@@ -569,7 +668,7 @@ class _TuneScanner:
         voice = self.current_voice()
         match = BAR_TOKEN.match(text, position)
         if match is None or match.end() == position:
-            self.report("warning", number, position + 1,
+            self.report("fault", number, position + 1,
                         "a lone : is read as a repeat sign; write :| or |:")
             self.mark_boundary(voice)
             return position + 1
@@ -579,6 +678,7 @@ class _TuneScanner:
         is_boundary = boundary or ":" in token or "||" in token or "]" in token or bool(ending)
         if ending:
             end += ending.end()
+        self.repeats = self.repeats or ":" in token or bool(ending)
         voice.bar_lines_on_line += 1
         self.close_bar(voice, is_boundary)
         return end
@@ -650,22 +750,25 @@ class _TuneScanner:
             if voice.bar_has_music:
                 self.close_bar(voice, boundary=True)
             for line, col in voice.slurs:
-                self.report("error", line, col, "a slur opened with ( is never closed with )")
+                self.report("fault", line, col, "a slur opened with ( is never closed with )")
             tune.bars.extend(voice.bars)
             self.check_bars(voice.bars)
         if self.bare_lines:
             lines = ", ".join(str(line) for line in self.bare_lines[:8])
-            self.report("warning", self.bare_lines[0], 1,
+            self.report("fault", self.bare_lines[0], 1,
                         f"no bar lines on line(s) {lines}, so bar lengths there are not checked")
-        tune.duration = max(
-            (sum((bar.duration for bar in voice.bars), Fraction(0))
-             for voice in self.voices.values()),
-            default=Fraction(0),
-        )
-        if tune.body_lines and tune.notes == 0 and not any(
-            d.severity == "error" for d in tune.diagnostics
-        ):
-            self.report("error", tune.body_lines[0], 1, "the tune has no notes")
+        lengths = {name: sum((bar.duration for bar in voice.bars), Fraction(0))
+                   for name, voice in self.voices.items() if voice.bars}
+        tune.duration = max(lengths.values(), default=Fraction(0))
+        if len(lengths) > 1 and not self.repeats:
+            self.check_voice_lengths(lengths)
+        if tune.body_lines and tune.notes == 0 and not tune.found["error"]:
+            if self.drums:
+                self.report("fault", tune.body_lines[0], 1,
+                            "the tune has no written notes, only a %%MIDI drum pattern; write "
+                            "the melody as notes")
+            else:
+                self.report("error", tune.body_lines[0], 1, "the tune has no notes")
         elif not tune.body_lines and tune.field_value("K") is not None:
             self.report("error", tune.last_line, 1, "the tune has no music after its K: line")
         if tune.notes > self.max_notes:
@@ -674,6 +777,18 @@ class _TuneScanner:
         if tune.bar_count > self.max_bars:
             self.report("error", tune.first_line, 1,
                         f"the tune has {tune.bar_count} bars; the limit is {self.max_bars}")
+
+    def check_voice_lengths(self, lengths: dict[str, Fraction]) -> None:
+        """Voices that stop before the others leave the rest of the tune to them alone."""
+        longest = max(lengths, key=lambda name: lengths[name])
+        full = lengths[longest]
+        for name, length in lengths.items():
+            if length < full:
+                last = self.voices[name].bars[-1]
+                self.report("fault", last.line, last.col,
+                            f"voice {name} lasts {float(length * 4):g} beats but voice {longest} "
+                            f"lasts {float(full * 4):g}; voices should end together, so add the "
+                            "missing bars or rests")
 
     def check_bars(self, bars: list[Bar]) -> None:
         for index, bar in enumerate(bars):
@@ -684,12 +799,12 @@ class _TuneScanner:
             )
             where = f"bar {bar.number}" + (f" of voice {bar.voice}" if len(self.voices) > 1 else "")
             if bar.duration > bar.expected and bar.duration % bar.expected == 0:
-                self.report("warning", bar.line, bar.col,
+                self.report("fault", bar.line, bar.col,
                             f"{where} lasts {shown}, {bar.duration / bar.expected} bars of "
                             f"M:{bar.meter}; a bar line is missing")
                 continue
             if bar.duration > bar.expected:
-                self.report("error", bar.line, bar.col,
+                self.report("fault", bar.line, bar.col,
                             f"{where} lasts {shown} but M:{bar.meter} bars last {needed} "
                             f"({gap} too long)")
                 continue
@@ -698,7 +813,7 @@ class _TuneScanner:
                 bars, index
             ):
                 continue
-            self.report("error", bar.line, bar.col,
+            self.report("fault", bar.line, bar.col,
                         f"{where} lasts {shown} but M:{bar.meter} bars last {needed} "
                         f"({gap} short; only first, last and repeat-side bars may be short)")
 
@@ -710,6 +825,24 @@ def _completes_split_bar(bars: list[Bar], index: int) -> bool:
     neighbours = [bars[i] for i in (index - 1, index + 1) if 0 <= i < len(bars)]
     return any(other.expected == bar.expected and other.duration + bar.duration == bar.expected
                for other in neighbours)
+
+
+def _continues(line: str) -> bool:
+    """A field line ending in a backslash goes on on the next line (ABC 2.1, 3.2)."""
+    return _strip_comment(line).rstrip().endswith("\\")
+
+
+def _text_block_lines(lines: list[str], first: int, last: int) -> set[int]:
+    """Indices of `%%begintext` … `%%endtext` blocks: free text printed with the tune."""
+    inside, found = False, set()
+    for index in range(first, last + 1):
+        if lines[index].startswith(TEXT_BLOCK_START):
+            inside = True
+        if inside:
+            found.add(index)
+        if lines[index].startswith(TEXT_BLOCK_END):
+            inside = False
+    return found
 
 
 def _strip_comment(line: str) -> str:

@@ -126,27 +126,6 @@ def image_attention(
     return _result(per_token, token_spans, grid_shape, total.layers, total.heads)
 
 
-def naive_image_attention(
-    model: Any,
-    inputs: Mapping[str, Any],
-    generated_ids: Sequence[int] | torch.Tensor,
-    image_token_id: int,
-    *,
-    token_spans: Iterable[Span] | None = None,
-    merge_size: int | None = None,
-) -> ImageAttention:
-    """The same map from the full attention tuple (layers × heads × sequence²): a reference."""
-    batch, rows, columns, grid_shape = _prepare(
-        model, inputs, generated_ids, image_token_id, merge_size
-    )
-    with torch.inference_mode():
-        outputs = model(**batch, output_attentions=True, use_cache=False)
-    stacked = torch.stack(outputs.attentions)  # (layers, batch, heads, sequence, sequence)
-    picked = stacked[:, 0, :, rows][..., columns].float()  # (layers, heads, tokens, image)
-    per_token = picked.mean(dim=(0, 1)).cpu().numpy()
-    return _result(per_token, token_spans, grid_shape, stacked.shape[0], stacked.shape[2])
-
-
 class _RunningTotal:
     """Forward hook: adds one layer's head-summed attention of the generated rows to the image."""
 

@@ -1,8 +1,25 @@
-"""Parse-check: is this ABC a usable tune, and if not, what is wrong and where, in one line each.
+"""Parse-check: can this ABC be played as its writer meant it, and what would a musician correct?
 
 The structural scan (`abc_scan`) runs on every input; the ABC itself is then read by abc2midi,
 the reference implementation, or by music21 when abc2midi is not installed. Both paths return the
 same `ParseCheck`, and compiling yields the MIDI that conversion, metrics and rendering reuse.
+
+The verdict has two tiers. The **error** tier is this set of conditions and no other:
+
+1. the text is over `max_abc_bytes`, or holds a control character (binary data);
+2. the text holds no tune (no `X:`/`K:` header with music);
+3. one of the scan's errors, listed in `img2music.tools.abc_scan`'s docstring: a missing or
+   unreadable `K:`, `M:`, `L:` or `V:`; music before `K:` or after a blank line; prose in the
+   header; an unclosed chord, grace group, annotation, `+decoration+` or inline field; a chord of
+   non-notes (`[Am]`); an accidental without a note; a tuplet outside `(2`-`(9`; a character
+   that cannot stand in music (`F#`, prose, garbage); no notes at all; over the note or bar
+   limits;
+4. the reference parser cannot read the tune: an `Error` line of abc2midi other than the
+   harmless ones in `ABC2MIDI_HARMLESS` (and none on a `%%` directive line, which abc2midi skips),
+   abc2midi writing no MIDI, or music21 raising (when it is the backend).
+
+Everything else is a **fault**: playable, delivered, and reported so that it can be corrected.
+`ParseCheck.ok` means no error; `ParseCheck.clean` means no fault either.
 """
 
 from __future__ import annotations
@@ -10,6 +27,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,7 +36,7 @@ from pydantic import BaseModel, Field
 
 from img2music.settings import Settings, get_settings
 from img2music.tools.abc_scan import ScannedTune, scan_abc
-from img2music.tools.diagnostics import Diagnostic
+from img2music.tools.diagnostics import Diagnostic, Severity
 from img2music.tools.programs import ProgramFailed, run_program, which
 
 logger = logging.getLogger(__name__)
@@ -28,26 +46,49 @@ Backend = Literal["abc2midi", "music21"]
 ABC2MIDI_MESSAGE = re.compile(
     r"^(?P<kind>Error|Warning) in line-char (?P<line>\d+)-(?P<col>\d+) : (?P<message>.+)$"
 )
-# Bar lengths and a missing M: are checked by the scan, which knows about pickups and repeats.
-ABC2MIDI_DUPLICATES = re.compile(r"Bar \d+ has .* time units|No M: in header")
-# abc2midi calls these errors, yet the music is whole: an `I:` line it has no use for, its own
-# swing rule for hornpipes, a tie between two different pitches (played as a slur), and a
-# decoration before a slur or annotation (`~(dcd)`, `u"4"A`), which it drops; notes that are
-# really malformed are caught by the scan first.
+# What the scan already reports in its own words: bar lengths (it knows about pickups and
+# repeats), a missing M: or one with no note value, voices of unequal length (abc2midi's count
+# includes its chord staggering), a key word that is not a mode, a field letter ABC does not
+# define.
+ABC2MIDI_DUPLICATES = re.compile(
+    r"Bar \d+ has .* time units|No M: in header|Track \d+ is .* quarter notes long"
+    r"|Ignoring string .* in K: field|Ignoring text: [A-Za-z]:|No / found, assuming denominator"
+)
+# abc2midi calls these errors, yet it plays every written note as meant: an `I:` line it has no
+# use for, its own swing rule for hornpipes, a tie between two different pitches (played as a
+# slur), a decoration before a slur or annotation (`~(dcd)`, `u"4"A`), which it drops, a chord
+# symbol it cannot voice (the accompaniment skips it), an octave mark on the other case (`d,` is
+# D, `C'` is c), a `%%MIDI` directive it cannot use (sometimes reported lines later), notes
+# that a `%%MIDI expand` lets ring past the end, a repeat opened with |: and never closed
+# (played once), and a field, directive or mark it says it ignored (a lone `!`, a bad Q:).
+# Notes that are really malformed are caught by the scan first.
 ABC2MIDI_HARMLESS = re.compile(
     r"I: key .* not recognized|Hornpipe must be in|Could not find note to be tied"
-    r"|Malformed note : expecting a-g or A-G"
+    r"|Malformed note : expecting a-g or A-G|Unrecognized chord name|Bad pitch specifier"
+    r"|\bMIDI\b|Sustained notes beyond end of track|Missing :\| at end of tune"
+    r"|\bignored\b"
 )
+# A sentence a model can act on, added to abc2midi's own words.
+ABC2MIDI_HINTS = {
+    "Unrecognized chord name": "; chord symbols such as \"G\", \"Gm\", \"G7\", \"Gmaj7\", "
+                               "\"Gdim\" are played",
+    "Bad pitch specifier": "; write a lower octave with a capital letter (D, not d,) and a "
+                           "higher one with a small letter (c, not C')",
+    "%%MIDI command": "; players skip this directive",
+}
 CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 MAX_REPORTED = 30
 
 
 class ParseCheck(BaseModel):
-    """What parse-check found; `ok` means no errors, so the tune can be played and measured."""
+    """What parse-check found; `ok` means no errors, so the tune can be played, measured and
+    delivered; its faults are what a musician would still correct."""
 
     ok: bool
     errors: list[Diagnostic] = Field(default_factory=list)
-    warnings: list[Diagnostic] = Field(default_factory=list)
+    faults: list[Diagnostic] = Field(default_factory=list)
+    error_count: int = Field(default=0, description="Errors found; `errors` lists the first.")
+    fault_count: int = Field(default=0, description="Faults found; `faults` lists the first.")
     tunes: int = Field(default=0, description="Tunes (X: sections) in the text.")
     voices: int = Field(default=0, description="Voices of the first tune.")
     bars: int = Field(default=0, description="Bars of the first tune's longest voice.")
@@ -57,12 +98,35 @@ class ParseCheck(BaseModel):
     )
     backend: Backend | None = Field(default=None, description="The parser that read the ABC.")
 
-    def feedback(self, limit: int = 12) -> str:
-        """The errors as the lines a repair prompt shows the model."""
-        lines = [error.one_line() for error in self.errors[:limit]]
-        if len(self.errors) > limit:
-            lines.append(f"… and {len(self.errors) - limit} more errors")
+    @property
+    def clean(self) -> bool:
+        """Playable with nothing a musician would correct."""
+        return self.ok and self.fault_count == 0
+
+    def feedback(self, limit: int = 12, *, tier: Severity | None = None) -> str:
+        """The errors, then the faults (or one tier), as the lines a repair prompt shows."""
+        tiers: list[tuple[Severity, list[Diagnostic], int]] = [
+            ("error", self.errors, self.error_count), ("fault", self.faults, self.fault_count)]
+        lines: list[str] = []
+        for name, found, count in tiers:
+            if tier not in (None, name):
+                continue
+            room = max(limit - len(lines), 0)
+            lines.extend(diagnostic.one_line() for diagnostic in found[:room])
+            hidden = max(count, len(found)) - min(room, len(found))
+            if hidden:
+                lines.append(f"… and {hidden} more {name}s")
         return "\n".join(lines)
+
+    def summary(self, limit: int = 1) -> str:
+        """One line: the first errors (or faults, for a playable tune) and how many there are."""
+        tier: Severity = "fault" if self.ok else "error"
+        shown = (self.faults if self.ok else self.errors)[:limit]
+        count = self.fault_count if self.ok else self.error_count
+        text = "; ".join(diagnostic.one_line() for diagnostic in shown)
+        if count > len(shown):
+            text += f" (and {count - len(shown)} more {tier}s)"
+        return text
 
 
 @dataclass(frozen=True)
@@ -82,11 +146,11 @@ def decode_abc(data: bytes) -> tuple[str, Diagnostic | None]:
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         col = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
-        warning = Diagnostic(
-            severity="warning", line=line, col=col,
+        fault = Diagnostic(
+            severity="fault", line=line, col=col,
             message="the text is not UTF-8; read as Latin-1",
         )
-        return data.decode("latin-1"), warning
+        return data.decode("latin-1"), fault
 
 
 def normalise_abc(text: str) -> str:
@@ -105,24 +169,27 @@ def compile_abc(
     settings: Settings | None = None,
     backend: Backend | None = None,
 ) -> CompiledAbc:
-    """Check every tune in `text` and compile the first one to MIDI when nothing is wrong."""
+    """Check every tune in `text` and compile the first one to MIDI when it has no error."""
     settings = settings or get_settings()
     backend = backend or select_backend(settings)
     diagnostics: list[Diagnostic] = []
+    unlisted: Counter[str] = Counter()  # found by the scan beyond what it keeps
     if isinstance(text, bytes):
-        text, decode_warning = decode_abc(text)
-        diagnostics.extend([decode_warning] if decode_warning else [])
+        text, decode_fault = decode_abc(text)
+        diagnostics.extend([decode_fault] if decode_fault else [])
     text = normalise_abc(text)
     size_error = _size_error(text, settings.max_abc_bytes)
     if size_error is not None:
-        return CompiledAbc(text, _result([size_error], [], None, backend), None, None)
+        return CompiledAbc(text, _result([size_error], unlisted, [], None, backend), None, None)
     diagnostics.extend(_control_character_errors(text))
     scanned = scan_abc(text, max_notes=settings.max_notes, max_bars=settings.max_bars)
     diagnostics.extend(scanned.diagnostics)
     midi: bytes | None = None
     for index, tune in enumerate(scanned.tunes):
         diagnostics.extend(tune.diagnostics)
-        if _has_errors(tune.diagnostics):
+        unlisted.update(tune.found)
+        unlisted.subtract(d.severity for d in tune.diagnostics)
+        if tune.found["error"]:
             continue
         tune_text = "\n".join(scanned.lines[tune.first_line - 1:tune.last_line]) + "\n"
         tune_diagnostics, tune_midi = _read_tune(tune_text, tune.first_line - 1, backend, settings)
@@ -130,7 +197,7 @@ def compile_abc(
         if index == 0 and not _has_errors(tune_diagnostics):
             midi = tune_midi
     first = scanned.tunes[0] if scanned.tunes else None
-    result = _result(diagnostics, scanned.tunes, first, backend)
+    result = _result(diagnostics, unlisted, scanned.tunes, first, backend)
     return CompiledAbc(text, result, midi if result.ok else None, first)
 
 
@@ -146,16 +213,19 @@ def _has_errors(diagnostics: list[Diagnostic]) -> bool:
 
 def _result(
     diagnostics: list[Diagnostic],
+    unlisted: Counter[str],
     tunes: list[ScannedTune],
     first: ScannedTune | None,
     backend: Backend,
 ) -> ParseCheck:
     errors = [d for d in diagnostics if d.severity == "error"]
-    warnings = [d for d in diagnostics if d.severity == "warning"]
+    faults = [d for d in diagnostics if d.severity == "fault"]
     return ParseCheck(
         ok=not errors and first is not None,
         errors=errors[:MAX_REPORTED],
-        warnings=warnings[:MAX_REPORTED],
+        faults=faults[:MAX_REPORTED],
+        error_count=len(errors) + unlisted["error"],
+        fault_count=len(faults) + unlisted["fault"],
         tunes=len(tunes),
         voices=max(len(first.voices), 1) if first and first.notes else 0,
         bars=first.bar_count if first else 0,
@@ -218,18 +288,24 @@ def _read_with_abc2midi(
             return [Diagnostic(severity="error", line=line_offset + 1, col=0, message=str(error),
                                checker="abc2midi")], None
         diagnostics = []
-        for raw in result.stdout.splitlines() + result.stderr.splitlines():
+        # abc2midi repeats some messages once per pass over the tune; each is reported once.
+        for raw in dict.fromkeys(result.stdout.splitlines() + result.stderr.splitlines()):
             match = ABC2MIDI_MESSAGE.match(raw.strip())
             if match is None or ABC2MIDI_DUPLICATES.search(match["message"]):
                 continue
             line = int(match["line"])
             source = lines[line - 1] if 0 < line <= len(lines) else ""
-            is_error = match["kind"] == "Error" and not ABC2MIDI_HARMLESS.search(match["message"])
+            message = match["message"].strip()
+            is_error = (match["kind"] == "Error" and not ABC2MIDI_HARMLESS.search(message)
+                        and not source.startswith("%%"))
+            if not is_error:
+                message += next((hint for key, hint in ABC2MIDI_HINTS.items() if key in message),
+                                "")
             diagnostics.append(Diagnostic(
-                severity="error" if is_error else "warning",
+                severity="error" if is_error else "fault",
                 line=line + line_offset if line else 0,
                 col=int(match["col"]) + 1 if line else 0,
-                message=match["message"].strip(), source=source, checker="abc2midi",
+                message=message, source=source, checker="abc2midi",
             ))
         midi_path = folder / "tune.mid"
         midi = midi_path.read_bytes() if midi_path.is_file() else None

@@ -30,7 +30,11 @@ class BadImage(ValueError):
 
 
 def open_image(source: Path | bytes, *, settings: Settings | None = None) -> Image.Image:
-    """An RGB image, upright, first frame of an animation; bombs, truncation and junk refused."""
+    """An RGB image, upright, first frame of an animation; bombs, truncation and junk refused.
+
+    Its metadata (EXIF with camera and location, comments) is dropped, so no copy img2music
+    writes or sends carries it: PIL would keep a JPEG comment when the image is saved again.
+    """
     settings = settings or get_settings()
     try:
         data = source if isinstance(source, bytes) else source.read_bytes()
@@ -60,7 +64,9 @@ def open_image(source: Path | bytes, *, settings: Settings | None = None) -> Ima
         raise BadImage("not a usable image: no image format recognised") from error
     except (OSError, SyntaxError, ValueError) as error:
         raise BadImage(f"the image is damaged or truncated: {error}") from error
-    return to_rgb(ImageOps.exif_transpose(image) or image)
+    picture = to_rgb(ImageOps.exif_transpose(image) or image)
+    picture.info.clear()
+    return picture
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -43,7 +43,12 @@ from img2music.eval.summary import (
     write_csv,
 )
 from img2music.eval.variants import EVAL_DEFAULTS, Variant
-from img2music.graph.models import VLMUnavailable, image_data_url, judge_chat_model
+from img2music.graph.models import (
+    VLMUnavailable,
+    endpoint_report,
+    image_data_url,
+    judge_chat_model,
+)
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import rounds_and_repairs, usage_totals
 from img2music.report import chosen_metrics
@@ -432,6 +437,9 @@ def _meta(options: EvalOptions, settings: Settings, images: int) -> dict[str, An
             "prompt_hash": judge_prompt_hash(),
             "self_judging": (settings.judge_served_model == settings.vlm_model
                              and settings.judge_endpoint == settings.vlm_base_url),
+            "endpoint_profile": endpoint_report(
+                settings.judge_endpoint, settings.judge_served_model,
+                choice=settings.judge_profile_choice, setting=settings.judge_profile_setting),
         }
     return meta
 

@@ -179,6 +179,10 @@ def to_markdown(summary: Summary) -> str:
                   f"{judge['temperature']}, each question asked on its own {judge['repeats']} "
                   f"times per tune and averaged, blind (no variant name in any prompt; order "
                   f"shuffled with seed {meta['seed']}), judge prompts `{judge['prompt_hash']}`."]
+        profile = judge.get("endpoint_profile")
+        if profile:
+            lines.append(f"Judge endpoint profile: {profile['profile']} ({profile['chosen_by']})"
+                         + "".join(f"; {warning}" for warning in profile["warnings"]) + ".")
         if judge.get("self_judging"):
             lines.append("The judge is the composing model itself (IMG2MUSIC_JUDGE_* unset): "
                          "expect it to favour its own style.")

@@ -86,6 +86,9 @@ async function start() {
   $("map-section").addEventListener("change", () => {
     showMap(page.last).catch((error) => log(`The map cannot be shown: ${error.message}`));
   });
+  // Enabled only now: a click before the handlers are attached would submit the form as a
+  // plain page load and lose the image.
+  $("compose").disabled = false;
 }
 
 function chooseFile(file) {
@@ -199,16 +202,17 @@ function beginRun(chosen) {
   if (page.last) page.last.blobs.forEach((url) => URL.revokeObjectURL(url));
   const run = {id: null, controller: new AbortController(), timer: null, finished: false,
                options: chosen, attempts: new Map(), blobs: [], maps: new Map(), result: null,
-               repairs: page.config.defaults.repairs};
+               repairs: page.config.defaults.repairs, best: null};
   page.run = run;
   page.last = run;
   armTimer(run);
   for (const id of ["description", "motivation", "abc", "copy-status", "log", "examples",
-                    "attempts", "metrics", "downloads", "map-label", "map-section"]) {
+                    "attempts", "metrics", "downloads", "map-label", "map-section", "faults",
+                    "faults-note"]) {
     $(id).replaceChildren();
   }
   for (const id of ["result", "story", "description-box", "examples-box", "attempts-box",
-                    "metrics-box", "failure", "map-box", "score-box"]) {
+                    "metrics-box", "failure", "map-box", "score-box", "faults-box"]) {
     $(id).hidden = true;
   }
   $("audio").removeAttribute("src");
@@ -368,12 +372,30 @@ function onNode(node, update, run) {
     next = "parse_check";
   } else if (node === "parse_check" && last) {
     const errors = (last.check && last.check.errors) || [];
-    log(last.valid ? `Attempt ${last.n + 1} passed the checker.`
-                   : `Attempt ${last.n + 1} rejected: ${errors.length} error(s)` +
-                     (errors.length ? `, first: ${errors[0].message}` : "."));
-    const rejected = [...run.attempts.values()].filter(
-      (a) => a.round === last.round && !a.valid).length;
-    next = last.valid ? "evaluate" : rejected <= run.repairs ? "compose" : "explain";
+    const faults = (last.check && last.check.faults) || [];
+    const faultCount = faultsOf(last);
+    if (!last.valid) {
+      log(`Attempt ${last.n + 1} rejected: ${errors.length} error(s)` +
+          (errors.length ? `, first: ${errors[0].message}` : "."));
+    } else if (faultCount) {
+      log(`Attempt ${last.n + 1} plays, with ${faultCount} fault(s) a musician would correct` +
+          (faults.length ? `, first: ${faults[0].message}` : "."));
+    } else {
+      log(`Attempt ${last.n + 1} passed the checker.`);
+    }
+    if ("best" in update) run.best = update.best;
+    // The graph's router (graph/routing.py): repair while the tune has errors or faults,
+    // repairs are left in this round and it is not a tune the model already wrote.
+    const earlier = [...run.attempts.values()].filter((a) => a.n < last.n);
+    const repeated = last.abc && earlier.some((a) => a.abc === last.abc);
+    const repairs = earlier.filter((a) => a.round === last.round && a.kind === "repair").length +
+                    (last.kind === "repair" ? 1 : 0);
+    const standing = run.best !== null ? run.attempts.get(run.best) : null;
+    if ((!last.valid || faultCount) && !repeated && repairs < run.repairs) {
+      next = "compose";
+    } else {
+      next = standing && !standing.metrics ? "evaluate" : "explain";
+    }
   } else if (node === "evaluate" && last) {
     log(`Attempt ${last.n + 1} measured.`);
     const more = run.options.refine && last.round < run.options.refine_rounds;
@@ -412,6 +434,10 @@ function showExamples(examples) {
   if (rows.length) $("story").hidden = false;
 }
 
+function faultsOf(attempt) {
+  return (attempt.check && attempt.check.fault_count) || 0;
+}
+
 function showAttempt(attempt) {
   const id = `attempt-${attempt.n}`;
   let item = document.getElementById(id);
@@ -421,20 +447,21 @@ function showAttempt(attempt) {
   }
   const checked = attempt.check !== null && attempt.check !== undefined;
   const state = !checked ? "pending" : attempt.valid ? "valid" : "rejected";
+  const faultCount = checked ? faultsOf(attempt) : 0;
   item.dataset.state = state;
   const heading = element("h4", `Attempt ${attempt.n + 1} · round ${attempt.round} · ` +
                                 `${attempt.kind}${attempt.constrained ? " (under the grammar)" : ""} · `);
-  heading.append(element("span", {pending: "checking…", valid: "valid",
-                                   rejected: "rejected"}[state], {class: "verdict"}));
+  const verdict = state === "valid" && faultCount
+    ? `valid, ${faultCount} fault${faultCount > 1 ? "s" : ""} to correct`
+    : {pending: "checking…", valid: "valid", rejected: "rejected"}[state];
+  heading.append(element("span", verdict, {class: "verdict"}));
   const parts = [heading];
-  if (state === "rejected") {
-    const errors = attempt.check.errors.length ? attempt.check.errors
-                                               : [{message: "the checker found no tune"}];
+  const said = state === "rejected" ? attempt.check.errors : checked ? attempt.check.faults : [];
+  if (state === "rejected" || said.length) {
+    const shown = said.length ? said : [{message: "the checker found no tune"}];
     const list = element("ul", null, {"aria-label": "What the checker said"});
-    for (const error of errors.slice(0, 5)) {
-      const where = error.line ? `line ${error.line}${error.col ? `, col ${error.col}` : ""}: `
-                               : "";
-      list.append(element("li", where + error.message));
+    for (const diagnostic of shown.slice(0, 5)) {
+      list.append(element("li", whereAndWhat(diagnostic)));
     }
     parts.push(list);
   }
@@ -449,6 +476,12 @@ function showAttempt(attempt) {
   item.replaceChildren(...parts);
   $("attempts-box").hidden = false;
   $("story").hidden = false;
+}
+
+function whereAndWhat(diagnostic) {
+  const where = diagnostic.line
+    ? `line ${diagnostic.line}${diagnostic.col ? `, col ${diagnostic.col}` : ""}: ` : "";
+  return where + diagnostic.message;
 }
 
 function showMetrics(run) {
@@ -502,6 +535,7 @@ async function showResult(result, run) {
   $("result-heading").textContent = title ? `The tune: ${title[1].trim()}` : "The tune";
   $("motivation").textContent = result.motivation || "";
   $("abc").textContent = result.abc || "";
+  showFaults(result.faults || [], result.fault_count || 0);
   const loads = [];
   const audio = files.includes("tune.wav") ? "tune.wav" : files.find((f) => f === "tune.ogg");
   if (audio) loads.push(blobUrl(run, audio).then((url) => { $("audio").src = url; }));
@@ -515,6 +549,14 @@ async function showResult(result, run) {
   const outcomes = await Promise.allSettled(loads);
   const failed = outcomes.find((outcome) => outcome.status === "rejected");
   if (failed) log(`Some files could not be shown: ${failed.reason.message}`);
+}
+
+function showFaults(faults, count) {
+  $("faults").replaceChildren(...faults.map((fault) => element("li", fault)));
+  $("faults-note").textContent =
+    `The tune plays as it is; the checker found ${count} thing${count > 1 ? "s" : ""} to ` +
+    `correct${count > faults.length ? " (the first are listed)" : ""}.`;
+  $("faults-box").hidden = faults.length === 0;
 }
 
 async function blobUrl(run, name) {
