@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from img2music.settings import Settings
+from img2music.tools.abc_scan import is_music_line
 from img2music.tools.check import Backend, ParseCheck, check_abc, compile_abc
 from tests.needs import needs_programs
 
@@ -166,6 +167,13 @@ def test_prose_inside_the_body_is_an_error_at_its_line() -> None:
     result = check_abc(tune)
     assert result.errors[0].line == 8
     assert "unexpected" in result.errors[0].message
+
+
+def test_notes_an_octave_down_before_spaces_are_music_not_a_list_of_words() -> None:
+    """`GAB, DEF, GAB,` ends its groups with an octave mark, not a comma of prose."""
+    tune = GOOD.replace("G2 B2 d2 | [ce]", "GAB, DEF, GAB, C | G2 B2 d2 | [ce]")
+    assert check_abc(tune).ok, check_abc(tune).feedback()
+    assert is_music_line("GAB, DEF, GAB, C |") and not is_music_line("Dad, Abe, a faded cab.")
 
 
 def test_blank_line_inside_a_tune_is_an_error() -> None:

@@ -14,11 +14,21 @@ from functools import lru_cache
 from importlib.resources import files
 
 GRAMMAR_FILE = "abc.ebnf"
-READ_RULES = {"header-line": "read-header-line", "leading-body-line": "read-leading-body-line",
+READ_RULES = {"body": "read-body", "bar": "read-bar", "open-bar": "read-open-bar",
+              "plain-bar": "read-plain-bar", "lead-extra": "read-lead-extra",
+              "measure-item": "read-measure-item", "inline-field": "read-inline-field",
+              "header-line": "read-header-line", "leading-body-line": "read-leading-body-line",
               "body-field-line": "read-body-field-line", "decoration": "read-decoration",
               "music-line": "read-music-line", "more-body-lines": "read-more-body-lines",
               "chord-decoration": "read-chord-decoration",
-              "plain-decoration": "read-plain-decoration"}
+              "plain-decoration": "read-plain-decoration", "pair-link": "read-pair-link",
+              "rest-marks": "read-rest-marks", "pair-chord": "read-pair-chord",
+              "pair-marks": "read-pair-marks", "tempo": "read-tempo",
+              "measure-lead": "read-measure-lead", "tail-bar": "read-tail-bar",
+              "slur-marks": "read-slur-marks", "tie-target": "read-tie-target",
+              "pitched-tied-tuplet-note": "read-pitched-tied-tuplet-note",
+              "text": "read-text", "note-denominator": "read-note-denominator",
+              "power-of-two": "read-power-of-two"}
 _RULE = re.compile(r"^(?P<name>[A-Za-z][\w-]*)[ \t]*::=", re.MULTILINE)
 
 
