@@ -44,8 +44,10 @@ from pydantic import SecretStr
 from img2music.graph.context import Context
 from img2music.graph.profiles import (
     SAMPLING,
+    GrammarRoute,
     Profile,
     Refusal,
+    grammar_plan,
     known_profile,
     profile_for,
     record_refusal,
@@ -100,7 +102,7 @@ class AnswerConstraint:
     vLLM's `structured_outputs` (its reasoning parser, when it runs one, keeps thinking free)."""
 
     grammar: str
-    via: Literal["local", "structured_outputs"]
+    via: GrammarRoute
     reasoning_end: str | None = None
 
 
@@ -207,22 +209,16 @@ def chat_model(context: Context, *, settings: Settings | None = None) -> BaseCha
 
 def answer_constraint(context: Context, model: BaseChatModel, *,
                       settings: Settings | None = None) -> AnswerConstraint | None:
-    """The ABC grammar for this run's compose calls to `model`, or None where it is not sent.
-
-    `auto` applies it where it is understood: the local backend (xgrammar) and an endpoint whose
-    profile reads vLLM's structured outputs; `on` sends it to any endpoint too (one that refuses
-    the field is asked again without it, and the run's report says so); `off` never.
-    """
+    """The ABC grammar for this run's compose calls to `model`, or None where it is not sent
+    (`grammar_plan` says where it goes)."""
     settings = settings or get_settings()
-    if context.grammar == "off":
+    profile = model.endpoint_profile if isinstance(model, EndpointChatModel) else None
+    via, _ = grammar_plan(grammar=context.grammar, backend=settings.vlm_backend,
+                          thinking=context.thinking, profile=profile)
+    if via is None:
         return None
-    if settings.vlm_backend == "local":
-        return AnswerConstraint(answer_grammar(), "local",
-                                REASONING_END if context.thinking else None)
-    reads = isinstance(model, EndpointChatModel) and model.endpoint_profile.structured_outputs
-    if context.grammar == "on" or reads:
-        return AnswerConstraint(answer_grammar(), "structured_outputs")
-    return None
+    return AnswerConstraint(answer_grammar(), via,
+                            REASONING_END if via == "local" and context.thinking else None)
 
 
 def judge_chat_model(settings: Settings | None = None) -> BaseChatModel:
@@ -459,11 +455,12 @@ def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentatio
 
 
 def _applied(model: BaseChatModel, message: BaseMessage, constraint: AnswerConstraint) -> bool:
-    """Whether the answer was written under the grammar: the local model says so; an endpoint
-    got it unless it refused the request's extra fields (then it was asked without them)."""
+    """Whether the answer was written under the grammar: the local model says so; a vLLM
+    endpoint applies it unless it refused the request's extra fields (then it was asked without
+    them). Another endpoint may have ignored it, so its answer is not counted as constrained."""
     if constraint.via == "local":
         return message.response_metadata.get("constrained") is True
-    if not isinstance(model, EndpointChatModel):
+    if not isinstance(model, EndpointChatModel) or not model.endpoint_profile.structured_outputs:
         return False
     refusal = refusal_for(model.openai_api_base or "", model.model_name)
     return refusal is None or "extra_body" not in refusal.dropped

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 ProfileName = Literal["vllm", "openai", "ollama", "generic"]
 TokenLimit = Literal["max_completion_tokens", "max_tokens"]
+GrammarRoute = Literal["local", "structured_outputs"]
+"""How the ABC grammar reaches the model: xgrammar in this process, or vLLM's request field."""
 PROBE_TIMEOUT_S = 5.0
 MB = 1_000_000
 OWNERS: dict[str, ProfileName] = {
@@ -78,6 +80,35 @@ PROFILES: dict[ProfileName, Profile] = {
     "generic": Profile("generic", top_k=False, structured_outputs=False,
                        token_limit="max_tokens", max_image_bytes=4 * MB),
 }
+
+
+def grammar_plan(*, grammar: str, backend: str, thinking: bool,
+                 profile: Profile | None) -> tuple[GrammarRoute | None, str]:
+    """Where the ABC grammar goes for these settings, and why, in one line (for `doctor`).
+
+    `auto` applies it where it is understood: the local backend (xgrammar, masking only after
+    the reasoning in think mode) and an endpoint whose profile reads vLLM's structured outputs,
+    in no-think mode (a vLLM without a reasoning parser would constrain the reasoning too);
+    `on` sends it to any endpoint (one that refuses the field is asked again without it, and
+    the run's report says so); `off` never.
+    """
+    if grammar == "off":
+        return None, "off (IMG2MUSIC_VLM_GRAMMAR=off)"
+    if backend == "local":
+        after = ", after the reasoning's </think>" if thinking else ""
+        return "local", f"applied by the local backend with xgrammar{after}"
+    if grammar == "on":
+        return "structured_outputs", ("sent as structured_outputs (IMG2MUSIC_VLM_GRAMMAR=on); an "
+                                      "endpoint that refuses it is asked again without it")
+    if profile is None or not profile.structured_outputs:
+        name = profile.name if profile is not None else "unknown"
+        return None, (f"not sent: a {name} endpoint does not read vLLM's structured outputs "
+                      "(IMG2MUSIC_VLM_GRAMMAR=on sends it anyway)")
+    if thinking:
+        return None, ("not sent in think mode: a vLLM without --reasoning-parser would constrain "
+                      "the reasoning too (IMG2MUSIC_VLM_GRAMMAR=on sends it; `img2music vlm "
+                      "serve` starts vLLM with one)")
+    return "structured_outputs", "sent as structured_outputs (the endpoint is vLLM)"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Literal
 
 import httpx
 
-from img2music.graph.profiles import list_models, profile_for
+from img2music.graph.profiles import grammar_plan, list_models, profile_for
 from img2music.settings import Settings
 from img2music.tools.programs import which
 
@@ -178,6 +178,31 @@ def vlm_endpoint(settings: Settings) -> Check:
                  f"{detection.profile.name} ({detection.reason})")
 
 
+def abc_grammar(settings: Settings, endpoint: Check) -> Check:
+    """Whether the compose calls are written under the ABC grammar, and why (or why not)."""
+    name = "ABC grammar"
+    import xgrammar
+
+    from img2music.tools.grammar import answer_grammar
+
+    try:
+        xgrammar.Grammar.from_ebnf(answer_grammar())
+    except RuntimeError as error:  # xgrammar's parse errors
+        return Check(name, "missing", f"the grammar does not compile: {error}",
+                     "set IMG2MUSIC_VLM_GRAMMAR=off")
+    profile = None
+    if settings.vlm_backend != "local":
+        if not endpoint.ok:
+            return Check(name, "warning", "whether the endpoint constrains is known once it "
+                         "answers", "see the VLM endpoint above")
+        profile = profile_for(settings.vlm_base_url, api_key=settings.vlm_api_key,
+                              choice=settings.vlm_profile).profile
+    via, why = grammar_plan(grammar=settings.vlm_grammar, backend=settings.vlm_backend,
+                            thinking=settings.vlm_thinking, profile=profile)
+    verdict = "compose calls are constrained" if via else "compose calls are not constrained"
+    return Check(name, "ok", f"{verdict}: {why}")
+
+
 def no_model_answers(settings: Settings) -> str | None:
     """The first-run help (the three ways to get a model) when nothing answers at the VLM
     endpoint: refused, no such host, timed out. None when something answers, whatever it
@@ -245,7 +270,8 @@ def doctor_checks(settings: Settings) -> list[Check]:
     if uses_clip:
         checks.append(clip_weights(settings))
     checks.extend(index(settings))
-    checks.append(vlm_endpoint(settings))
+    endpoint = vlm_endpoint(settings)
+    checks += [endpoint, abc_grammar(settings, endpoint)]
     attention = attention_model(settings)
     if attention is not None:
         checks.append(attention)

@@ -24,6 +24,7 @@ from img2music.graph.models import (
     call_model,
     image_data_url,
 )
+from img2music.graph.profiles import PROFILES, grammar_plan
 from img2music.graph.nodes import compose
 from img2music.graph.state import State
 from img2music.prompt_files import render_prompt
@@ -108,7 +109,7 @@ def test_fifty_compositions_under_the_grammar_have_no_error(
 ) -> None:
     messages = composition(image_url)
     constrained = LocalChatModel(vlm=vlm, max_new_tokens=1_500)
-    constraint = AnswerConstraint(answer_grammar(SHORT))
+    constraint = AnswerConstraint(answer_grammar(SHORT), "local")
     failures = []
     for seed in range(COMPOSITIONS):
         torch.manual_seed(seed)
@@ -177,15 +178,25 @@ def test_the_compose_node_writes_under_the_grammar_with_the_local_backend(
     assert not compose_once(vlm, image_url, grammar="on", thinking=True)["constrained"]
 
 
-def test_where_the_grammar_applies(tmp_path: Path) -> None:
+def test_where_the_grammar_applies(vlm: LocalVLM, tmp_path: Path) -> None:
     local = Settings(vlm_backend="local", data_dir=tmp_path)
-    endpoint = Settings(vlm_backend="openai", data_dir=tmp_path)
-    auto = Context.from_settings(local, grammar="auto")
-    applied = answer_constraint(auto, settings=local)
-    assert applied is not None and applied.grammar == answer_grammar()
-    assert applied.reasoning_end is None
-    thinking = answer_constraint(Context.from_settings(local, thinking=True), settings=local)
-    assert thinking is not None and thinking.reasoning_end == REASONING_END
-    assert answer_constraint(Context.from_settings(local, grammar="off"), settings=local) is None
-    assert answer_constraint(Context.from_settings(endpoint, grammar="auto"),
-                             settings=endpoint) is None
+    model = LocalChatModel(vlm=vlm)
+    applied = answer_constraint(Context.from_settings(local, grammar="auto"), model,
+                                settings=local)
+    assert applied == AnswerConstraint(answer_grammar(), "local", None)
+    thinking = answer_constraint(Context.from_settings(local, thinking=True), model,
+                                 settings=local)
+    assert thinking == AnswerConstraint(answer_grammar(), "local", REASONING_END)
+    assert answer_constraint(Context.from_settings(local, grammar="off"), model,
+                             settings=local) is None
+    vllm, ollama = PROFILES["vllm"], PROFILES["ollama"]
+    plans = {(grammar, profile.name, thinking): grammar_plan(
+        grammar=grammar, backend="openai", thinking=thinking, profile=profile)[0]
+        for grammar in ("auto", "on", "off") for profile in (vllm, ollama)
+        for thinking in (False, True)}
+    sent = {key for key, via in plans.items() if via is not None}
+    assert sent == {("auto", "vllm", False), ("on", "vllm", False), ("on", "vllm", True),
+                    ("on", "ollama", False), ("on", "ollama", True)}
+    assert {plans[key] for key in sent} == {"structured_outputs"}
+    _, why = grammar_plan(grammar="auto", backend="openai", thinking=True, profile=vllm)
+    assert "--reasoning-parser" in why and "IMG2MUSIC_VLM_GRAMMAR=on" in why
