@@ -72,8 +72,8 @@ def main() -> None:
         return reply_for(body)
 
     with scripted_server(slow) as server:
-        served = Context(explain="none", refine_rounds=1, vlm_base_url=server.url,
-                         vlm_model=server.model)
+        served = Context.from_settings(get_settings(), explain="none", refine_rounds=1,
+                                       vlm_base_url=server.url, vlm_model=server.model)
         chat_model(served, settings=get_settings())
         single = batch(1, 1, state, served)
         print(f"\nbatch against a {arguments.latency:g} s-per-call endpoint "

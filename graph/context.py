@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Literal
 
@@ -25,10 +27,37 @@ SETTING_FOR = {
 }
 
 
+# Fields that move where the model lives (and so where its API key is sent) or which files are
+# read (the prompt folder; with the local backend, the model's folder and code): a run's context
+# from LangGraph's API may not change them unless the operator allows it.
+OPERATOR_FIELDS = ("vlm_base_url", "vlm_model", "prompts_dir")
+_FROM_OPERATOR: ContextVar[bool] = ContextVar("img2music_context_from_operator", default=False)
+
+
+class RunOverrideRefused(ValueError):
+    """A run's context set a field only the operator may set; the message names it."""
+
+
+@contextmanager
+def as_operator() -> Iterator[None]:
+    """Contexts made inside this block come from the operator (Python, the CLI, an eval config),
+    not from a request, so they may set the operator fields."""
+    token = _FROM_OPERATOR.set(True)
+    try:
+        yield
+    finally:
+        _FROM_OPERATOR.reset(token)
+
+
 # Each prompt template a run can replace, and the context field that holds its replacement.
 PROMPT_FIELDS = {"system.j2": "system_prompt", "describe.j2": "describe_prompt",
                  "compose.j2": "compose_prompt", "repair.j2": "repair_prompt",
                  "refine.j2": "refine_prompt"}
+
+
+def edit_label(name: str) -> str:
+    """How errors name a template a run replaced: its context field and the file it replaces."""
+    return f"{PROMPT_FIELDS[name]} (this run's {name})"
 
 
 def _prompt_field(file: str, *nodes: str) -> Any:
@@ -114,6 +143,22 @@ class Context:
     repair_prompt: Annotated[str, _prompt_field("repair.j2", "compose")] = ""
     refine_prompt: Annotated[str, _prompt_field("refine.j2", "compose")] = ""
 
+    def __post_init__(self) -> None:
+        """A context made from a request (LangGraph's API builds `Context(**context)`) keeps the
+        operator's endpoint, model and prompt folder; `from_settings` is the operator's door."""
+        if _FROM_OPERATOR.get():
+            return
+        settings = get_settings()
+        if settings.allow_run_overrides:
+            return
+        changed = [name for name in OPERATOR_FIELDS
+                   if (getattr(self, name) or "") != (_read(settings, name) or "")]
+        if changed:
+            raise RunOverrideRefused(
+                f"a run may not set {', '.join(changed)}: the operator's settings decide where "
+                "the model lives and which files are read (IMG2MUSIC_ALLOW_RUN_OVERRIDES=true "
+                "allows it)")
+
     def prompt_edits(self) -> dict[str, str]:
         """Prompt templates this run replaces, by file name (edited in LangGraph Studio)."""
         return {name: getattr(self, attribute) for name, attribute in PROMPT_FIELDS.items()
@@ -121,8 +166,10 @@ class Context:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> Context:
-        """Context from explicit settings (the CLI and tests), then per-run overrides."""
+        """Context from explicit settings, then per-run overrides: the operator's door (Python,
+        the CLI, eval), so the operator fields may change here."""
         values: dict[str, Any] = {name: _read(settings, name) for name in SETTING_FOR}
         known = {f.name for f in fields(cls)}
         values.update({k: v for k, v in overrides.items() if k in known and v is not None})
-        return cls(**values)
+        with as_operator():
+            return cls(**values)

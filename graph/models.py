@@ -55,6 +55,7 @@ from img2music.graph.profiles import (
     refused_parameters,
 )
 from img2music.graph.state import Message
+from img2music.redaction import redact_url
 from img2music.settings import ProfileSetting, Settings, get_settings
 from img2music.tools.grammar import answer_grammar
 from img2music.tools.images import BadImage, open_image, to_rgb
@@ -180,7 +181,7 @@ def image_from_data_url(url: str, *, settings: Settings | None = None) -> Image.
 class _OpenAIConfig:
     base_url: str
     model: str
-    api_key: str
+    api_key: SecretStr
     profile: Profile
     role: EndpointRole
     temperature: float
@@ -197,7 +198,8 @@ def chat_model(context: Context, *, settings: Settings | None = None) -> BaseCha
     if settings.vlm_backend == "local":
         return _local_model(context.vlm_model, context.temperature, context.top_p,
                             context.top_k, context.max_tokens)
-    detection = profile_for(context.vlm_base_url, api_key=settings.vlm_api_key,
+    detection = profile_for(context.vlm_base_url,
+                            api_key=settings.vlm_api_key.get_secret_value(),
                             choice=settings.vlm_profile)
     return _openai_model(_OpenAIConfig(
         base_url=context.vlm_base_url, model=context.vlm_model, api_key=settings.vlm_api_key,
@@ -226,7 +228,7 @@ def judge_chat_model(settings: Settings | None = None) -> BaseChatModel:
     judge samples plainly); timeouts and retries as for the VLM."""
     settings = settings or get_settings()
     api_key = settings.judge_api_key or settings.vlm_api_key
-    detection = profile_for(settings.judge_endpoint, api_key=api_key,
+    detection = profile_for(settings.judge_endpoint, api_key=api_key.get_secret_value(),
                             choice=settings.judge_profile_choice,
                             setting=settings.judge_profile_setting)
     return _openai_model(_OpenAIConfig(
@@ -245,7 +247,7 @@ def endpoint_report(url: str, model: str, *, choice: ProfileSetting,
     if detection is None:
         return None
     refusal = refusal_for(url, model)
-    return {"url": url, "model": model, "profile": detection.profile.name,
+    return {"url": redact_url(url), "model": model, "profile": detection.profile.name,
             "chosen_by": detection.reason, "warnings": list(refusal.warnings) if refusal else []}
 
 
@@ -257,7 +259,7 @@ def _openai_model(config: _OpenAIConfig) -> ChatOpenAI:
     return EndpointChatModel(
         base_url=config.base_url,
         model=config.model,
-        api_key=SecretStr(config.api_key),
+        api_key=config.api_key,
         temperature=config.temperature,
         top_p=config.top_p,
         max_completion_tokens=config.max_tokens,
@@ -484,7 +486,7 @@ class Endpoint:
     url: str
 
     def __str__(self) -> str:
-        return f"the {self.role} endpoint {self.url}"
+        return f"the {self.role} endpoint {redact_url(self.url)}"
 
     @property
     def key_setting(self) -> str:

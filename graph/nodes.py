@@ -17,7 +17,7 @@ from typing import Any
 from langchain_core.language_models import BaseChatModel
 from langgraph.runtime import Runtime
 
-from img2music.graph.context import Context
+from img2music.graph.context import Context, edit_label
 from img2music.graph.explain import image_explanation
 from img2music.graph.models import (
     answer_constraint,
@@ -35,7 +35,7 @@ from img2music.graph.state import (
     replaces,
     rounds_and_repairs,
 )
-from img2music.prompt_files import render_prompt
+from img2music.prompt_files import check_prompt_edits, render_prompt
 from img2music.tools.check import ParseCheck, compile_abc
 from img2music.tools.diagnostics import Diagnostic
 from img2music.tools.extract import extract_abc, strip_reasoning
@@ -59,8 +59,14 @@ NO_TUNE = ("your answer has no ABC tune: write the whole tune in an ```abc block
 def describe(
     state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model
 ) -> State:
-    """The model looks at the image first; retrieval matches its words to real tunes."""
+    """The model looks at the image first; retrieval matches its words to real tunes.
+
+    Prompts a run replaced are tried first, so a template that breaks the sandbox's rules ends
+    the run before any model call.
+    """
     context = runtime.context
+    edits = context.prompt_edits()
+    check_prompt_edits(edits, {name: edit_label(name) for name in edits})
     prompt = _render(context, "describe.j2", note=state.get("note", ""),
                      thinking=prompt_switch(False, context.vlm_model))
     messages = [_system(context), _image_message(state["image"], prompt)]
@@ -202,16 +208,22 @@ def compose(
 
 def parse_check(state: State) -> State:
     """The checker's verdict on the latest tune; a playable tune with no more faults than the
-    one the run stands on (and not the same tune) becomes the one it stands on."""
+    one the run stands on (and not the same tune) becomes the one it stands on.
+
+    The attempt keeps the tune as the checker read it, without the directives the filter
+    removed, so the tune the run delivers is one no program can be tricked by later.
+    """
     started = time.perf_counter()
     attempts = state["attempts"]
     attempt = attempts[-1]
-    if attempt["abc"] is None:
+    abc = attempt["abc"]
+    if abc is None:
         check = ParseCheck(ok=False, error_count=1, errors=[
             Diagnostic(severity="error", line=0, col=0, message=NO_TUNE)])
     else:
-        check = compile_abc(attempt["abc"]).check
-    checked: Attempt = {**attempt, "check": check.model_dump(), "valid": check.ok}
+        compiled = compile_abc(abc)
+        abc, check = compiled.abc, compiled.check  # as the programs read it: filtered
+    checked: Attempt = {**attempt, "abc": abc, "check": check.model_dump(), "valid": check.ok}
     update: State = {
         "attempts": [checked],
         "timings": {"parse_check": time.perf_counter() - started},
@@ -276,8 +288,9 @@ def _system(context: Context) -> Message:
 
 def _render(context: Context, name: str, **variables: object) -> str:
     """A prompt from the run's folder, or the replacement the run was given (from Studio)."""
-    return render_prompt(name, folder=context.prompts_dir or None,
-                         text=context.prompt_edits().get(name, ""), **variables)
+    edit = context.prompt_edits().get(name, "")
+    return render_prompt(name, folder=context.prompts_dir or None, text=edit,
+                         label=edit_label(name) if edit else "", **variables)
 
 
 def _image_message(data_url: str, text: str) -> Message:

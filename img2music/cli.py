@@ -307,7 +307,10 @@ def _embedder() -> Embedder:
 @app.command("compose")
 def compose_command(
     images: Annotated[list[Path], typer.Argument(help="Images, or folders of images.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the results.")] = Path("out"),
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Folder for the results. Default: IMG2MUSIC_DATA_DIR/runs, where runs "
+        "older than IMG2MUSIC_RUNS_MAX_AGE_DAYS, or beyond IMG2MUSIC_RUNS_MAX_BYTES in all, "
+        "are deleted.")] = None,
     note: Annotated[str, typer.Option("--note", help="A line about the mood you want.")] = "",
     k: Annotated[int | None, typer.Option("-k", min=0, max=20, help="Examples to retrieve.")] = (
         None),
@@ -321,14 +324,16 @@ def compose_command(
 ) -> None:
     """Compose music for each image: tune.abc, MIDI, audio, score, explanation and reports."""
     from img2music.readiness import no_model_answers
+    from img2music.retention import prune_runs, runs_root
     from img2music.runs import Composition, compose
 
     paths = _image_paths(images)
-    help_text = no_model_answers(get_settings())
+    settings = get_settings()
+    help_text = no_model_answers(settings)
     if help_text is not None:  # every image would fail the same way: say how to get a model
         errors.print(Text(help_text))
         raise typer.Exit(1)
-    folders = _output_folders(paths, out)
+    folders = _output_folders(paths, out or runs_root(settings))
     overrides: dict[str, Any] = {"rag_k": k, "repairs": repairs, "refine_rounds": refine_rounds,
                  "rag": False if no_rag else None, "refine": False if no_refine else None,
                  "explain": explain}
@@ -351,6 +356,8 @@ def compose_command(
 
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             results = list(pool.map(one, paths))
+    if out is None:
+        prune_runs(runs_root(settings), settings, keep=folders.values())
     for result in results:
         (console if result.ok else errors).print(Text(result.summary()))
     raise typer.Exit(0 if all(result.ok for result in results) else 1)
@@ -397,7 +404,9 @@ def serve(
     settings = get_settings()
     if host not in LOOPBACK and settings.api_key is None:
         errors.print(f"[yellow]warning:[/yellow] serving on {host} without IMG2MUSIC_API_KEY: "
-                     "anyone who can reach this address can spend your model's time")
+                     "anyone who can reach this address can spend your model's time; requests "
+                     "are answered only for loopback host names and "
+                     "IMG2MUSIC_SERVER_ALLOWED_HOSTS")
     help_text = no_model_answers(settings)
     if help_text is not None:  # serve anyway: the model may come up later, /health says when
         errors.print(Text.assemble(("warning: ", "yellow"), help_text))
@@ -455,19 +464,24 @@ def vlm_serve(
     import shlex
     import shutil
 
-    from img2music.server.vllm.launch import INSTALL_HINT, vllm_command
+    from img2music.server.vllm.launch import INSTALL_HINT, vllm_command, vllm_environment
 
     settings = get_settings()
     executable = shutil.which("vllm")
     command = vllm_command(settings, executable or "vllm")
+    environment = vllm_environment(settings, os.environ)
+    keyed = " (the API key in its environment: VLLM_API_KEY)" \
+        if "VLLM_API_KEY" in environment else ""
     if dry_run:
         console.print(shlex.join(command), highlight=False, soft_wrap=True)
+        if keyed:
+            errors.print(keyed.strip(" ()"), highlight=False)
         return
     if executable is None:
         errors.print(Text(f"error: {INSTALL_HINT}"))
         raise typer.Exit(1)
-    console.print(f"starting: {shlex.join(command)}", highlight=False)
-    os.execv(executable, command)
+    console.print(f"starting: {shlex.join(command)}{keyed}", highlight=False)
+    os.execve(executable, command, environment)
 
 
 @app.command("eval")

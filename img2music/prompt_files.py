@@ -9,9 +9,10 @@ from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import FileSystemLoader
 
 from img2music.settings import get_settings
+from img2music.templating import BoundedSandbox, render, sandbox
 
 SHIPPED_NAME = "default"
 
@@ -56,24 +57,38 @@ def prompt_set(folder: Path | str | None = None,
                      folder=resolved)
 
 
+# Every variable any prompt template is given, with a value of its kind: an edited template is
+# rendered with these before the run's first model call, so one that breaks a rule fails the run
+# before anything is spent.
+SAMPLE_VARIABLES: dict[str, object] = {
+    "description": "A quiet lake at dawn.", "note": "calm", "max_bars": 32, "thinking": "",
+    "sees_image": True, "examples": [{"caption": "A calm air in D.", "abc": "X:1\nK:D\nD|"}],
+    "errors": "line 3: a bar is too long", "feedback": "pitch_range 12", "round": 1,
+}
+
+
 @lru_cache(maxsize=8)
-def _environment(folder: Path) -> Environment:
-    return Environment(
-        loader=FileSystemLoader(folder),
-        undefined=StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+def _environment(folder: Path) -> BoundedSandbox:
+    return sandbox(FileSystemLoader(folder), strict=True, keep_trailing_newline=True,
+                   trim_blocks=True, lstrip_blocks=True)
 
 
 def render_prompt(name: str, *, folder: Path | str | None = None, text: str = "",
-                  **variables: object) -> str:
-    """Render `name` (e.g. "compose.j2"), or `text` in its place when a run replaced it; a
-    missing variable is an error, never a blank."""
+                  label: str = "", **variables: object) -> str:
+    """Render `name` (e.g. "compose.j2"), or `text` in its place when a run replaced it (named
+    `label` in errors); a missing variable is an error, never a blank, and any failure is a
+    `TemplateRefused` naming the template."""
     environment = _environment(prompts_folder(folder))
-    template = environment.from_string(text) if text else environment.get_template(name)
-    return template.render(**variables).strip()
+    return render(environment, template=label or name, text=text or None,
+                  variables=variables).strip()
+
+
+def check_prompt_edits(edits: dict[str, str], labels: dict[str, str]) -> None:
+    """Render each edited template (by file name) with sample variables: a `TemplateRefused`
+    now rather than after model calls were spent. `labels` name each edit in errors."""
+    for name, text in edits.items():
+        render(_environment(shipped_prompts()), template=labels.get(name, name), text=text,
+               variables=SAMPLE_VARIABLES)
 
 
 def load_prompt_data(name: str, *, folder: Path | str | None = None) -> dict[str, object]:

@@ -17,6 +17,7 @@ from typing import Literal
 import httpx
 
 from img2music.graph.profiles import grammar_plan, list_models, profile_for
+from img2music.redaction import redact_url, scrub
 from img2music.settings import Settings
 from img2music.tools.programs import which
 
@@ -156,25 +157,29 @@ def vlm_endpoint(settings: Settings) -> Check:
     if settings.vlm_backend == "local":
         return local_model(settings.vlm_model, "local VLM")
     url = settings.vlm_base_url.rstrip("/") + "/models"
+    shown = redact_url(url)
+    endpoint = redact_url(settings.vlm_base_url)
+    key = settings.vlm_api_key.get_secret_value()
     try:
         served = [str(model.get("id")) for model in list_models(
-            settings.vlm_base_url, api_key=settings.vlm_api_key, timeout=VLM_PROBE_TIMEOUT_S)]
+            settings.vlm_base_url, api_key=key, timeout=VLM_PROBE_TIMEOUT_S)]
     except httpx.HTTPStatusError as error:
-        return Check(name, "missing", f"{url} answered {error.response.status_code}",
+        return Check(name, "missing", f"{shown} answered {error.response.status_code}",
                      "check IMG2MUSIC_VLM_BASE_URL and IMG2MUSIC_VLM_API_KEY")
     except httpx.TransportError as error:
-        return Check(name, "missing", f"{url}: nothing answers ({_no_answer(error)})",
+        return Check(name, "missing",
+                     f"{shown}: nothing answers ({scrub(_no_answer(error), settings)})",
                      GET_A_MODEL)
     except (httpx.HTTPError, ValueError, AttributeError) as error:
-        return Check(name, "missing", f"{url}: {type(error).__name__}: {error}".strip(": "),
+        detail = f"{shown}: {type(error).__name__}: {scrub(str(error), settings)}"
+        return Check(name, "missing", detail.strip(": "),
                      "check IMG2MUSIC_VLM_BASE_URL: it should end in /v1")
     if settings.vlm_model not in served:
         listed = ", ".join(served) or "no model"
-        return Check(name, "missing", f"{settings.vlm_base_url} serves {listed}, not "
+        return Check(name, "missing", f"{endpoint} serves {listed}, not "
                      f"{settings.vlm_model}", "set IMG2MUSIC_VLM_MODEL to one of them, or serve it")
-    detection = profile_for(settings.vlm_base_url, api_key=settings.vlm_api_key,
-                            choice=settings.vlm_profile)
-    return Check(name, "ok", f"{settings.vlm_base_url} serves {settings.vlm_model}; profile "
+    detection = profile_for(settings.vlm_base_url, api_key=key, choice=settings.vlm_profile)
+    return Check(name, "ok", f"{endpoint} serves {settings.vlm_model}; profile "
                  f"{detection.profile.name} ({detection.reason})")
 
 
@@ -195,7 +200,7 @@ def abc_grammar(settings: Settings, endpoint: Check) -> Check:
         if not endpoint.ok:
             return Check(name, "warning", "whether the endpoint constrains is known once it "
                          "answers", "see the VLM endpoint above")
-        profile = profile_for(settings.vlm_base_url, api_key=settings.vlm_api_key,
+        profile = profile_for(settings.vlm_base_url, api_key=settings.vlm_api_key.get_secret_value(),
                               choice=settings.vlm_profile).profile
     via, why = grammar_plan(grammar=settings.vlm_grammar, backend=settings.vlm_backend,
                             thinking=settings.vlm_thinking, profile=profile)
@@ -210,10 +215,11 @@ def no_model_answers(settings: Settings) -> str | None:
     if settings.vlm_backend == "local":
         return None
     try:
-        list_models(settings.vlm_base_url, api_key=settings.vlm_api_key,
+        list_models(settings.vlm_base_url, api_key=settings.vlm_api_key.get_secret_value(),
                     timeout=VLM_PROBE_TIMEOUT_S)
     except httpx.TransportError as error:
-        return FIRST_RUN.format(url=settings.vlm_base_url, reason=_no_answer(error))
+        return FIRST_RUN.format(url=redact_url(settings.vlm_base_url),
+                                reason=scrub(_no_answer(error), settings))
     except (httpx.HTTPError, ValueError, AttributeError):
         pass  # something answered: `doctor` says what is wrong with it
     return None

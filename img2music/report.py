@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import logging
 import re
+from functools import lru_cache
+from importlib.resources import files as files_of
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import PackageLoader
+from markupsafe import Markup
 from PIL import Image
 
-from img2music.graph.context import Context
 from img2music.graph.state import State, usage_totals
+from img2music.redaction import scrub
 from img2music.settings import Settings
+from img2music.templating import BoundedSandbox, render, sandbox
 from img2music.tools.check import ParseCheck
+from img2music.tools.files import write_atomic
 from img2music.tools.metrics import TuneMetrics
 from img2music.tools.programs import which
 from img2music.tools.render import AudioFormat, render_all
@@ -26,6 +32,11 @@ logger = logging.getLogger(__name__)
 
 DATA_URL = re.compile(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+")
 EMBED_AUDIO_LIMIT = 12_000_000
+REPORT_CSS = (files_of("img2music") / "templates" / "report.css").read_text(encoding="utf-8")
+# The page's one style sheet, allowed by its hash: the report's policy allows no inline style
+# or script of any other kind.
+REPORT_CSS_HASH = "sha256-" + base64.b64encode(
+    hashlib.sha256(REPORT_CSS.encode()).digest()).decode()
 ATTENTION_LABELS = {
     "attention": "Where the model looked while composing: attention of the tune's tokens to "
                  "the image (mean over layers, heads and tokens)",
@@ -35,31 +46,33 @@ ATTENTION_LABELS = {
 
 def write_run(
     out: Path, final: State, picture: Image.Image, report: dict[str, Any], *,
-    context: Context, settings: Settings,
+    settings: Settings,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
-    """Files of one run; no `tune.abc` unless a valid tune was made."""
+    """Files of one run; no `tune.abc` unless a valid tune was made. The WAV is kept only when
+    asked (`keep_wav`) or when there is no Ogg made from it. Keys and this machine's paths are
+    scrubbed from both reports; every file is written atomically."""
     out.mkdir(parents=True, exist_ok=True)
+    final = scrub(final, settings)
     files: dict[str, Path] = {}
     problems: list[str] = []
     abc = final.get("final_abc")
     if abc:
-        files["tune.abc"] = out / "tune.abc"
-        files["tune.abc"].write_text(abc, encoding="utf-8")
+        files["tune.abc"] = write_atomic(out / "tune.abc", abc)
         formats: tuple[AudioFormat, ...] = ("ogg",) if which("sox") else ()
-        rendered = render_all(abc, out, audio_formats=formats, settings=settings)
+        rendered = render_all(abc, out, wav=settings.keep_wav or not formats,
+                              audio_formats=formats, settings=settings)
         files.update({path.name: path for path in rendered.files.values()})
         problems.extend(rendered.problems)
-        files["motivation.md"] = out / "motivation.md"
-        files["motivation.md"].write_text(_motivation_markdown(final), encoding="utf-8")
+        files["motivation.md"] = write_atomic(out / "motivation.md", _motivation_markdown(final))
     maps = _attention_maps(out, final, picture)
     files.update({name: out / name for name in _map_files(maps)})
-    full = {**report, **_without_images(final), "render_problems": problems,
-            "attention_maps": maps, "files": [*sorted(files), "report.json", "report.html"]}
-    files["report.json"] = out / "report.json"
-    files["report.json"].write_text(json.dumps(full, indent=2, default=str), encoding="utf-8")
-    files["report.html"] = out / "report.html"
-    files["report.html"].write_text(_html(final, picture, files, full, context),
-                                    encoding="utf-8")
+    full = scrub({**report, **_without_images(final), "render_problems": problems,
+                  "attention_maps": maps,
+                  "files": [*sorted(files), "report.json", "report.html"]}, settings)
+    files["report.json"] = write_atomic(out / "report.json",
+                                        json.dumps(full, indent=2, default=str))
+    files["report.html"] = write_atomic(out / "report.html",
+                                        _html(final, picture, files, full))
     return files, full
 
 
@@ -152,10 +165,11 @@ def _attempt_summary(attempt: dict[str, Any]) -> str:
     return "; ".join(attempt.get("notes", []))
 
 
-def _html(final: State, picture: Image.Image, files: dict[str, Path], report: dict[str, Any],
-          context: Context) -> str:
-    environment = Environment(loader=PackageLoader("img2music", "templates"),
-                              autoescape=select_autoescape(["html", "j2"]))
+def _html(final: State, picture: Image.Image, files: dict[str, Path],
+          report: dict[str, Any]) -> str:
+    """The report page: one self-contained file whose Content-Security-Policy lets nothing run
+    and loads nothing; everything the model wrote is escaped text, and the score is an image
+    (an SVG shown by `<img>` runs no script, whatever it holds)."""
     audio = files.get("tune.ogg") or files.get("tune.wav")
     audio_src = None
     if audio is not None and audio.stat().st_size <= EMBED_AUDIO_LIMIT:
@@ -164,44 +178,46 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path], report: di
     usage = usage_totals(final.get("usage", {}))
     method = (final.get("explanation") or {}).get("method", "")
     maps = report.get("attention_maps") or {"sections": []}
-    return environment.get_template("report.html.j2").render(
-        title=_title(final.get("final_abc") or "") if final.get("final_abc") else "No tune",
-        status_line=f"{final.get('status', 'failed')} · {report.get('image', '')}",
-        failure=final.get("failure"),
-        image_src=_image_url(picture),
-        attention_src=_data_url(files["attention.png"], "image/png")
-        if "attention.png" in files else None,
-        attention_label=ATTENTION_LABELS.get(method, ""),
-        section_maps=[{"name": section["name"],
-                       "src": _data_url(files[section["file"]], "image/png")}
-                      for section in maps["sections"]],
-        audio_src=audio_src,
-        score_svg=_svg_body(score.read_text(encoding="utf-8")) if score else None,
-        motivation=final.get("motivation", ""),
-        description=final.get("description", ""),
-        examples=[{
-            "title": e.get("metadata", {}).get("title") or e["id"], "caption": e["caption"],
-            "score": e["score"], "image": _similarity(e.get("image_similarity")),
-            "text": _similarity(e.get("text_similarity")),
-        } for e in final.get("examples", [])],
-        attempts=[{**a, "summary": _attempt_summary(dict(a)), "verdict": _verdict(dict(a))}
-                  for a in final.get("attempts", [])],
-        abc=final.get("final_abc"),
-        faults=final.get("faults", []) if final.get("final_abc") else [],
-        fault_count=final.get("fault_count", 0),
-        prompt_set=report.get("prompt_set", {}).get("hash", ""),
-        model=context.vlm_model,
-        endpoint=report.get("vlm_endpoint"),
-        calls=usage["calls"],
-        tokens=usage["input_tokens"] + usage["output_tokens"],
-        seconds=f"{report.get('wall_seconds', 0):.1f}",
-    )
+    return render(
+        _report_environment(), template="report.html.j2", max_chars=None, variables=dict(
+            css=Markup(REPORT_CSS),
+            css_hash=REPORT_CSS_HASH,
+            title=_title(final.get("final_abc") or "") if final.get("final_abc") else "No tune",
+            status_line=f"{final.get('status', 'failed')} · {report.get('image', '')}",
+            failure=final.get("failure"),
+            image_src=_image_url(picture),
+            attention_src=_data_url(files["attention.png"], "image/png")
+            if "attention.png" in files else None,
+            attention_label=ATTENTION_LABELS.get(method, ""),
+            section_maps=[{"name": section["name"],
+                           "src": _data_url(files[section["file"]], "image/png")}
+                          for section in maps["sections"]],
+            audio_src=audio_src,
+            score_src=_data_url(score, "image/svg+xml") if score else None,
+            motivation=final.get("motivation", ""),
+            description=final.get("description", ""),
+            examples=[{
+                "title": e.get("metadata", {}).get("title") or e["id"], "caption": e["caption"],
+                "score": e["score"], "image": _similarity(e.get("image_similarity")),
+                "text": _similarity(e.get("text_similarity")),
+            } for e in final.get("examples", [])],
+            attempts=[{**a, "summary": _attempt_summary(dict(a)), "verdict": _verdict(dict(a))}
+                      for a in final.get("attempts", [])],
+            abc=final.get("final_abc"),
+            faults=final.get("faults", []) if final.get("final_abc") else [],
+            fault_count=final.get("fault_count", 0),
+            prompt_set=report.get("prompt_set", {}).get("hash", ""),
+            model=report.get("settings", {}).get("vlm_model", ""),
+            endpoint=report.get("vlm_endpoint"),
+            calls=usage["calls"],
+            tokens=usage["input_tokens"] + usage["output_tokens"],
+            seconds=f"{report.get('wall_seconds', 0):.1f}",
+        ))
 
 
-def _svg_body(svg: str) -> str:
-    """abcm2ps's SVG without its XML prolog, to sit inside HTML (it was checked when written)."""
-    start = svg.find("<svg")
-    return svg[start:] if start >= 0 else ""
+@lru_cache(maxsize=1)
+def _report_environment() -> BoundedSandbox:
+    return sandbox(PackageLoader("img2music", "templates"), autoescape=True)
 
 
 def _similarity(value: float | None) -> str:

@@ -17,8 +17,11 @@ from img2music.graph.models import VLMUnavailable, chat_model, endpoint_report, 
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import State
 from img2music.prompt_files import prompt_set
+from img2music.redaction import redact_url, scrub
 from img2music.report import write_run
 from img2music.settings import Settings, get_settings
+from img2music.templating import TemplateRefused
+from img2music.tools.files import write_atomic
 from img2music.tools.images import BadImage, open_image
 
 logger = logging.getLogger(__name__)
@@ -26,8 +29,8 @@ logger = logging.getLogger(__name__)
 # Called after each node with the image, the node's name and what the node changed; a callback
 # that raises `RunCancelled` stops the run between nodes.
 Progress = Callable[[str, str, State], None]
-FailureKind = Literal["bad_image", "vlm_unavailable", "no_tune", "cancelled", "timeout",
-                      "internal"]
+FailureKind = Literal["bad_image", "bad_prompt", "vlm_unavailable", "no_tune", "cancelled",
+                      "timeout", "internal"]
 
 
 class RunCancelled(Exception):
@@ -93,7 +96,7 @@ def compose(
     try:
         picture = open_image(image, settings=settings)
     except BadImage as error:
-        return _failed(image, out, f"{image}: {error}", "bad_image")
+        return _failed(image, out, f"{image.name}: {error}", "bad_image", settings)
     state: State = {"image": image_data_url(picture, max_pixels=settings.vlm_image_pixels),
                     "note": note}
     # The model is built from these settings too (profile, key, timeouts), not the process's.
@@ -110,37 +113,51 @@ def compose(
             elif mode == "values":
                 final = chunk  # type: ignore[assignment]
     except VLMUnavailable as error:
-        return _failed(image, out, str(error), "vlm_unavailable")
+        return _failed(image, out, str(error), "vlm_unavailable", settings)
+    except TemplateRefused as error:
+        return _failed(image, out, str(error), "bad_prompt", settings)
     except RunCancelled as error:
-        return _failed(image, out, str(error), error.kind)
+        return _failed(image, out, str(error), error.kind, settings)
     except Exception as error:  # one image's fault must not stop the batch
         logger.exception("composing for %s failed", image)
-        return _failed(image, out, f"{type(error).__name__}: {error}", "internal")
+        return _failed(image, out, f"{type(error).__name__}: {error}", "internal", settings)
     prompts = prompt_set(context.prompts_dir or None, context.prompt_edits())
     report = {
-        "image": str(image),
-        "settings": dict(context.__dict__),
+        "image": image.name,
+        "settings": _shown_settings(context),
         "prompt_set": {"name": prompts.name, "hash": prompts.hash},
         "vlm_endpoint": None if settings.vlm_backend == "local" else endpoint_report(
             context.vlm_base_url, context.vlm_model, choice=settings.vlm_profile),
         "wall_seconds": time.perf_counter() - started,
     }
-    files, report = write_run(out, final, picture, report, context=context, settings=settings)
+    files, report = write_run(out, final, picture, report, settings=settings)
     done = final.get("status") == "done"
     return Composition(
         image=image, out_dir=out, abc=final.get("final_abc"),
         motivation=final.get("motivation", ""), files=files, report=report,
-        error=None if done else final.get("failure", "no tune"),
+        error=None if done else str(report.get("failure") or "no tune"),
         failure_kind=None if done else "no_tune",
         faults=final.get("faults", []), fault_count=final.get("fault_count", 0),
     )
 
 
-def _failed(image: Path, out: Path, reason: str, kind: FailureKind) -> Composition:
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"image": str(image), "status": "failed", "failure": reason, "failure_kind": kind,
+def _shown_settings(context: Context) -> dict[str, Any]:
+    """The run's settings as a report shows them: the endpoint without credentials, folders by
+    their names."""
+    shown = dict(context.__dict__)
+    shown["vlm_base_url"] = redact_url(context.vlm_base_url)
+    shown["prompts_dir"] = Path(context.prompts_dir).name if context.prompts_dir else ""
+    if Path(context.vlm_model).is_absolute():  # a local model's folder: its name says enough
+        shown["vlm_model"] = Path(context.vlm_model).name
+    return shown
+
+
+def _failed(image: Path, out: Path, reason: str, kind: FailureKind,
+            settings: Settings) -> Composition:
+    reason = scrub(reason, settings)
+    report = {"image": image.name, "status": "failed", "failure": reason, "failure_kind": kind,
               "files": ["report.json"]}
-    (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_atomic(out / "report.json", json.dumps(report, indent=2))
     return Composition(image=image, out_dir=out, abc=None, motivation="",
                        files={"report.json": out / "report.json"}, report=report, error=reason,
                        failure_kind=kind)

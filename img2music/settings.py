@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Literal
 
 from platformdirs import user_data_path
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProfileSetting = Literal["auto", "vllm", "openai", "ollama", "generic"]
@@ -45,6 +46,11 @@ class Settings(BaseSettings):
     max_bars: int = Field(
         default=1_500, gt=0, description="Most bars a tune may have before parse-check refuses it."
     )
+    max_tune_seconds: float = Field(
+        default=300, gt=0,
+        description="Longest a tune may last when played (repeats and tempo included); a longer "
+        "one is a parse-check error, so no render runs for minutes.",
+    )
     max_image_pixels: int = Field(
         default=40_000_000, gt=0,
         description="Largest image accepted, in pixels; larger ones are refused as possible "
@@ -67,6 +73,21 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest file an external program may write (WAV files are the big ones).",
     )
+    keep_wav: bool = Field(
+        default=False,
+        description="Keep tune.wav beside tune.ogg in a run's folder; off, the WAV (about 10 MB "
+        "a minute) is only an intermediate, kept only when there is no sox to make the Ogg.",
+    )
+    runs_max_age_days: float = Field(
+        default=30, gt=0,
+        description="Run folders older than this are deleted from IMG2MUSIC_DATA_DIR/runs by "
+        "`serve` and by `compose` without --out.",
+    )
+    runs_max_bytes: int = Field(
+        default=5_000_000_000, gt=0,
+        description="Most bytes all run folders in IMG2MUSIC_DATA_DIR/runs may take; the oldest "
+        "go first when they take more.",
+    )
     soundfont: Path | None = Field(
         default=None,
         description="General MIDI SoundFont for audio; found among Debian's SoundFonts when unset.",
@@ -75,6 +96,12 @@ class Settings(BaseSettings):
     prompts_dir: Path | None = Field(
         default=None,
         description="A prompt folder that replaces the shipped one, for prompt iteration.",
+    )
+    allow_run_overrides: bool = Field(
+        default=False,
+        description="Let a run's context from LangGraph's API (Studio) set vlm_base_url, "
+        "vlm_model and prompts_dir; off, those come from these settings only, so a run cannot "
+        "send the VLM key elsewhere or make the server read other files.",
     )
     clip_model: str = Field(
         default="ViT-B-32",
@@ -133,7 +160,10 @@ class Settings(BaseSettings):
         default="Kwai-Keye/Keye-VL-8B-Preview",
         description="Model the endpoint serves, or the local model's path or id.",
     )
-    vlm_api_key: str = Field(default="EMPTY", description="API key for the endpoint, if any.")
+    vlm_api_key: SecretStr = Field(
+        default=SecretStr("EMPTY"),
+        description="API key for the endpoint, if any; never shown, logged or written.",
+    )
     vlm_temperature: float = Field(default=0.6, ge=0, le=2, description="Sampling temperature.")
     vlm_top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling.")
     vlm_top_k: int = Field(
@@ -202,6 +232,18 @@ class Settings(BaseSettings):
         description="Let requests give the image as an http(s) URL the server fetches; off by "
         "default, since fetching arbitrary URLs from a server is a request-forgery risk.",
     )
+    server_image_url_networks: str = Field(
+        default="",
+        description="Comma-separated networks (CIDR) that image URLs may reach besides public "
+        "addresses, e.g. an internal image store; loopback, private and link-local addresses "
+        "are refused unless listed.",
+    )
+    server_allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated host names a server without IMG2MUSIC_API_KEY answers to "
+        "besides loopback ones (127.0.0.1, localhost, ::1); other Host headers get 400, which "
+        "stops DNS-rebinding pages.",
+    )
     vllm_model: str | None = Field(
         default=None,
         description="Hugging Face id or path that `img2music vlm serve` loads; unset uses "
@@ -233,7 +275,7 @@ class Settings(BaseSettings):
     judge_model: str | None = Field(
         default=None, description="Model the judge endpoint serves; unset: the VLM's model."
     )
-    judge_api_key: str | None = Field(
+    judge_api_key: SecretStr | None = Field(
         default=None, description="API key for the judge endpoint; unset: the VLM's key."
     )
     judge_profile: ProfileSetting | None = Field(
@@ -257,9 +299,27 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="WARNING", description="Logging level for library messages.")
 
+    @field_validator("server_image_url_networks")
+    @classmethod
+    def _networks_parse(cls, value: str) -> str:
+        for network in _items(value):
+            ip_network(network, strict=False)
+        return value
+
     @property
     def rag_source_list(self) -> list[str]:
-        return [name.strip() for name in self.rag_sources.split(",") if name.strip()]
+        return _items(self.rag_sources)
+
+    @property
+    def image_url_networks(self) -> list[IPv4Network | IPv6Network]:
+        """The extra networks image URLs may reach."""
+        return [ip_network(network, strict=False) for network in
+                _items(self.server_image_url_networks)]
+
+    @property
+    def allowed_hosts(self) -> list[str]:
+        """Host names a keyless server answers to, besides loopback ones, lower-case."""
+        return [host.lower() for host in _items(self.server_allowed_hosts)]
 
     @property
     def judge_endpoint(self) -> str:
@@ -295,6 +355,10 @@ class Settings(BaseSettings):
         if self.soundfont is not None:
             return self.soundfont if self.soundfont.is_file() else None
         return next((path for path in SOUNDFONT_CANDIDATES if path.is_file()), None)
+
+
+def _items(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 @lru_cache(maxsize=1)

@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(abcmidi abcm2ps fluidsynth timgm6mb-soundfont sox libsox-fmt-all chromium)
+# strace is for the tests only: the directive filter's fuzz test watches abcm2ps and abc2midi
+# with it.
+SYSTEM_PACKAGES=(abcmidi abcm2ps fluidsynth timgm6mb-soundfont sox libsox-fmt-all chromium strace)
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 
 missing=()

@@ -10,7 +10,6 @@ of the answer carries the run id, the ABC, the metrics and the URLs of the run's
 from __future__ import annotations
 
 import asyncio
-import hmac
 import io
 import json
 import logging
@@ -22,7 +21,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -34,6 +32,7 @@ from img2music.graph.state import rounds_and_repairs, usage_totals
 from img2music.readiness import Check, health_checks
 from img2music.report import chosen_metrics
 from img2music.runs import Composition
+from img2music.server.image_urls import fetch_image, unusable_url
 from img2music.server.jobs import Job, RunPool
 from img2music.server.page import mount_page
 from img2music.server.protocol import (
@@ -44,7 +43,9 @@ from img2music.server.protocol import (
     ImageInput,
     image_input,
     parse_request,
+    send_error,
 )
+from img2music.server.security import HostCheck, bearer_matches
 from img2music.settings import Settings, get_settings
 from img2music.tools.images import BadImage, open_image
 
@@ -60,11 +61,11 @@ FILE_HEADERS = {
                                "style-src 'unsafe-inline'",
     "X-Content-Type-Options": "nosniff",
 }
-IMAGE_FETCH_TIMEOUT_S = 10.0
 # Failures that are the server's or the model's fault, not a musical outcome: they are HTTP errors.
 FAILURE_STATUS: dict[str, tuple[int, ErrorType]] = {
     "bad_image": (400, "invalid_request_error"), "vlm_unavailable": (502, "upstream_error"),
     "timeout": (504, "timeout_error"), "internal": (500, "server_error"),
+    "bad_prompt": (500, "server_error"),
 }
 
 
@@ -76,24 +77,28 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(pool.prune)
         yield
         await asyncio.to_thread(pool.shutdown)
 
     app = FastAPI(title="img2music", version="0.1.0", lifespan=lifespan,
                   description=__doc__, docs_url="/docs", redoc_url=None)
     app.add_middleware(BodyLimit, limit=settings.server_max_body_bytes)
+    app.add_middleware(HostCheck, settings=settings)
     _add_error_handlers(app)
     authorised = [Depends(_authorisation(settings))]
     health = _HealthCache(settings)
 
     @app.get("/health")
-    async def get_health() -> JSONResponse:
-        """Readiness: the VLM endpoint, the index and the renderers (no key needed)."""
+    async def get_health(request: Request) -> JSONResponse:
+        """Readiness, 200 or 503, for anyone; what was checked only for those with the key
+        (endpoints, paths and load are nobody else's business)."""
         checks = await health.get()
         ready = all(check.ok for check in checks)
-        return JSONResponse(
-            {"status": "ready" if ready else "unavailable", "runs": pool.admitted,
-             "checks": [asdict(check) for check in checks]}, status_code=200 if ready else 503)
+        body: dict[str, Any] = {"status": "ready" if ready else "unavailable"}
+        if bearer_matches(request.headers.get("authorization"), settings):
+            body.update(runs=pool.admitted, checks=[asdict(check) for check in checks])
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/v1/models", dependencies=authorised)
     async def list_models() -> dict[str, Any]:
@@ -108,6 +113,7 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
 
     @app.post("/v1/chat/completions", dependencies=authorised, response_model=None)
     async def chat_completions(request: Request) -> Response:
+        _require_json(request)
         chat = parse_request(await request.body())
         job = await _start(chat, pool, settings)
         base = _base_url(request)
@@ -175,7 +181,7 @@ class BodyLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _send_error(send, self._error())
+            await send_error(send, self._error())
             return
         received = 0
 
@@ -192,14 +198,6 @@ class BodyLimit:
     def _error(self) -> ApiError:
         return ApiError(413, f"the request body is over the {self.limit:,}-byte limit "
                         "(IMG2MUSIC_SERVER_MAX_BODY_BYTES)", code="body_too_large")
-
-
-async def _send_error(send: Send, error: ApiError) -> None:
-    body = json.dumps(error.body()).encode()
-    await send({"type": "http.response.start", "status": error.status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -226,16 +224,20 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _authorisation(settings: Settings) -> Callable[[Request], Awaitable[None]]:
     async def check(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        expected = settings.api_key.get_secret_value().encode()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(),
-                                                                 expected):
+        if not bearer_matches(request.headers.get("authorization"), settings):
             raise ApiError(401, "missing or wrong API key: send Authorization: Bearer "
                            "<IMG2MUSIC_API_KEY>", type="authentication_error",
                            code="invalid_api_key")
     return check
+
+
+def _require_json(request: Request) -> None:
+    """A JSON body, as OpenAI clients send it. A web page can send a form or plain text to any
+    origin without asking first; JSON it cannot, so no page a user visits starts runs here."""
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json":
+        raise ApiError(415, "send the request body as JSON, with Content-Type: application/json",
+                       code="unsupported_media_type")
 
 
 class _HealthCache:
@@ -260,41 +262,35 @@ def _model_card() -> dict[str, Any]:
 
 
 async def _start(chat: ChatRequest, pool: RunPool, settings: Settings) -> Job:
-    """Check the image before anything runs, then hand the run to the pool."""
-    given = image_input(chat)
-    data = given.data if given.data is not None else await _fetch_image(given, settings)
+    """Take a place in the pool (or 429) before any image is decoded or fetched, check the
+    image, then hand the run to the pool; the place is given back if anything fails first."""
+    pool.reserve()
     try:
-        image = await asyncio.to_thread(open_image, data, settings=settings)
-    except BadImage as error:
-        raise ApiError(400, f"the image is not usable: {error}", param="messages",
-                       code="invalid_image") from None
-    # Stored re-encoded: the photo's metadata (location, camera) does not reach the run folder.
-    buffer = io.BytesIO()
-    await asyncio.to_thread(image.save, buffer, format="JPEG", quality=92)
-    return await pool.submit(buffer.getvalue(), ".jpg", given.note, chat.context_overrides())
+        given = image_input(chat)
+        data = given.data if given.data is not None else await _fetch_image(given, settings)
+        try:
+            image = await asyncio.to_thread(open_image, data, settings=settings)
+        except BadImage as error:
+            if given.url is not None:
+                raise unusable_url() from None
+            raise ApiError(400, f"the image is not usable: {error}", param="messages",
+                           code="invalid_image") from None
+        # Stored re-encoded: the photo's metadata (location, camera) does not reach the run.
+        buffer = io.BytesIO()
+        await asyncio.to_thread(image.save, buffer, format="JPEG", quality=92)
+        return await pool.submit(buffer.getvalue(), ".jpg", given.note,
+                                 chat.context_overrides())
+    except BaseException:
+        pool.unreserve()
+        raise
 
 
 async def _fetch_image(given: ImageInput, settings: Settings) -> bytes:
-    url = given.url or ""
     if not settings.server_allow_image_urls:
         raise ApiError(400, "this server does not fetch image URLs; send the image as a "
                        "base64 data URL (or set IMG2MUSIC_SERVER_ALLOW_IMAGE_URLS=true)",
                        param="messages", code="image_urls_disabled")
-    limit = settings.max_image_bytes
-    try:
-        async with httpx.AsyncClient(timeout=IMAGE_FETCH_TIMEOUT_S) as client, \
-                client.stream("GET", url) as response:
-            response.raise_for_status()
-            data = bytearray()
-            async for piece in response.aiter_bytes():
-                data.extend(piece)
-                if len(data) > limit:
-                    raise ApiError(400, f"the image at {url} is over the {limit:,}-byte limit",
-                                   param="messages", code="invalid_image")
-            return bytes(data)
-    except httpx.HTTPError as error:
-        raise ApiError(400, f"cannot fetch the image at {url}: {type(error).__name__}",
-                       param="messages", code="invalid_image_url") from None
+    return await fetch_image(given.url or "", settings)
 
 
 def _result(job: Job) -> Composition:

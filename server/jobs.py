@@ -4,7 +4,8 @@ A composition is blocking work (model calls, checks, rendering), so runs go to w
 at most `server_max_concurrent_runs` run at once and `server_max_queued_runs` wait, and a
 request beyond that is refused at once (429) rather than left to time out. Each run publishes
 what every node changed, so streaming clients and the web page can follow it, and it can be
-cancelled between nodes.
+cancelled between nodes. After each run, and when the server starts, run folders past the
+retention limits are deleted (`img2music.retention`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -22,9 +24,11 @@ from typing import Any, Literal
 
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import State
+from img2music.retention import prune_runs, runs_root
 from img2music.runs import Composition, RunCancelled, compose
 from img2music.server.protocol import ApiError
 from img2music.settings import Settings
+from img2music.tools.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +119,7 @@ class RunPool:
     def __init__(self, settings: Settings, *, model_for: ModelFor | None = None,
                  retriever_for: RetrieverFor | None = None) -> None:
         self.settings = settings
-        self.runs_dir = settings.data_dir / "runs"
+        self.runs_dir = runs_root(settings)
         self.capacity = settings.server_max_concurrent_runs + settings.server_max_queued_runs
         self._model_for = model_for
         self._retriever_for = retriever_for
@@ -123,30 +127,35 @@ class RunPool:
                                             thread_name_prefix="img2music-run")
         self._admitted = 0  # changed on the event loop only
         self._jobs: OrderedDict[str, Job] = OrderedDict()
+        self._pruning = threading.Lock()
 
     @property
     def admitted(self) -> int:
         """Runs running or waiting now."""
         return self._admitted
 
-    async def submit(self, image: bytes, suffix: str, note: str,
-                     overrides: dict[str, Any]) -> Job:
-        """Accept a run or refuse it with 429; the image was checked by the caller."""
+    def reserve(self) -> None:
+        """Take a place for a run, or refuse with 429 at once: before the request's image is
+        fetched or decoded, so a full server spends nothing on it. `submit` uses the place;
+        `unreserve` gives it back when the request fails first."""
         if self._admitted >= self.capacity:
             raise ApiError(429, f"the server is busy: {self.capacity} compositions are running "
                            "or waiting; try again shortly", type="rate_limit_error",
                            code="rate_limit_exceeded")
         self._admitted += 1
+
+    def unreserve(self) -> None:
+        self._admitted -= 1
+
+    async def submit(self, image: bytes, suffix: str, note: str,
+                     overrides: dict[str, Any]) -> Job:
+        """Start a run in the place `reserve` took; the image was checked by the caller."""
         loop = asyncio.get_running_loop()
         run_id = secrets.token_hex(RUN_ID_BYTES)
         job = Job(id=run_id, folder=self.runs_dir / run_id, loop=loop,
                   timeout_s=self.settings.server_run_timeout_s)
         image_path = job.folder / f"image{suffix}"
-        try:
-            await asyncio.to_thread(_write_new, image_path, image)
-        except OSError:
-            self._admitted -= 1
-            raise
+        await asyncio.to_thread(_write_new, image_path, image)
         self._remember(job)
         job.publish({"type": "queued", "run_id": run_id})
         self._executor.submit(self._run, job, image_path, note, overrides)
@@ -154,6 +163,19 @@ class RunPool:
 
     def get(self, run_id: str) -> Job | None:
         return self._jobs.get(run_id)
+
+    def prune(self) -> None:
+        """Delete old run folders (by age, then size) except those of runs still going; one pass
+        at a time, on the calling thread (a worker's, or startup's)."""
+        if not self._pruning.acquire(blocking=False):
+            return
+        try:
+            live = [job.folder for job in list(self._jobs.values()) if not job.finished]
+            prune_runs(self.runs_dir, self.settings, keep=live)
+        except OSError as error:
+            logger.warning("old runs not deleted: %s", error)
+        finally:
+            self._pruning.release()
 
     def shutdown(self) -> None:
         for job in list(self._jobs.values()):
@@ -174,11 +196,9 @@ class RunPool:
                                      motivation="", error=f"{type(error).__name__}: {error}",
                                      failure_kind="internal")
         finally:
-            job.loop.call_soon_threadsafe(self._release)
+            job.loop.call_soon_threadsafe(self.unreserve)
         job.publish({"type": "done" if job.result.ok else "failed", "run_id": job.id})
-
-    def _release(self) -> None:
-        self._admitted -= 1
+        self.prune()
 
     def _remember(self, job: Job) -> None:
         self._jobs[job.id] = job
@@ -191,4 +211,4 @@ class RunPool:
 
 def _write_new(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True)
-    path.write_bytes(data)
+    write_atomic(path, data)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.types import Send
 
 MODEL_ID = "img2music"
 MAX_NOTE_CHARS = 1_000
@@ -30,6 +32,15 @@ class ApiError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param,
                           "code": self.code}}
+
+
+async def send_error(send: Send, error: ApiError) -> None:
+    """An error answered from ASGI middleware, before any route runs."""
+    body = json.dumps(error.body()).encode()
+    await send({"type": "http.response.start", "status": error.status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class Options(BaseModel):

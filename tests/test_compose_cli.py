@@ -72,7 +72,7 @@ def test_compose_writes_every_file_and_names_each_failure(tmp_path: Path) -> Non
     for name in ("portrait", "sunset"):
         folder = tmp_path / "out" / name
         written = {path.name for path in folder.iterdir()}
-        assert {"tune.abc", "tune.mid", "tune.wav", "score.svg", "motivation.md",
+        assert {"tune.abc", "tune.mid", "tune.ogg", "score.svg", "motivation.md",
                 "report.json", "report.html"} <= written, written
         assert check_abc((folder / "tune.abc").read_text()).ok
         assert (folder / "tune.abc").read_text() == REFINED
@@ -84,7 +84,8 @@ def test_compose_writes_every_file_and_names_each_failure(tmp_path: Path) -> Non
         assert report["prompt_set"]["name"] == "default" and report["prompt_set"]["hash"]
         assert "data:image (omitted)" in json.dumps(report["conversation"])
         html = (folder / "report.html").read_text()
-        assert "<audio controls" in html and "<svg" in html and "data:image/jpeg;base64" in html
+        assert "<audio controls" in html and "data:image/jpeg;base64" in html
+        assert '<img src="data:image/svg+xml;base64,' in html  # the score, as an image
         assert "<th>written under the grammar</th>" in html
     for name in ("notes", "empty"):
         assert not (tmp_path / "out" / name / "tune.abc").exists()
@@ -171,7 +172,7 @@ def test_a_batch_killed_midway_keeps_every_image_it_finished(tmp_path: Path) -> 
     first = tmp_path / "out" / "a-first"
     assert check_abc((first / "tune.abc").read_text()).ok
     assert json.loads((first / "report.json").read_text())["status"] == "done"
-    assert (first / "tune.wav").read_bytes()[:4] == b"RIFF"
+    assert (first / "tune.ogg").read_bytes()[:4] == b"OggS"
     assert "</html>" in (first / "report.html").read_text()
     assert not (tmp_path / "out" / "b-second" / "tune.abc").exists()
 

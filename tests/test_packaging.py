@@ -33,7 +33,9 @@ def test_wheel_has_only_the_img2music_top_level(tmp_path: Path) -> None:
                      "img2music/eval/runner.py", "img2music/prompts/judge_questions.toml",
                      "img2music/prompts/judge.j2", "img2music/prompts/caption_tune.j2",
                      "img2music/server/page/index.html", "img2music/server/page/page.js",
-                     "img2music/server/page/page.css", "img2music/server/page/icon.svg"):
+                     "img2music/server/page/page.css", "img2music/server/page/icon.svg",
+                     "img2music/templates/report.html.j2", "img2music/templates/report.css",
+                     "img2music/server/langgraph_auth.py"):
         assert expected in names
 
 

@@ -164,10 +164,10 @@ def test_from_a_photo_to_music_watching_every_step(browser: Browser, tmp_path: P
         expect(page.locator("#motivation")).to_contain_text("calm dignity")
         expect(page.locator("#abc")).to_have_text(REFINED)
 
-        # The audio element has a playable WAV source.
+        # The audio element has a playable source: the Ogg (the WAV is not kept unless asked).
         audio = page.locator("#audio")
         expect(audio).to_have_attribute("src", BLOB_URL)  # the media loads after the heading
-        assert page_bytes(page, audio.get_attribute("src") or "")[:4] == b"RIFF"
+        assert page_bytes(page, audio.get_attribute("src") or "")[:4] == b"OggS"
         page.wait_for_function("document.getElementById('audio').duration > 0")
 
         # The score and the maps are shown as images, the maps per section selectable.
@@ -197,13 +197,13 @@ def test_from_a_photo_to_music_watching_every_step(browser: Browser, tmp_path: P
         links = page.locator("#downloads a")
         hrefs = {link.get_attribute("download"): link.evaluate("a => a.href")
                  for link in links.all()}
-        assert {"tune.abc", "tune.mid", "tune.wav", "score.svg", "attention.png",
+        assert {"tune.abc", "tune.mid", "tune.ogg", "score.svg", "attention.png",
                 "attention-1.png", "attention-2.png", "motivation.md", "report.json",
                 "report.html"} <= set(hrefs)
         fetched = {name: httpx.get(url).content for name, url in hrefs.items()}
         assert fetched["tune.abc"].decode() == REFINED
         assert fetched["tune.mid"].startswith(b"MThd")
-        assert fetched["tune.wav"][:4] == b"RIFF"
+        assert fetched["tune.ogg"][:4] == b"OggS"
         assert fetched["score.svg"].lstrip().startswith((b"<?xml", b"<svg"))
         for name in ("attention.png", "attention-1.png", "attention-2.png"):
             assert fetched[name].startswith(b"\x89PNG")
@@ -255,7 +255,7 @@ def test_with_a_key_the_page_asks_for_it_and_works_on_a_phone(
                                                              timeout=WAIT_MS)
         # Media fetched with the key, shown from blob URLs.
         expect(page.locator("#audio")).to_have_attribute("src", BLOB_URL)
-        assert page_bytes(page, page.locator("#audio").get_attribute("src") or "")[:4] == b"RIFF"
+        assert page_bytes(page, page.locator("#audio").get_attribute("src") or "")[:4] == b"OggS"
         page.wait_for_function("document.getElementById('score').naturalWidth > 0")
         with page.expect_download() as download:
             page.get_by_role("link", name="Report (JSON)").click()

@@ -17,6 +17,7 @@ import uvicorn
 from langchain_core.messages import HumanMessage
 from matplotlib import cbook
 from PIL import Image
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from img2music import cli
@@ -67,7 +68,7 @@ THREE_WAYS = ("img2music vlm serve", "export IMG2MUSIC_VLM_BASE_URL=https://api.
 
 def settings_for(tmp_path: Path, server: ScriptedServer, **values: Any) -> Settings:
     return Settings(data_dir=tmp_path / "data", vlm_base_url=server.url, vlm_model=server.model,
-                    vlm_api_key="sk-test", vlm_retries=0, vlm_timeout_s=30, **values)
+                    vlm_api_key=SecretStr("sk-test"), vlm_retries=0, vlm_timeout_s=30, **values)
 
 
 def compose_with(server: ScriptedServer, tmp_path: Path, name: str = "run",

@@ -24,6 +24,7 @@ from img2music.tools.programs import DEBIAN_PACKAGES, ProgramMissing
 from img2music.tools.render import (
     AudioFormat,
     RenderError,
+    clean_svg,
     convert_audio,
     render_all,
     render_pianoroll,
@@ -202,13 +203,44 @@ def test_svg_does_not_read_local_files(body: str, tmp_path: Path) -> None:
 
 
 @requires("abcm2ps")
-def test_svg_with_injected_markup_is_refused(tmp_path: Path) -> None:
-    # abcm2ps copies font names into style attributes unescaped: this closes the attribute and
-    # yields well-formed SVG with a script in it.
+def test_markup_in_a_font_name_never_reaches_the_score(tmp_path: Path) -> None:
+    # abcm2ps copies font names into style attributes unescaped: unfiltered, this closes the
+    # attribute and yields well-formed SVG with a script in it. The directive filter removes it.
     abc = 'X:1\nT:Title\n%%titlefont Times"><script>alert(1)</script><g/>\nK:C\nC\n'
-    with pytest.raises(RenderError, match="script"):
-        render_svg(abc, tmp_path / "score.svg")
-    assert not (tmp_path / "score.svg").exists()
+    text = render_svg(abc, tmp_path / "score.svg").read_text(encoding="utf-8")
+    assert "Title" in text and "script" not in text and "alert" not in text
+
+
+SVG_OPEN = '<svg xmlns="http://www.w3.org/2000/svg">'
+
+
+@pytest.mark.parametrize(("svg", "reason"), [
+    (f"{SVG_OPEN}<script>alert(1)</script></svg>", "<script> element"),
+    (f'{SVG_OPEN}<g onload="alert(1)"/></svg>', "onload= attribute"),
+    (f"{SVG_OPEN}<style>.a{{}}<?x ><img src=x onerror=alert(1)>?></style></svg>",
+     "processing instruction"),
+    (f'{SVG_OPEN}<use href="https://evil.example/x.svg#a"/></svg>', "href= attribute"),
+    (f"{SVG_OPEN}<style>@import url(https://evil.example/a.css);</style></svg>",
+     "outside content"),
+    ("<html><body/></html>", "not an SVG"),
+    (f"{SVG_OPEN}<g>", "not well-formed"),
+])
+def test_the_svg_check_refuses_anything_but_drawing(svg: str, reason: str) -> None:
+    with pytest.raises(RenderError, match=reason):
+        clean_svg(svg.encode())
+
+
+def test_the_svg_is_written_anew_without_comments_doctype_or_cdata() -> None:
+    svg = (b'<?xml version="1.0"?>\n<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN" '
+           b'"http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n' + SVG_OPEN.encode()
+           + b"<!-- title: <b> --><style><![CDATA[ .a{fill:red} </style><x> ]]></style>"
+           b"<text>T</text></svg>")
+    cleaned = clean_svg(svg).decode()
+    assert "<!--" not in cleaned and "DOCTYPE" not in cleaned and "CDATA" not in cleaned
+    assert "<x>" not in cleaned and "&lt;/style&gt;&lt;x&gt;" in cleaned
+    root = ET.fromstring(cleaned)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert [element.tag.split("}")[1] for element in root] == ["style", "text"]
 
 
 def test_pianoroll_is_a_png_of_sensible_size(tmp_path: Path) -> None:

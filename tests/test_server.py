@@ -123,7 +123,7 @@ def test_a_composition_answers_with_the_tune_its_measures_and_its_files(tmp_path
         assert completion.usage.total_tokens == (completion.usage.prompt_tokens
                                                  + completion.usage.completion_tokens)
         files = extension["files"]
-        expected = {"tune.abc", "tune.mid", "tune.wav", "score.svg", "attention.png",
+        expected = {"tune.abc", "tune.mid", "tune.ogg", "score.svg", "attention.png",
                     "report.html", "report.json"}
         assert expected <= set(files)
         with httpx.Client(headers={"Authorization": f"Bearer {KEY}"}) as http:
@@ -132,7 +132,8 @@ def test_a_composition_answers_with_the_tune_its_measures_and_its_files(tmp_path
         assert fetched["tune.abc"].text == extension["abc"]
         assert fetched["tune.mid"].content.startswith(b"MThd")
         assert fetched["tune.mid"].headers["content-type"] == "audio/midi"
-        assert fetched["tune.wav"].content[:4] == b"RIFF"
+        assert fetched["tune.ogg"].content[:4] == b"OggS"
+        assert "tune.wav" not in files  # an intermediate, not kept unless asked
         assert fetched["score.svg"].text.lstrip().startswith(("<?xml", "<svg"))
         assert fetched["attention.png"].content.startswith(b"\x89PNG")
         assert json.loads(fetched["report.json"].text)["final_abc"] == extension["abc"]
@@ -275,9 +276,12 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> N
 
 
 def test_image_urls_are_fetched_only_when_allowed(tmp_path: Path) -> None:
+    # Loopback is refused unless the operator lists it (tests/test_attacks.py); listed here, as
+    # an internal image store would be.
     photo_url = "http://127.0.0.1:{port}/photo.jpg"
     with static_file(PHOTO) as port, img2music_server(
-            tmp_path, server_allow_image_urls="true") as server:
+            tmp_path, server_allow_image_urls="true",
+            server_image_url_networks="127.0.0.1/32") as server:
         completion = server.client.chat.completions.create(
             model="img2music", messages=image_message(url=photo_url.format(port=port)))
         missing = post(server, {"model": "img2music", "messages": image_message(
@@ -328,7 +332,9 @@ def test_a_vlm_that_is_down_is_a_502_naming_it_and_health_says_so(tmp_path: Path
 
 def test_health_reports_each_part(tmp_path: Path) -> None:
     with img2music_server(tmp_path, api_key=KEY) as server:
-        health = httpx.get(f"{server.url}/health")  # no key needed
+        anonymous = httpx.get(f"{server.url}/health")  # no key needed: ready or not
+        health = httpx.get(f"{server.url}/health", headers={"Authorization": f"Bearer {KEY}"})
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ready"}
     assert health.status_code == 200 and health.json()["status"] == "ready"
     names = {check["name"] for check in health.json()["checks"]}
     assert {"VLM endpoint", "abc2midi", "abcm2ps", "fluidsynth", "SoundFont"} <= names

@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 
 from img2music.tools.check import check_abc
 from tests.needs import LANGGRAPH, needs_langgraph_cli
-from tests.openai_server import scripted_server
+from tests.openai_server import ScriptedServer, scripted_server
 from tests.serving import listening_port
 from tests.test_graph import reply_for
 from tests.test_server import PHOTO_URL, image_message
@@ -30,24 +31,28 @@ def hermetic_config(folder: Path) -> Path:
     config["dependencies"] = [str(ROOT / path) for path in config["dependencies"]]
     config["graphs"] = {name: str(ROOT / spec) for name, spec in config["graphs"].items()}
     config["http"] = {**config["http"], "app": str(ROOT / config["http"]["app"])}
+    if "auth" in config:
+        config["auth"] = {**config["auth"], "path": str(ROOT / config["auth"]["path"])}
     config["env"] = {}
     path = folder / "langgraph.json"
     path.write_text(json.dumps(config), encoding="utf-8")
     return path
 
 
-@pytest.fixture(scope="module")
-def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One `langgraph dev` for the module, on the port the system gave it."""
-    folder = tmp_path_factory.mktemp("studio")
-    with scripted_server(reply_for) as vlm:
-        environment = {
-            **os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false",
-            "IMG2MUSIC_DATA_DIR": str(folder / "data"), "IMG2MUSIC_VLM_BASE_URL": vlm.url,
-            "IMG2MUSIC_VLM_MODEL": vlm.model, "IMG2MUSIC_CLIP_MODEL": "img2music-tiny",
-            "IMG2MUSIC_CLIP_PRETRAINED": "none", "IMG2MUSIC_EXPLAIN": "none",
-        }
-        log = (folder / "langgraph-dev.log").open("w")
+@contextmanager
+def langgraph_dev(folder: Path, vlm: ScriptedServer, **settings: str) -> Iterator[str]:
+    """`langgraph dev` on the port the system gives it, with this repository's langgraph.json
+    (made hermetic) and the VLM behind it scripted; `settings` are IMG2MUSIC_* values. Yields
+    its base URL."""
+    environment = {
+        **os.environ, "LANGGRAPH_CLI_NO_ANALYTICS": "1", "LANGSMITH_TRACING": "false",
+        "IMG2MUSIC_DATA_DIR": str(folder / "data"), "IMG2MUSIC_VLM_BASE_URL": vlm.url,
+        "IMG2MUSIC_VLM_MODEL": vlm.model, "IMG2MUSIC_CLIP_MODEL": "img2music-tiny",
+        "IMG2MUSIC_CLIP_PRETRAINED": "none", "IMG2MUSIC_EXPLAIN": "none",
+        **{f"IMG2MUSIC_{name.upper()}": value for name, value in settings.items()},
+    }
+    log_path = folder / "langgraph-dev.log"
+    with log_path.open("w") as log:
         process = subprocess.Popen(
             [str(LANGGRAPH), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1",
              "--port", "0", "--config", str(hermetic_config(folder))], cwd=folder,
@@ -63,7 +68,7 @@ def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     pass
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("langgraph dev did not start: "
-                                       + (folder / "langgraph-dev.log").read_text()[-2000:])
+                                       + log_path.read_text()[-2000:])
                 time.sleep(0.5)
             yield url
         finally:
@@ -72,7 +77,14 @@ def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
-            log.close()
+
+
+@pytest.fixture(scope="module")
+def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One `langgraph dev` for the module, on the port the system gave it."""
+    folder = tmp_path_factory.mktemp("studio")
+    with scripted_server(reply_for) as vlm, langgraph_dev(folder, vlm) as url:
+        yield url
 
 
 @needs_langgraph_cli
@@ -108,3 +120,9 @@ def test_the_openai_routes_and_the_page_answer_on_the_same_port(dev_server: str)
         model="img2music", messages=image_message(),
         extra_body={"img2music": {"rag": False, "refine": False}})
     assert "```abc" in (completion.choices[0].message.content or "")
+    # Without a key, a page that points its own host name here (DNS rebinding) is refused, on
+    # LangGraph's routes as on the app's: the app's Host check runs for the whole server.
+    foreign = {"Host": "rebound.example"}
+    assert httpx.post(f"{dev_server}/assistants/search", json={},
+                      headers=foreign).status_code == 400
+    assert httpx.get(f"{dev_server}/v1/models", headers=foreign).status_code == 400

@@ -45,6 +45,7 @@ from matplotlib.ticker import FormatStrFormatter
 from PIL import Image
 
 from img2music.tools.embedder import Embedder
+from img2music.tools.files import replacing
 from img2music.tools.images import to_rgb
 
 logger = logging.getLogger(__name__)
@@ -390,8 +391,8 @@ def _colour_bar(figure: Figure, norm: Normalize, *, left: float, bottom: float,
 
 
 def _save(figure: Figure, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, format="png")
+    with replacing(out) as temporary:
+        figure.savefig(temporary, format="png")
     return out
 
 

@@ -16,14 +16,19 @@ The verdict has two tiers. The **error** tier is this set of conditions and no o
    limits;
 4. the reference parser cannot read the tune: an `Error` line of abc2midi other than the
    harmless ones in `ABC2MIDI_HARMLESS` (and none on a `%%` directive line, which abc2midi skips),
-   abc2midi writing no MIDI, or music21 raising (when it is the backend).
+   abc2midi writing no MIDI, or music21 raising (when it is the backend);
+5. the tune would play longer than `max_tune_seconds` (tempo and repeats included).
 
 Everything else is a **fault**: playable, delivered, and reported so that it can be corrected.
+Before any of this, the directive filter (`abc_directives`) removes the directives no program
+may run (they read files, write raw output or markup, or hang abcm2ps); each removal is a fault,
+and the text every later step and program reads is the filtered one.
 `ParseCheck.ok` means no error; `ParseCheck.clean` means no fault either.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import tempfile
@@ -32,9 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import mido
 from pydantic import BaseModel, Field
 
 from img2music.settings import Settings, get_settings
+from img2music.tools.abc_directives import filter_directives
 from img2music.tools.abc_scan import ScannedTune, scan_abc
 from img2music.tools.diagnostics import Diagnostic, Severity
 from img2music.tools.programs import ProgramFailed, run_program, which
@@ -131,7 +138,8 @@ class ParseCheck(BaseModel):
 
 @dataclass(frozen=True)
 class CompiledAbc:
-    """A checked ABC text with the MIDI of its first tune when that tune is valid."""
+    """A checked ABC text with the MIDI of its first tune when that tune is valid; the text is
+    what the programs read: line ends normalised, forbidden directives removed."""
 
     abc: str
     check: ParseCheck
@@ -181,6 +189,9 @@ def compile_abc(
     size_error = _size_error(text, settings.max_abc_bytes)
     if size_error is not None:
         return CompiledAbc(text, _result([size_error], unlisted, [], None, backend), None, None)
+    filtered = filter_directives(text)
+    text = filtered.text
+    diagnostics.extend(filtered.removed)
     diagnostics.extend(_control_character_errors(text))
     scanned = scan_abc(text, max_notes=settings.max_notes, max_bars=settings.max_bars)
     diagnostics.extend(scanned.diagnostics)
@@ -193,6 +204,8 @@ def compile_abc(
             continue
         tune_text = "\n".join(scanned.lines[tune.first_line - 1:tune.last_line]) + "\n"
         tune_diagnostics, tune_midi = _read_tune(tune_text, tune.first_line - 1, backend, settings)
+        if tune_midi is not None:
+            tune_diagnostics.extend(_length_errors(tune_midi, tune.first_line, settings))
         diagnostics.extend(tune_diagnostics)
         if index == 0 and not _has_errors(tune_diagnostics):
             midi = tune_midi
@@ -245,6 +258,19 @@ def _size_error(text: str, limit: int) -> Diagnostic | None:
         message=f"the ABC text is {len(encoded):,} bytes, over the {limit:,}-byte limit; "
         f"it passes the limit on line {line}",
     )
+
+
+def _length_errors(midi: bytes, line: int, settings: Settings) -> list[Diagnostic]:
+    """A tune longer than `max_tune_seconds` when played (repeats and tempo included) is an
+    error, so no render (a WAV grows by 10 MB a minute) can run for minutes."""
+    seconds = mido.MidiFile(file=io.BytesIO(midi)).length
+    if seconds <= settings.max_tune_seconds:
+        return []
+    return [Diagnostic(
+        severity="error", line=line, col=0,
+        message=f"the tune lasts {seconds:.0f} s when played (repeats and Q: tempo included), "
+        f"over the {settings.max_tune_seconds:g}-second limit: write fewer bars or a faster "
+        "tempo")]
 
 
 def _control_character_errors(text: str) -> list[Diagnostic]:

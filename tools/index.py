@@ -8,6 +8,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import islice
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
+from filelock import FileLock, Timeout
 
 from img2music.settings import Settings, get_settings
 from img2music.tools.sources import MusicRecord, Skipped, SourceName, iter_records
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INGEST_BATCH = 128
+WRITER_LOCK = ".img2music-writer.lock"
 Vector = npt.NDArray[np.float32]
 
 
@@ -45,6 +48,38 @@ class EmbeddingSpace(Protocol):
 
 class IndexMismatch(RuntimeError):
     """The collection was built with another embedder; its vectors mean nothing to this one."""
+
+
+class IndexBusy(RuntimeError):
+    """Another process held the index's writer lock for longer than this one would wait."""
+
+
+@contextmanager
+def index_writer(settings: Settings, *, wait_s: float | None = None) -> Iterator[None]:
+    """Hold the embedded index's writer lock: an fcntl lock on a file beside the index, so two
+    processes sharing a data folder (two servers, a server and `index build`) never write the
+    index at once. `wait_s` None waits as long as the other writer takes; a Chroma server
+    (`IMG2MUSIC_CHROMA_URL`) orders its writers itself and needs no lock here."""
+    if settings.chroma_url:
+        yield
+        return
+    settings.index_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(settings.index_dir / WRITER_LOCK, timeout=-1 if wait_s is None else wait_s)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.warning("waiting for another process that is writing the index in %s",
+                       settings.index_dir)
+        try:
+            lock.acquire()
+        except Timeout as error:
+            raise IndexBusy(f"another process has been writing the index in "
+                            f"{settings.index_dir} for over {wait_s:g} s; try again when it "
+                            "is done") from error
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass
@@ -137,13 +172,22 @@ def build_index(
     limit: int | None = None,
     settings: Settings | None = None,
     on_batch: Callable[[BuildReport], None] | None = None,
+    wait_s: float | None = None,
 ) -> BuildReport:
     """Embed and store a source's records, a batch at a time; a rerun skips what is stored.
 
     Every batch is committed before the next is read, so an interrupted build loses nothing
-    finished and resumes where it stopped.
+    finished and resumes where it stopped. The index's writer lock is held throughout.
     """
     settings = settings or get_settings()
+    with index_writer(settings, wait_s=wait_s):
+        return _build(source, embedder, path=path, limit=limit, settings=settings,
+                      on_batch=on_batch)
+
+
+def _build(source: SourceName, embedder: EmbeddingSpace, *, path: Path | None,
+           limit: int | None, settings: Settings,
+           on_batch: Callable[[BuildReport], None] | None) -> BuildReport:
     collection = open_collection(source, embedder.name, settings=settings, create=True)
     assert collection is not None
     report = BuildReport(source=source, collection=collection.name)
@@ -179,15 +223,26 @@ def ensure_index(
     path: Path | None = None,
     settings: Settings | None = None,
     on_batch: Callable[[BuildReport], None] | None = None,
+    wait_s: float | None = None,
 ) -> BuildReport | None:
     """Build (or finish) the source's index unless a full build already completed.
 
-    The compose path calls this on first use, so retrieval works without a separate step.
+    The compose path calls this on first use, so retrieval works without a separate step; when
+    another process is building it, this one waits for it and then finds it complete.
     """
-    collection = open_collection(source, embedder.name, settings=settings)
-    if collection is not None and (collection.metadata or {}).get("complete"):
+    settings = settings or get_settings()
+    if _complete(source, embedder, settings):
         return None
-    return build_index(source, embedder, path=path, settings=settings, on_batch=on_batch)
+    with index_writer(settings, wait_s=wait_s):
+        if _complete(source, embedder, settings):
+            return None
+        return _build(source, embedder, path=path, limit=None, settings=settings,
+                      on_batch=on_batch)
+
+
+def _complete(source: SourceName, embedder: EmbeddingSpace, settings: Settings) -> bool:
+    collection = open_collection(source, embedder.name, settings=settings)
+    return collection is not None and bool((collection.metadata or {}).get("complete"))
 
 
 def _batches(

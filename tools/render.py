@@ -1,8 +1,10 @@
 """Render a checked tune to what people use: MIDI, WAV (and OGG/MP3), an SVG score, a piano roll.
 
 Every renderer runs its program in a temporary folder, without a shell, under the timeout and
-file-size limit from the settings, and checks what came out before it is moved into place: a WAV
-the `wave` module can read, an SVG that parses as XML and holds no active content, a PNG.
+file-size limit from the settings, on ABC that passed the directive filter (`abc_directives`),
+and checks what came out before it is moved into place atomically: a WAV the `wave` module can
+read, an SVG that parses as XML, holds no active content and is written anew from its tree, a
+PNG.
 `render_all` turns a renderer that cannot run (a program or SoundFont not installed) into one
 line of `RenderReport.problems` while the others still run.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 import io
 import logging
 import re
-import shutil
 import tempfile
 import wave
 import xml.etree.ElementTree as ET
@@ -27,7 +28,9 @@ import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from img2music.settings import Settings, get_settings
-from img2music.tools.check import compile_abc, normalise_abc
+from img2music.tools.abc_directives import filter_directives
+from img2music.tools.check import compile_abc
+from img2music.tools.files import move_atomic, write_atomic
 from img2music.tools.programs import (
     ProgramFailed,
     ProgramMissing,
@@ -50,23 +53,17 @@ SOUNDFONT_PACKAGES = "fluid-soundfont-gm or timgm6mb-soundfont"
 
 SOX_FORMAT_PACKAGES: dict[AudioFormat, str] = {"ogg": "libsox-fmt-base", "mp3": "libsox-fmt-mp3"}
 
-# abcm2ps directives that read files (abc-include, format, EPS), copy raw PostScript or SVG into
-# the output (ps, postscript, svg, begin… blocks), or change the directive prefix so that the
-# others would hide from this filter (abcm2ps, ss-pref).
-UNSAFE_DIRECTIVES = frozenset(
-    {"abc-include", "format", "eps", "ps", "postscript", "svg", "abcm2ps", "ss-pref"}
-)
-LINE_DIRECTIVE = re.compile(r"^(?P<lead>%%(?:abc[ \t]+I:)?|I:)[ \t]*(?P<name>[^\s%\]]+)")
-CONTINUATION = re.compile(r"\\[ \t]*(?:%.*)?$")
-INLINE_DIRECTIVE = re.compile(r"\[[ \t]*I:[ \t]*(?P<name>[^\s%\]]+)[^\]\n]*\]")
-
-SVG_NAMESPACE = "{http://www.w3.org/2000/svg}"
+SVG_NS = "http://www.w3.org/2000/svg"
+XLINK_NS = "http://www.w3.org/1999/xlink"
+SVG_NAMESPACE = f"{{{SVG_NS}}}"
 # Static drawing only: no script, foreignObject, animation or embedded documents.
 SAFE_SVG_ELEMENTS = frozenset({
     "svg", "g", "defs", "use", "symbol", "path", "text", "tspan", "title", "desc", "style",
     "rect", "circle", "ellipse", "line", "polyline", "polygon", "clipPath", "mask", "pattern",
     "marker", "linearGradient", "radialGradient", "stop", "metadata",
 })
+ET.register_namespace("", SVG_NS)
+ET.register_namespace("xlink", XLINK_NS)
 EXTERNAL_REFERENCE = re.compile(r"@import|url\(\s*['\"]?(?!#)|javascript:|expression\(", re.I)
 
 Notes = npt.NDArray[np.float64]  # one row per note: start (s), end (s), MIDI pitch
@@ -112,7 +109,7 @@ def render_wav(midi: bytes, out: Path, *, settings: Settings | None = None) -> P
         wav = folder / "tune.wav"
         _check_ran("fluidsynth", result, wav)
         _check_wav(wav, settings.sample_rate)
-        return _move(wav, out)
+        return move_atomic(wav, out)
 
 
 def convert_audio(
@@ -140,7 +137,7 @@ def convert_audio(
             )
         _check_ran("sox", result, encoded)
         _check_audio_signature(encoded, fmt, "sox")
-        return _move(encoded, out)
+        return move_atomic(encoded, out)
 
 
 def render_svg(abc: str, out: Path, *, settings: Settings | None = None) -> Path:
@@ -149,59 +146,19 @@ def render_svg(abc: str, out: Path, *, settings: Settings | None = None) -> Path
     _check_size("ABC text", len(abc.encode("utf-8")), settings.max_abc_bytes)
     with tempfile.TemporaryDirectory(prefix="img2music-svg-") as work:
         folder = Path(work)
-        (folder / "tune.abc").write_text(strip_unsafe_directives(abc), encoding="utf-8")
-        # -g writes one SVG per tune, named from -O with a 3-digit tune count: score001.svg, …
+        (folder / "tune.abc").write_text(filter_directives(abc).text, encoding="utf-8")
+        # -g writes one SVG per tune, named from -O with a 3-digit tune count: score001.svg, …;
+        # -S is abcm2ps's own secure mode (no %%format, %%EPS, %%beginps, %%postscript), kept
+        # as a second line of defence behind the filter.
         result = run_program(
-            ["abcm2ps", "-q", "-g", "-O", "score", "tune.abc"],
+            ["abcm2ps", "-q", "-S", "-g", "-O", "score", "tune.abc"],
             cwd=folder, timeout_s=settings.program_timeout_s,
             max_file_bytes=settings.max_output_bytes,
         )
         svg = folder / "score001.svg"
         # abcm2ps exits with 1 after reporting errors in the music, yet still engraves the rest.
         _check_ran("abcm2ps", result, svg, tolerated_status=1)
-        _check_svg(svg)
-        return _move(svg, out)
-
-
-def strip_unsafe_directives(abc: str) -> str:
-    """`abc` without the abcm2ps directives that read local files or write raw SVG/PostScript.
-
-    The text comes from a model or a user, and abcm2ps obeys `%%abc-include /etc/…` and
-    `%%EPS …`. Lines are read as abcm2ps reads them: CR also ends a line, a line ending in `\\`
-    continues on the next (ABC 2.0), and a dropped `%%begin…` block is dropped up to its
-    `%%end…` line.
-    """
-    lines = normalise_abc(abc).split("\n")
-    kept: list[str] = []
-    dropped = index = 0
-    while index < len(lines):
-        last = index
-        while last + 1 < len(lines) and CONTINUATION.search(lines[last]):
-            last += 1
-        group = lines[index:last + 1]
-        index = last + 1
-        joined = "".join(CONTINUATION.sub("", line) for line in group[:-1]) + group[-1]
-        unsafe = next(filter(None, map(_unsafe_directive, [joined, *group])), None)
-        if unsafe is not None:
-            dropped += len(group)
-            if unsafe.lower().startswith("begin"):
-                end = re.compile(r"%%[ \t]*end" + re.escape(unsafe[5:]))
-                block = next((n for n in range(index, len(lines)) if end.match(lines[n])),
-                             len(lines) - 1)
-                dropped += block + 1 - index
-                index = block + 1
-            continue
-        if any(_unsafe(field["name"]) for field in INLINE_DIRECTIVE.finditer(joined)):
-            dropped += 1
-            if len(group) > 1:
-                continue
-            group = [INLINE_DIRECTIVE.sub(
-                lambda field: "" if _unsafe(field["name"]) else field[0], group[0])]
-        kept.extend(group)
-    if dropped:
-        logger.warning("dropped %d line(s) of abcm2ps directives that read files or write raw "
-                       "output", dropped)
-    return "\n".join(kept)
+        return write_atomic(out, clean_svg(svg.read_bytes()))
 
 
 def render_pianoroll(midi: bytes, out: Path, *, settings: Settings | None = None) -> Path:
@@ -217,7 +174,7 @@ def render_pianoroll(midi: bytes, out: Path, *, settings: Settings | None = None
     with tempfile.TemporaryDirectory(prefix="img2music-png-") as work:
         png = Path(work) / "pianoroll.png"
         figure.savefig(png, format="png", dpi=PNG_DPI)
-        return _move(png, out)
+        return move_atomic(png, out)
 
 
 def render_all(
@@ -247,9 +204,7 @@ def render_all(
     out_dir.mkdir(parents=True, exist_ok=True)
     report = RenderReport()
     if midi:
-        midi_path = out_dir / "tune.mid"
-        midi_path.write_bytes(tune_midi)
-        report.files["midi"] = midi_path
+        report.files["midi"] = write_atomic(out_dir / "tune.mid", tune_midi)
     if wav or audio_formats:
         wav_path = _attempt(report, "wav", partial(
             render_wav, tune_midi, out_dir / "tune.wav", settings=settings))
@@ -281,16 +236,6 @@ def _attempt(report: RenderReport, kind: str, render: Callable[[], Path]) -> Pat
     logger.info("%s written to %s", kind, path)
     report.files[kind] = path
     return path
-
-
-def _unsafe_directive(line: str) -> str | None:
-    match = LINE_DIRECTIVE.match(line)
-    return match["name"] if match and _unsafe(match["name"]) else None
-
-
-def _unsafe(name: str) -> bool:
-    name = name.lower()
-    return name in UNSAFE_DIRECTIVES or (name.startswith("begin") and name != "begintext")
 
 
 def _check_size(what: str, size: int, limit: int) -> None:
@@ -359,20 +304,28 @@ def _check_audio_signature(path: Path, fmt: AudioFormat, program: str) -> None:
         raise RenderError(f"{program} wrote a file that is not {fmt.upper()}")
 
 
-def _check_svg(path: Path) -> None:
-    """The score is shown in browsers, so it must be well-formed, static SVG.
+def clean_svg(svg: bytes) -> bytes:
+    """The score as browsers will see it: well-formed, static SVG, written anew from its tree.
 
-    abcm2ps copies font names and some text into the SVG as written, so a tune can smuggle in
-    markup; anything beyond drawing elements and local references is refused.
+    abcm2ps copies some values into the SVG as written, so a tune can smuggle in markup; the
+    directive filter removes the directives known to do so, and this is the second line: an
+    element or attribute beyond drawing and local references, or a processing instruction
+    (abcm2ps writes none; one inside `<style>` was how a `%%musicfont` value broke out into
+    HTML), refuses the score. Comments, the doctype and CDATA sections are dropped, since the
+    returned SVG is serialised from the checked tree, never copied from the program's bytes.
     """
+    builder = ET.TreeBuilder(insert_comments=False, insert_pis=True)
     try:
-        root = ET.parse(path).getroot()
+        root = ET.fromstring(svg, parser=ET.XMLParser(target=builder))
     except ET.ParseError as error:
         raise RenderError(f"abcm2ps wrote an SVG that is not well-formed XML: {error}") from error
     if root.tag not in (f"{SVG_NAMESPACE}svg", "svg"):
         raise RenderError(f"abcm2ps wrote <{root.tag}>, not an SVG document")
     for element in root.iter():
-        name = element.tag.removeprefix(SVG_NAMESPACE)
+        if not isinstance(element.tag, str):  # comments are not kept: a processing instruction
+            raise RenderError("the score holds a processing instruction; refused as markup "
+                              "smuggled in")
+        name = str(element.tag).removeprefix(SVG_NAMESPACE)
         if name not in SAFE_SVG_ELEMENTS:
             raise RenderError(f"the score holds a <{name}> element; refused as active content")
         for attribute, value in element.attrib.items():
@@ -384,12 +337,8 @@ def _check_svg(path: Path) -> None:
                 raise RenderError("the score refers to outside content; refused")
         if name == "style" and EXTERNAL_REFERENCE.search(element.text or ""):
             raise RenderError("the score's style sheet refers to outside content; refused")
-
-
-def _move(source: Path, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(source, out)
-    return out
+    body = ET.tostring(root, encoding="utf-8", xml_declaration=False)
+    return b'<?xml version="1.0" encoding="UTF-8"?>\n' + bytes(body)
 
 
 def _read_notes(midi: bytes) -> list[Notes]:

@@ -51,9 +51,11 @@ from img2music.graph.models import (
 )
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import rounds_and_repairs, usage_totals
+from img2music.redaction import redact_url
 from img2music.report import chosen_metrics
 from img2music.runs import compose
 from img2music.settings import Settings, get_settings
+from img2music.tools.files import write_atomic
 from img2music.tools.images import BadImage, image_files, open_image
 from img2music.tools.metrics import METRIC_KEYS
 
@@ -431,7 +433,8 @@ def _meta(options: EvalOptions, settings: Settings, images: int) -> dict[str, An
                             "judge": None}
     if options.judge:
         meta["judge"] = {
-            "endpoint": settings.judge_endpoint, "model": settings.judge_served_model,
+            "endpoint": redact_url(settings.judge_endpoint),
+            "model": settings.judge_served_model,
             "temperature": settings.judge_temperature,
             "repeats": options.repeats or settings.judge_repeats,
             "prompt_hash": judge_prompt_hash(),
@@ -448,12 +451,10 @@ def _write_outputs(out: Path, items: Sequence[dict[str, Any]], summary: Summary,
                    markdown: str, asked: Sequence[Question]) -> dict[str, Path]:
     files = {name: out / name for name in ("items.jsonl", "items.csv", "summary.md",
                                            "summary.json", "scores.png")}
-    files["items.jsonl"].write_text(
-        "".join(json.dumps(item, ensure_ascii=False, default=str) + "\n" for item in items),
-        encoding="utf-8")
+    write_atomic(files["items.jsonl"], "".join(
+        json.dumps(item, ensure_ascii=False, default=str) + "\n" for item in items))
     write_csv(files["items.csv"], items, asked)
-    files["summary.md"].write_text(markdown, encoding="utf-8")
-    files["summary.json"].write_text(json.dumps(summary.as_dict(), indent=2, default=str),
-                                     encoding="utf-8")
+    write_atomic(files["summary.md"], markdown)
+    write_atomic(files["summary.json"], json.dumps(summary.as_dict(), indent=2, default=str))
     plot(files["scores.png"], summary)
     return {**files, RUNS: out / RUNS, JUDGMENTS: out / JUDGMENTS}

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from img2music.eval.judge import GROUPS, Question
 from img2music.eval.stats import RESAMPLES, Estimate, mean_ci, paired_ci, ratio_ci
+from img2music.tools.files import replacing
 from img2music.tools.metrics import METRIC_KEYS, metric_descriptions
 
 GROUP_AVERAGES = {"quality": "quality_avg", "consistency": "consistency_avg"}
@@ -259,7 +260,7 @@ def write_csv(path: Path, items: Sequence[dict[str, Any]], questions: Sequence[Q
     """One row per item: the model-free measures, the judge's scores, the metrics."""
     score_keys = [*(q.key for q in questions), *GROUP_AVERAGES.values()]
     header = [*CSV_FIXED, *score_keys, "judge_unparsed", CLIP_PROXY, *METRIC_KEYS, "failure"]
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    with replacing(path) as temporary, temporary.open("x", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for item in items:
@@ -292,7 +293,8 @@ def plot(path: Path, summary: Summary) -> Path:
     _bars(bottom, summary, [("valid_rate", "Valid-tune rate"), (CLIP_PROXY, "CLIP proxy")])
     bottom.set_ylabel("rate / cosine")
     bottom.set_title("Model-free measures")
-    figure.savefig(path, dpi=110)
+    with replacing(path) as temporary:
+        figure.savefig(temporary, dpi=110)
     return path
 
 

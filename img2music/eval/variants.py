@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from img2music.graph.context import Context
+from img2music.graph.context import Context, as_operator
 from img2music.prompt_files import PromptSet, prompt_set
 from img2music.settings import Settings
 
@@ -94,7 +94,8 @@ def _check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
         raise VariantError(f"variant {name!r}: unknown setting(s) {', '.join(unknown)} "
                            f"(known: {', '.join(sorted(allowed))})")
     try:
-        TypeAdapter(Context).validate_python({**EVAL_DEFAULTS, **overrides})
+        with as_operator():  # an eval config is the operator's, like the CLI
+            TypeAdapter(Context).validate_python({**EVAL_DEFAULTS, **overrides})
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
                              for e in error.errors())

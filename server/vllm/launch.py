@@ -1,4 +1,5 @@
-"""The `vllm serve` command for Keye-VL, built from the settings, so the flags live in one place.
+"""The `vllm serve` command for Keye-VL, built from the settings, so the flags live in one place;
+its API key goes in the environment, never on the command line.
 
 Keye's model code ships with its weights (`--trust-remote-code`); one image per prompt keeps
 vLLM from reserving memory for more; prefix caching lets the repair and refine turns reuse the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping
 
 from img2music.settings import Settings
 
@@ -29,6 +31,15 @@ def vllm_command(settings: Settings, executable: str = "vllm") -> list[str]:
         "--enable-prefix-caching",
         "--gpu-memory-utilization", str(settings.vllm_gpu_memory_utilization),
     ]
-    if settings.vlm_api_key not in ("", "EMPTY"):
-        command += ["--api-key", settings.vlm_api_key]
     return command + shlex.split(settings.vllm_extra_args)
+
+
+def vllm_environment(settings: Settings, base: Mapping[str, str]) -> dict[str, str]:
+    """`base` with the API key vLLM requires of clients as `VLLM_API_KEY`, which `vllm serve`
+    reads when no `--api-key` is given: a key on the command line is readable by every user of
+    the machine (`ps`, /proc), the environment only by the process's owner."""
+    environment = dict(base)
+    key = settings.vlm_api_key.get_secret_value()
+    if key not in ("", "EMPTY"):
+        environment["VLLM_API_KEY"] = key
+    return environment
