@@ -153,8 +153,8 @@ def is_music_line(line: str) -> bool:
         return False
     words = bare.split()
     plain_words = [word for word in words if PLAIN_WORD.match(word)]
-    if len(plain_words) >= 3 and any(word[-1] in ".;!?" or word[-1] == "," and
-                                     not OCTAVE_DOWN_WORD.match(word) for word in plain_words):
+    if len(plain_words) >= 3 and any(word[-1] in ".;!?" or (word[-1] == "," and
+                                     not OCTAVE_DOWN_WORD.match(word)) for word in plain_words):
         return False
     return re.search(r"[A-Ga-gzxZ]", bare) is not None
 
