@@ -176,6 +176,15 @@ def test_notes_an_octave_down_before_spaces_are_music_not_a_list_of_words() -> N
     assert is_music_line("GAB, DEF, GAB, C |") and not is_music_line("Dad, Abe, a faded cab.")
 
 
+@needs_abc2midi
+def test_a_tune_that_makes_abc2midi_abort_is_an_error_not_a_crash() -> None:
+    """abc2midi 4.84 aborts ("buffer overflow detected") on two tuplets of mixed lengths in a
+    bar before a repeat, leaving an empty MIDI file behind."""
+    result = check_abc("X:1\nK:C\nF(7E6d5aEgbga4d5gF(9gDfzd/16D/dfFef:|\n")
+    assert not result.ok
+    assert [error.message for error in result.errors] == ["abc2midi wrote no MIDI for this tune"]
+
+
 def test_blank_line_inside_a_tune_is_an_error() -> None:
     result = check_abc(GOOD.replace("|\nG2 B2", "|\n\nG2 B2"))
     assert "music after a blank line" in result.errors[0].message
