@@ -1,9 +1,11 @@
 """The ABC grammar that constrains a model while it writes, so broken syntax cannot be written.
 
 The grammar is data (`prompts/abc.ebnf`, xgrammar's EBNF, which vLLM's structured outputs take
-as `{"grammar": …}`): its `root` is the whole answer (free text, one ```abc block, then
-`Motivation:`), and `tune` is one tune. A rule can be swapped for another definition by name,
-so a run can narrow the grammar (fix its key, meter or tempo) without editing the file.
+as `{"grammar": …}`): its `root` is the whole answer (a <think> block, free text, one ```abc
+block, then `Motivation:`), and `tune` is one tune. A rule can be swapped for another definition
+by name, so a run can narrow the grammar (fix its key, meter or tempo) without editing the file.
+`matches` says whether a text is in a grammar, so an answer said to be constrained can be
+checked (a server that ignores the field writes what it likes).
 """
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ import re
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib.resources import files
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import xgrammar
 
 GRAMMAR_FILE = "abc.ebnf"
 READ_RULES = {"body": "read-body", "bar": "read-bar", "open-bar": "read-open-bar",
@@ -28,7 +34,12 @@ READ_RULES = {"body": "read-body", "bar": "read-bar", "open-bar": "read-open-bar
               "slur-marks": "read-slur-marks", "tie-target": "read-tie-target",
               "pitched-tied-tuplet-note": "read-pitched-tied-tuplet-note",
               "text": "read-text", "note-denominator": "read-note-denominator",
-              "power-of-two": "read-power-of-two"}
+              "power-of-two": "read-power-of-two", "unit-denominator": "read-unit-denominator",
+              "beat": "read-beat", "beats-per-minute": "read-beats-per-minute",
+              "count": "read-count", "tuplet-member": "read-tuplet-member",
+              "tuplet-chord": "read-tuplet-chord", "tuplet-rest": "read-tuplet-rest",
+              "meter-count": "read-meter-count", "meter-sum": "read-meter-sum",
+              "meter-denominator": "read-meter-denominator"}
 _RULE = re.compile(r"^(?P<name>[A-Za-z][\w-]*)[ \t]*::=", re.MULTILINE)
 
 
@@ -42,9 +53,32 @@ def grammar_file_text() -> str:
     return files("img2music.prompts").joinpath(GRAMMAR_FILE).read_text(encoding="utf-8")
 
 
-def answer_grammar(rules: Mapping[str, str] | None = None) -> str:
-    """The grammar a model server receives: the whole answer, with `rules` swapped in."""
-    return replace_rules(grammar_file_text(), rules or {})
+def answer_grammar(rules: Mapping[str, str] | None = None, *, thinking: bool = False) -> str:
+    """The grammar a model server receives: the whole answer, with `rules` swapped in.
+
+    In think mode the <think> block before the answer is free text; otherwise it may only be
+    empty (Keye writes an empty one when told /no_think).
+    """
+    swaps = {"thought": "free-thought"} if thinking else {}
+    return replace_rules(grammar_file_text(), {**swaps, **(rules or {})})
+
+
+def matches(grammar: str, text: str, *, cut: bool = False) -> bool:
+    """Whether `text` is in the grammar; with `cut`, whether it starts a text that is (an
+    answer cut short at the token limit)."""
+    import xgrammar  # here: it loads torch, which a run against an endpoint need not pay for
+
+    matcher = xgrammar.GrammarMatcher(_compiled(grammar), terminate_without_stop_token=True)
+    return matcher.accept_string(text) and (cut or matcher.is_terminated())
+
+
+@lru_cache(maxsize=4)
+def _compiled(grammar: str) -> xgrammar.CompiledGrammar:
+    """The grammar compiled for text alone (no vocabulary), once per grammar."""
+    import xgrammar
+
+    compiler = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo([]), cache_enabled=False)
+    return compiler.compile_grammar(grammar)
 
 
 def tune_grammar(rules: Mapping[str, str] | None = None, *, read: bool = False) -> str:
