@@ -11,8 +11,8 @@ Hugging Face cache) and says so when they are missing.
 
 A call can be constrained by a grammar (xgrammar's EBNF, e.g. the ABC answer grammar): before each
 token is sampled, every token the grammar does not allow next is masked out, so the answer
-matches the grammar by construction. With a reasoning marker (Keye's `</think>`), the mask
-starts only after the model has written it, so its thinking stays free.
+matches the grammar by construction (the ABC grammar itself leaves a think-mode <think> block
+free).
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ from img2music.tools.images import open_image
 logger = logging.getLogger(__name__)
 
 ROLES = {"system": "system", "human": "user", "ai": "assistant"}
-CALL_KEYS = frozenset({"temperature", "top_p", "top_k", "max_new_tokens", "grammar",
-                       "reasoning_end"})
+CALL_KEYS = frozenset({"temperature", "top_p", "top_k", "max_new_tokens", "grammar"})
 # Placeholders the processor inserts for pictures; a model that wrote one would break the
 # attention pass (image features no longer match image tokens), so generation never does.
 VISION_TOKEN_FIELDS = (
@@ -169,12 +168,11 @@ class LocalVLM:
         max_new_tokens: int,
         stop: Sequence[str] | None = None,
         grammar: str | None = None,
-        reasoning_end: str | None = None,
     ) -> LocalTurn:
         """Sample an answer; temperature 0 is greedy, top_k 0 or -1 switches top-k off.
 
-        With `grammar`, the answer matches it (the grammar's `root`); with `reasoning_end` too, the
-        text up to and including that marker is left free and the rest must match.
+        With `grammar`, the answer matches it (the grammar's `root`), or starts to when it is cut
+        at `max_new_tokens`.
         """
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
         if temperature > 0:
@@ -192,9 +190,8 @@ class LocalVLM:
             prompt_tokens = int(inputs["input_ids"].shape[1])
             masker = None
             if grammar is not None:
-                masker = GrammarLogitsProcessor(self.compiled_grammar(grammar), self.tokenizer,
-                                                prompt_length=prompt_tokens,
-                                                start_after=reasoning_end)
+                masker = GrammarLogitsProcessor(self.compiled_grammar(grammar),
+                                                prompt_length=prompt_tokens)
                 options["logits_processor"] = [masker]
             output = self.model.generate(**inputs, **options)
         written = [int(token) for token in output[0, prompt_tokens:]]
@@ -213,7 +210,7 @@ class LocalVLM:
             prompt_tokens=prompt_tokens,
             output_tokens=len(written),
             finish_reason="stop" if finished else "length",
-            constrained=masker is not None and masker.applied,
+            constrained=masker is not None,
             mask_seconds=tuple(masker.mask_seconds) if masker else (),
         )
 
@@ -298,7 +295,6 @@ class LocalChatModel(BaseChatModel):
             max_new_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),
             stop=stop,
             grammar=kwargs.get("grammar"),
-            reasoning_end=kwargs.get("reasoning_end"),
         )
         self._last_turn = turn
         message = AIMessage(
@@ -315,27 +311,18 @@ class LocalChatModel(BaseChatModel):
 
 
 class GrammarLogitsProcessor(LogitsProcessor):
-    """Masks the scores of every token the grammar does not allow next (one sequence).
+    """Masks the scores of every token the grammar does not allow next (one sequence);
+    `mask_seconds` records each masking's time."""
 
-    Before `start_after` appears in the written text the scores pass unchanged; from then on the
-    text after the marker must match the grammar. `mask_seconds` records each masking's time.
-    """
-
-    def __init__(self, compiled: xgrammar.CompiledGrammar, tokenizer: Any, *, prompt_length: int,
-                 start_after: str | None = None) -> None:
+    def __init__(self, compiled: xgrammar.CompiledGrammar, *, prompt_length: int) -> None:
         self._matcher = xgrammar.GrammarMatcher(compiled)
         self._bitmask = xgrammar.allocate_token_bitmask(1, compiled.tokenizer_info.vocab_size)
-        self._tokenizer = tokenizer
         self._prompt_length = prompt_length
-        self._start_after = start_after
-        self._seen = 0  # written tokens already given to the matcher, or skipped as reasoning
-        self.applied = start_after is None
+        self._seen = 0  # written tokens already given to the matcher
         self.mask_seconds: list[float] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         written = [int(token) for token in input_ids[0, self._prompt_length:]]
-        if not self.applied and not self._start(written):
-            return scores
         for token in written[self._seen:]:
             if not self._matcher.accept_token(token):
                 raise RuntimeError(f"token {token} was sampled against the grammar's mask")
@@ -345,20 +332,6 @@ class GrammarLogitsProcessor(LogitsProcessor):
         xgrammar.apply_token_bitmask_inplace(scores, self._bitmask.to(scores.device))
         self.mask_seconds.append(time.perf_counter() - started)
         return scores
-
-    def _start(self, written: list[int]) -> bool:
-        """True once the reasoning marker is written; the text after it goes to the matcher."""
-        assert self._start_after is not None
-        text = self._tokenizer.decode(written, skip_special_tokens=False)
-        end = text.find(self._start_after)
-        if end < 0:
-            return False
-        after = text[end + len(self._start_after):]
-        if after and not self._matcher.accept_string(after):
-            raise RuntimeError(f"the text after {self._start_after!r} breaks the grammar already")
-        self.applied = True
-        self._seen = len(written)
-        return True
 
 
 @lru_cache(maxsize=2)

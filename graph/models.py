@@ -57,7 +57,7 @@ from img2music.graph.profiles import (
 from img2music.graph.state import Message
 from img2music.redaction import redact_url
 from img2music.settings import ProfileSetting, Settings, get_settings
-from img2music.tools.grammar import answer_grammar
+from img2music.tools.grammar import answer_grammar, matches
 from img2music.tools.images import BadImage, open_image, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,6 @@ THINK_SWITCH_MODELS = ("keye",)
 """Models (by a part of their name) whose prompts end with a /think or /no_think switch."""
 _DATA_URL = re.compile(r"data:(?P<media>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*),", re.ASCII)
 _DETAIL_CHARS = 300
-REASONING_END = "</think>"
-"""Where Keye's reasoning ends in think mode; a grammar constrains only what follows it."""
 
 
 class VLMUnavailable(RuntimeError):
@@ -99,12 +97,10 @@ class ModelReply:
 @dataclass(frozen=True)
 class AnswerConstraint:
     """The grammar a compose call's answer must match, and how the backend receives it: the
-    local model masks with it (after `reasoning_end` in think mode), an endpoint gets it as
-    vLLM's `structured_outputs` (its reasoning parser, when it runs one, keeps thinking free)."""
+    local model masks with it, an endpoint gets it as vLLM's `structured_outputs`."""
 
     grammar: str
     via: GrammarRoute
-    reasoning_end: str | None = None
 
 
 def think_suffix(thinking: bool) -> str:
@@ -215,12 +211,10 @@ def answer_constraint(context: Context, model: BaseChatModel, *,
     (`grammar_plan` says where it goes)."""
     settings = settings or get_settings()
     profile = model.endpoint_profile if isinstance(model, EndpointChatModel) else None
-    via, _ = grammar_plan(grammar=context.grammar, backend=settings.vlm_backend,
-                          thinking=context.thinking, profile=profile)
+    via, _ = grammar_plan(grammar=context.grammar, backend=settings.vlm_backend, profile=profile)
     if via is None:
         return None
-    return AnswerConstraint(answer_grammar(), via,
-                            REASONING_END if via == "local" and context.thinking else None)
+    return AnswerConstraint(answer_grammar(thinking=context.thinking), via)
 
 
 def judge_chat_model(settings: Settings | None = None) -> BaseChatModel:
@@ -419,7 +413,7 @@ def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentatio
     if constraint is not None and constraint.via == "structured_outputs":
         body["structured_outputs"] = {"grammar": constraint.grammar}
     elif constraint is not None:
-        options = {"grammar": constraint.grammar, "reasoning_end": constraint.reasoning_end}
+        options = {"grammar": constraint.grammar}
     if body:
         options["extra_body"] = body
     try:
@@ -449,23 +443,33 @@ def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentatio
         seconds=seconds,
         truncated=truncated,
         finish_reason=finish_reason if isinstance(finish_reason, str) else None,
-        constrained=constraint is not None and _applied(model, message, constraint),
+        constrained=constraint is not None and _applied(model, message, constraint, text,
+                                                        finish_reason == "length" or truncated),
     )
     logger.info("model call to %s: %d tokens in, %d out, %.1f s, finish %s", endpoint,
                 reply.input_tokens, reply.output_tokens, seconds, reply.finish_reason)
     return reply
 
 
-def _applied(model: BaseChatModel, message: BaseMessage, constraint: AnswerConstraint) -> bool:
-    """Whether the answer was written under the grammar: the local model says so; a vLLM
-    endpoint applies it unless it refused the request's extra fields (then it was asked without
-    them). Another endpoint may have ignored it, so its answer is not counted as constrained."""
+def _applied(model: BaseChatModel, message: BaseMessage, constraint: AnswerConstraint,
+             text: str, cut: bool) -> bool:
+    """Whether the answer was written under the grammar: the local model says so; an endpoint
+    was sent it (it had not refused the request's extra fields) and the answer matches it, or
+    starts to when it was cut (a server that ignores the field, as vLLM before 0.10.2 and
+    Ollama do, writes what it likes)."""
     if constraint.via == "local":
         return message.response_metadata.get("constrained") is True
-    if not isinstance(model, EndpointChatModel) or not model.endpoint_profile.structured_outputs:
+    if not isinstance(model, EndpointChatModel):
         return False
-    refusal = refusal_for(model.openai_api_base or "", model.model_name)
-    return refusal is None or "extra_body" not in refusal.dropped
+    refusal = refusal_for(model._url, model.model_name)
+    if refusal is not None and "extra_body" in refusal.dropped:
+        return False
+    if matches(constraint.grammar, text, cut=cut):
+        return True
+    logger.warning("%s was sent the ABC grammar but wrote an answer outside it: it ignores "
+                   "`structured_outputs` (vLLM reads it from 0.10.2 on); the attempt is not "
+                   "counted as constrained", Endpoint(model.role, model._url))
+    return False
 
 
 def _tries(model: BaseChatModel) -> int:

@@ -82,33 +82,28 @@ PROFILES: dict[ProfileName, Profile] = {
 }
 
 
-def grammar_plan(*, grammar: str, backend: str, thinking: bool,
+def grammar_plan(*, grammar: str, backend: str,
                  profile: Profile | None) -> tuple[GrammarRoute | None, str]:
     """Where the ABC grammar goes for these settings, and why, in one line (for `doctor`).
 
-    `auto` applies it where it is understood: the local backend (xgrammar, masking only after
-    the reasoning in think mode) and an endpoint whose profile reads vLLM's structured outputs,
-    in no-think mode (a vLLM without a reasoning parser would constrain the reasoning too);
-    `on` sends it to any endpoint (one that refuses the field is asked again without it, and
-    the run's report says so); `off` never.
+    `auto` applies it where it is understood: the local backend (xgrammar) and an endpoint
+    whose profile reads vLLM's structured outputs; `on` sends it to any endpoint too (one that
+    refuses the field is asked again without it, and the run's report says so); `off` never.
+    Think mode needs nothing more: the grammar itself leaves the <think> block free.
     """
     if grammar == "off":
-        return None, "off (IMG2MUSIC_VLM_GRAMMAR=off)"
+        return None, "not applied (IMG2MUSIC_VLM_GRAMMAR=off)"
     if backend == "local":
-        after = ", after the reasoning's </think>" if thinking else ""
-        return "local", f"applied by the local backend with xgrammar{after}"
+        return "local", "applied by the local backend with xgrammar"
+    if profile is not None and profile.structured_outputs:
+        return "structured_outputs", "sent as structured_outputs, which vLLM applies"
+    kind = f"{profile.name} endpoints" if profile is not None else "other endpoints"
     if grammar == "on":
-        return "structured_outputs", ("sent as structured_outputs (IMG2MUSIC_VLM_GRAMMAR=on); an "
-                                      "endpoint that refuses it is asked again without it")
-    if profile is None or not profile.structured_outputs:
-        name = profile.name if profile is not None else "unknown"
-        return None, (f"not sent: a {name} endpoint does not read vLLM's structured outputs "
-                      "(IMG2MUSIC_VLM_GRAMMAR=on sends it anyway)")
-    if thinking:
-        return None, ("not sent in think mode: a vLLM without --reasoning-parser would constrain "
-                      "the reasoning too (IMG2MUSIC_VLM_GRAMMAR=on sends it; `img2music vlm "
-                      "serve` starts vLLM with one)")
-    return "structured_outputs", "sent as structured_outputs (the endpoint is vLLM)"
+        return "structured_outputs", (f"sent as structured_outputs (IMG2MUSIC_VLM_GRAMMAR=on), "
+                                      f"which {kind} may ignore or refuse; an answer that does "
+                                      "not match it is not counted as constrained")
+    return None, (f"not sent: {kind} do not read vLLM's structured outputs "
+                  "(IMG2MUSIC_VLM_GRAMMAR=on sends it anyway)")
 
 
 @dataclass(frozen=True)
@@ -199,6 +194,20 @@ def _detect(url: str, api_key: str) -> tuple[Detection, bool]:
         if version is not None:
             return Detection(PROFILES[name], f"{root}{route} answered version {version}"), True
     return Detection(PROFILES["generic"], "nothing it answered named its kind"), True
+
+
+STRUCTURED_OUTPUTS_SINCE = (0, 10, 2)
+"""The first vLLM that reads `structured_outputs`; older ones read `guided_grammar` and ignore
+fields they do not know (vLLM 0.12 removed `guided_grammar`)."""
+
+
+def vllm_version(url: str, *, api_key: str) -> tuple[int, ...] | None:
+    """The release of the vLLM server whose API is at `url`, from its `/version` route; None
+    when it does not say."""
+    parts = urlsplit(url.rstrip("/"))
+    version = _version(f"{parts.scheme}://{parts.netloc}/version", api_key)
+    numbers = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    return tuple(int(part or 0) for part in numbers.groups()) if numbers else None
 
 
 def _version(url: str, api_key: str) -> str | None:

@@ -16,7 +16,13 @@ from typing import Literal
 
 import httpx
 
-from img2music.graph.profiles import grammar_plan, list_models, profile_for
+from img2music.graph.profiles import (
+    STRUCTURED_OUTPUTS_SINCE,
+    grammar_plan,
+    list_models,
+    profile_for,
+    vllm_version,
+)
 from img2music.redaction import redact_url, scrub
 from img2music.settings import Settings
 from img2music.tools.programs import which
@@ -186,26 +192,31 @@ def vlm_endpoint(settings: Settings) -> Check:
 def abc_grammar(settings: Settings, endpoint: Check) -> Check:
     """Whether the compose calls are written under the ABC grammar, and why (or why not)."""
     name = "ABC grammar"
-    import xgrammar
-
-    from img2music.tools.grammar import answer_grammar
-
-    try:
-        xgrammar.Grammar.from_ebnf(answer_grammar())
-    except RuntimeError as error:  # xgrammar's parse errors
-        return Check(name, "missing", f"the grammar does not compile: {error}",
-                     "set IMG2MUSIC_VLM_GRAMMAR=off")
     profile = None
-    if settings.vlm_backend != "local":
+    if settings.vlm_backend != "local" and settings.vlm_grammar != "off":
         if not endpoint.ok:
             return Check(name, "warning", "whether the endpoint constrains is known once it "
                          "answers", "see the VLM endpoint above")
-        profile = profile_for(settings.vlm_base_url, api_key=settings.vlm_api_key.get_secret_value(),
+        profile = profile_for(settings.vlm_base_url,
+                              api_key=settings.vlm_api_key.get_secret_value(),
                               choice=settings.vlm_profile).profile
     via, why = grammar_plan(grammar=settings.vlm_grammar, backend=settings.vlm_backend,
-                            thinking=settings.vlm_thinking, profile=profile)
-    verdict = "compose calls are constrained" if via else "compose calls are not constrained"
-    return Check(name, "ok", f"{verdict}: {why}")
+                            profile=profile)
+    if via is None:
+        return Check(name, "ok", f"compose calls are not constrained: {why}")
+    if profile is not None and profile.name == "vllm":
+        version = vllm_version(settings.vlm_base_url,
+                               api_key=settings.vlm_api_key.get_secret_value())
+        since = ".".join(map(str, STRUCTURED_OUTPUTS_SINCE))
+        if version is not None and version < STRUCTURED_OUTPUTS_SINCE:
+            return Check(name, "warning", f"compose calls are not constrained: vLLM "
+                         f"{'.'.join(map(str, version))} ignores structured_outputs (before "
+                         f"{since} it read a grammar as guided_grammar)",
+                         f"upgrade vLLM to {since} or later (pip install -U 'img2music[vllm]'), "
+                         "or set IMG2MUSIC_VLM_GRAMMAR=off")
+        if version is None:
+            why += f" (vLLM does not say its version; {since} or later reads the field)"
+    return Check(name, "ok", f"compose calls are constrained: {why}")
 
 
 def no_model_answers(settings: Settings) -> str | None:

@@ -1,5 +1,8 @@
 """The local backend writes under the ABC grammar: a tiny random-weight Qwen2-VL, which never
-writes ABC of its own accord, composes tunes that parse-check without an error."""
+writes ABC of its own accord, composes tunes that parse-check without an error.
+
+One model serves the whole module, on one thread; the tunes are kept short (`SHORT`), as a random
+model writes as much as a grammar allows."""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from typing import Any
 
 import pytest
 import torch
-import xgrammar
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.runtime import Runtime
 from matplotlib import cbook
@@ -18,22 +20,21 @@ from PIL import Image
 from img2music.graph.context import Context
 from img2music.graph.local_vlm import GrammarLogitsProcessor, LocalChatModel, LocalVLM
 from img2music.graph.models import (
-    REASONING_END,
     AnswerConstraint,
     answer_constraint,
     call_model,
     image_data_url,
 )
-from img2music.graph.profiles import PROFILES, grammar_plan
 from img2music.graph.nodes import compose
+from img2music.graph.profiles import PROFILES, grammar_plan
 from img2music.graph.state import State
 from img2music.prompt_files import render_prompt
 from img2music.settings import Settings, get_settings
 from img2music.tools.check import compile_abc
 from img2music.tools.extract import extract_abc
-from img2music.tools.grammar import answer_grammar
+from img2music.tools.grammar import answer_grammar, matches
 from img2music.tools.repair import repair_abc
-from tests.test_grammar import errors
+from tests.test_grammar import NO_TIME_LIMIT, errors
 from tests.tiny_vlm import build_tiny_vlm
 
 COMPOSITIONS = 50
@@ -48,7 +49,7 @@ SHORT = {
     "field-end": '" "? "\\n"',
     "comment-line": '"%" text-character{0,10} "\\n"',
     "lyrics-line": '"w:" text{0,10} "\\n"',
-    "body": "leading-body-line{0,1} first-music-line body-line{0,2}",
+    "body": "leading-body-line{0,1} first-music-line body-line{0,1}",
     "line-tail": "(gap? bar gap? measure){0,2} (gap? bar)?",
     "measure-rest": "(gap? measure-item){0,3}",
     "annotation": '"\\"" quoted-piece{0,3} "\\""',
@@ -96,66 +97,69 @@ def composition(image_url: str) -> list[Any]:
                                   {"type": "text", "text": prompt}])]
 
 
-def parse_check_errors(text: str) -> list[str]:
+def parse_check_errors(text: str, settings: Settings | None = None) -> list[str]:
     """What the compose and parse-check nodes would find: extraction, repair, the checker."""
     extracted = extract_abc(text)
     if extracted.abc is None:
         return ["no tune"]
-    return errors(compile_abc(repair_abc(extracted.abc).abc).check)
+    return errors(compile_abc(repair_abc(extracted.abc).abc, settings=settings).check)
 
 
 def test_fifty_compositions_under_the_grammar_have_no_error(
     vlm: LocalVLM, image_url: str, record_property: Any
 ) -> None:
+    """The playing-time limit aside (a grammar cannot add up seconds; see tests/test_grammar.py),
+    every constrained tune parse-checks without an error; without the grammar, next to none."""
     messages = composition(image_url)
     constrained = LocalChatModel(vlm=vlm, max_new_tokens=1_500)
     constraint = AnswerConstraint(answer_grammar(SHORT), "local")
-    failures = []
+    failures, too_long = [], 0
     for seed in range(COMPOSITIONS):
         torch.manual_seed(seed)
         reply = call_model(constrained, messages, endpoint="local", constraint=constraint)
         assert reply.constrained and reply.finish_reason == "stop", seed
-        failures += [f"seed {seed}: {error}" for error in parse_check_errors(reply.text)]
-    free = LocalChatModel(vlm=vlm, max_new_tokens=150)
+        failures += [f"seed {seed}: {error}"
+                     for error in parse_check_errors(reply.text, NO_TIME_LIMIT)]
+        too_long += bool(parse_check_errors(reply.text))
+    free = LocalChatModel(vlm=vlm, max_new_tokens=100)
     free_valid = 0
     for seed in range(COMPOSITIONS):
         torch.manual_seed(seed)
         reply = call_model(free, messages, endpoint="local")
         assert not reply.constrained
         free_valid += not parse_check_errors(reply.text)
-    record_property("valid_without_the_grammar", f"{free_valid}/{COMPOSITIONS}")
+    valid = COMPOSITIONS - len({failure.split(":")[0] for failure in failures})
+    summary = (f"with the grammar {valid}/{COMPOSITIONS} without an error ({too_long} over the "
+               f"playing-time limit); without it {free_valid}/{COMPOSITIONS}")
+    record_property("valid_tunes", summary)
+    print(summary)  # noqa: T201 - the rate beside the grammar's, as the issue asks
     assert not failures, "\n".join(failures[:10])
     assert free_valid < COMPOSITIONS  # random weights never write ABC of their own accord
 
 
-def test_the_mask_waits_for_the_end_of_the_reasoning(vlm: LocalVLM) -> None:
+def test_in_think_mode_the_thought_is_free_and_the_answer_is_masked(vlm: LocalVLM) -> None:
     tokenizer = vlm.tokenizer
-    compiled = vlm.compiled_grammar(answer_grammar())
     prompt = tokenizer("<|im_start|>user\nCompose.<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
-    masker = GrammarLogitsProcessor(compiled, tokenizer, prompt_length=len(prompt),
-                                    start_after=REASONING_END)
-    width = compiled.tokenizer_info.vocab_size
 
-    def scores_after(text: str) -> torch.Tensor:
+    def allowed_after(grammar: str, text: str) -> set[str]:
+        compiled = vlm.compiled_grammar(grammar)
+        masker = GrammarLogitsProcessor(compiled, prompt_length=len(prompt))
+        width = compiled.tokenizer_info.vocab_size
         ids = torch.tensor([prompt + tokenizer(text)["input_ids"]])
-        return masker(ids, torch.zeros(1, width))  # type: ignore[arg-type]
+        scores = masker(ids, torch.zeros(1, width))  # type: ignore[arg-type]
+        assert masker.mask_seconds
+        return {tokenizer.decode([token]) for token in range(width)
+                if scores[0, token] > float("-inf")}
 
-    thinking = scores_after("<think>I could write <b>anything</b> here")
-    applied_while_thinking = masker.applied
-    answering = scores_after("<think>I could write <b>anything</b> here</think>\n\n")
-    allowed = {tokenizer.decode([token]) for token in range(width)
-               if answering[0, token] > float("-inf")}
-    assert torch.all(thinking == 0) and not applied_while_thinking
-    assert masker.applied and masker.mask_seconds
-    assert "`" in allowed and "T" in allowed  # the abc fence, or a line of text before it
-    assert "<" not in allowed and "\x01" not in allowed
-
-
-def test_think_mode_leaves_a_reasoning_that_never_ends_unconstrained(vlm: LocalVLM) -> None:
-    turn = vlm.generate([{"role": "user", "content": "Compose."}], temperature=0.6, top_p=0.95,
-                        top_k=20, max_new_tokens=40, grammar=answer_grammar(),
-                        reasoning_end=REASONING_END)
-    assert not turn.constrained and not turn.mask_seconds
+    thinking = answer_grammar(thinking=True)
+    musing = allowed_after(thinking, "<think>I could write <b>anything</b> here")
+    answering = allowed_after(thinking, "<think>I could write <b>anything</b></think>\n\n")
+    assert {"<", "`", "Z", "\x01", "\n"} <= musing
+    assert "`" in answering and "T" in answering  # the abc fence, or a line of text before it
+    assert "<" not in answering and "\x01" not in answering
+    # Told /no_think, Keye writes an empty block, and nothing else may stand in it.
+    assert allowed_after(answer_grammar(), "<think>") == {" ", "\n", "<"}
+    assert "I" not in allowed_after(answer_grammar(), "<think>\n")
 
 
 def compose_once(vlm: LocalVLM, image_url: str, **context: Any) -> dict[str, Any]:
@@ -172,10 +176,12 @@ def test_the_compose_node_writes_under_the_grammar_with_the_local_backend(
 ) -> None:
     constrained = compose_once(vlm, image_url, grammar="auto")
     assert constrained["constrained"]
-    matcher = xgrammar.GrammarMatcher(vlm.compiled_grammar(answer_grammar()))
-    assert matcher.accept_string(constrained["raw"])  # cut at 60 tokens, but on the grammar
-    assert not compose_once(vlm, image_url, grammar="off")["constrained"]
-    assert not compose_once(vlm, image_url, grammar="on", thinking=True)["constrained"]
+    assert matches(answer_grammar(), constrained["raw"], cut=True)  # cut at 60 tokens
+    free = compose_once(vlm, image_url, grammar="off")
+    assert not free["constrained"] and not matches(answer_grammar(), free["raw"], cut=True)
+    thinking = compose_once(vlm, image_url, grammar="on", thinking=True)
+    assert thinking["constrained"]
+    assert matches(answer_grammar(thinking=True), thinking["raw"], cut=True)
 
 
 def test_where_the_grammar_applies(vlm: LocalVLM, tmp_path: Path) -> None:
@@ -183,20 +189,15 @@ def test_where_the_grammar_applies(vlm: LocalVLM, tmp_path: Path) -> None:
     model = LocalChatModel(vlm=vlm)
     applied = answer_constraint(Context.from_settings(local, grammar="auto"), model,
                                 settings=local)
-    assert applied == AnswerConstraint(answer_grammar(), "local", None)
+    assert applied == AnswerConstraint(answer_grammar(), "local")
     thinking = answer_constraint(Context.from_settings(local, thinking=True), model,
                                  settings=local)
-    assert thinking == AnswerConstraint(answer_grammar(), "local", REASONING_END)
+    assert thinking == AnswerConstraint(answer_grammar(thinking=True), "local")
     assert answer_constraint(Context.from_settings(local, grammar="off"), model,
                              settings=local) is None
-    vllm, ollama = PROFILES["vllm"], PROFILES["ollama"]
-    plans = {(grammar, profile.name, thinking): grammar_plan(
-        grammar=grammar, backend="openai", thinking=thinking, profile=profile)[0]
-        for grammar in ("auto", "on", "off") for profile in (vllm, ollama)
-        for thinking in (False, True)}
-    sent = {key for key, via in plans.items() if via is not None}
-    assert sent == {("auto", "vllm", False), ("on", "vllm", False), ("on", "vllm", True),
-                    ("on", "ollama", False), ("on", "ollama", True)}
-    assert {plans[key] for key in sent} == {"structured_outputs"}
-    _, why = grammar_plan(grammar="auto", backend="openai", thinking=True, profile=vllm)
-    assert "--reasoning-parser" in why and "IMG2MUSIC_VLM_GRAMMAR=on" in why
+    routes = {(grammar, name): grammar_plan(grammar=grammar, backend="openai",
+                                            profile=PROFILES[name])[0]
+              for grammar in ("auto", "on", "off") for name in PROFILES}
+    assert {key for key, via in routes.items() if via is not None} == {
+        ("auto", "vllm"), ("on", "vllm"), ("on", "openai"), ("on", "ollama"), ("on", "generic")}
+    assert set(routes.values()) == {"structured_outputs", None}
