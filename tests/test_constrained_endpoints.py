@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from langchain_core.messages import HumanMessage
 
-from img2music.pipeline import readiness
 from img2music.graph.context import Context
 from img2music.graph.models import answer_constraint, call_model, chat_model
+from img2music.pipeline import readiness
 from img2music.pipeline.runs import compose
 from img2music.settings import Settings
 from img2music.tools.abc.check import check_abc

@@ -19,7 +19,7 @@ from img2music.settings import Settings
 
 BUILTIN: dict[str, dict[str, Any]] = {
     "full": {"rag": True, "refine": True},
-    # The same, with the ABC grammar masking what the model may write (the local backend).
+    # The same, written under the ABC grammar (masked locally, sent to every endpoint).
     "constrained": {"rag": True, "refine": True, "grammar": "on"},
     "no-rag": {"rag": False, "refine": True},
     "no-refine": {"rag": True, "refine": False},
