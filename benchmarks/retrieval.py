@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import resource
-import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL.Image import Image
 
-from benchmarks.timing import percentile
+from benchmarks.timing import latencies
 from img2music.settings import Settings
 from img2music.tools.retrieval.index import Vector, open_collection
 from img2music.tools.retrieval.retriever import Retriever
@@ -58,15 +57,6 @@ def resident_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def latencies(action: Callable[[], object], count: int) -> tuple[float, float]:
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        action()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), percentile(times, 0.95)
 
 
 def run(rows: int, dim: int, rng: np.random.Generator) -> list[str]:

@@ -10,13 +10,13 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from img2music.settings import ExplainMode, Fusion, Settings, get_settings
+from img2music.settings import ExplainMode, Fusion, GrammarMode, Settings, get_settings
 
 # Each field that has an IMG2MUSIC_* setting, and that setting's name.
 SETTING_FOR = {
     "vlm_base_url": "vlm_base_url", "vlm_model": "vlm_model", "temperature": "vlm_temperature",
     "top_p": "vlm_top_p", "top_k": "vlm_top_k", "max_tokens": "vlm_max_tokens",
-    "thinking": "vlm_thinking", "rag_k": "rag_k", "fusion": "rag_fusion",
+    "thinking": "vlm_thinking", "grammar": "vlm_grammar", "rag_k": "rag_k", "fusion": "rag_fusion",
     "repairs": "max_repairs", "refine_rounds": "refine_rounds", "explain": "explain",
     "prompts_dir": "prompts_dir",
 }
@@ -100,6 +100,10 @@ class Context:
     thinking: Annotated[bool, Field(
         description="Keye's think mode (/think) when composing; other models get no switch.",
     )] = field(default_factory=_setting("thinking"))
+    grammar: Annotated[GrammarMode, Field(
+        description="Constrain each answer with the ABC grammar while the model writes it: auto "
+        "(where the backend applies it), on or off.",
+    )] = field(default_factory=_setting("grammar"))
     rag: Annotated[bool, Field(
         description="Retrieve real tunes as examples for the compose prompt.",
     )] = True

@@ -8,18 +8,25 @@ conversation and what the model wrote, for the attention pass over the composed 
 
 Models are never downloaded here: `LocalVLM.load` reads local files only (a folder or the
 Hugging Face cache) and says so when they are missing.
+
+A call can be constrained by a grammar (xgrammar's EBNF, e.g. the ABC answer grammar): before each
+token is sampled, every token the grammar does not allow next is masked out, so the answer
+matches the grammar by construction (the ABC grammar itself leaves a think-mode <think> block
+free).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import torch
+import xgrammar
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage
@@ -27,7 +34,7 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
 from PIL import Image
 from pydantic import PrivateAttr
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor
 
 from img2music.tools.abc.scan import sections_of
 from img2music.tools.devices import resolve_device
@@ -37,7 +44,7 @@ from img2music.tools.images import image_from_data_url
 logger = logging.getLogger(__name__)
 
 ROLES = {"system": "system", "human": "user", "ai": "assistant"}
-SAMPLING_KEYS = frozenset({"temperature", "top_p", "top_k", "max_new_tokens"})
+CALL_KEYS = frozenset({"temperature", "top_p", "top_k", "max_new_tokens", "grammar"})
 # Placeholders the processor inserts for pictures; a model that wrote one would break the
 # attention pass (image features no longer match image tokens), so generation never does.
 VISION_TOKEN_FIELDS = (
@@ -59,6 +66,8 @@ class LocalTurn:
     prompt_tokens: int  # image placeholder tokens included
     output_tokens: int  # the end-of-turn token included, as servers count it
     finish_reason: str  # "stop" or "length"
+    constrained: bool = False  # a grammar masked the tokens of the answer
+    mask_seconds: tuple[float, ...] = ()  # time spent masking, per constrained token
 
     @property
     def image(self) -> Image.Image | None:
@@ -81,6 +90,8 @@ class LocalVLM:
         self.name = name
         # One generate or forward at a time: graph runs may share the model across threads.
         self._lock = threading.Lock()
+        self._grammars: dict[str, xgrammar.CompiledGrammar] = {}
+        self._grammar_compiler: xgrammar.GrammarCompiler | None = None
 
     @classmethod
     def load(
@@ -149,8 +160,13 @@ class LocalVLM:
         top_k: int,
         max_new_tokens: int,
         stop: Sequence[str] | None = None,
+        grammar: str | None = None,
     ) -> LocalTurn:
-        """Sample an answer; temperature 0 is greedy, top_k 0 or -1 switches top-k off."""
+        """Sample an answer; temperature 0 is greedy, top_k 0 or -1 switches top-k off.
+
+        With `grammar`, the answer matches it (the grammar's `root`), or starts to when it is cut
+        at `max_new_tokens`.
+        """
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
         if temperature > 0:
             options.update(temperature=temperature, top_p=top_p, top_k=max(top_k, 0))
@@ -165,6 +181,11 @@ class LocalVLM:
         with self._lock, torch.inference_mode():
             inputs = self.prompt_inputs(conversation)
             prompt_tokens = int(inputs["input_ids"].shape[1])
+            masker = None
+            if grammar is not None:
+                masker = GrammarLogitsProcessor(self.compiled_grammar(grammar),
+                                                prompt_length=prompt_tokens)
+                options["logits_processor"] = [masker]
             output = self.model.generate(**inputs, **options)
         written = [int(token) for token in output[0, prompt_tokens:]]
         ends = _end_tokens(self.model.generation_config)
@@ -182,7 +203,27 @@ class LocalVLM:
             prompt_tokens=prompt_tokens,
             output_tokens=len(written),
             finish_reason="stop" if finished else "length",
+            constrained=masker is not None,
+            mask_seconds=tuple(masker.mask_seconds) if masker else (),
         )
+
+    def compiled_grammar(self, grammar: str) -> xgrammar.CompiledGrammar:
+        """The grammar compiled against this model's vocabulary, once per grammar text.
+
+        Callers hold the model lock (`generate` does), so compiling happens once.
+        """
+        compiled = self._grammars.get(grammar)
+        if compiled is None:
+            if self._grammar_compiler is None:
+                logits_width = int(self.model.get_output_embeddings().weight.shape[0])
+                info = xgrammar.TokenizerInfo.from_huggingface(
+                    self.tokenizer, vocab_size=logits_width,
+                    stop_token_ids=sorted(_end_tokens(self.model.generation_config)),
+                )
+                self._grammar_compiler = xgrammar.GrammarCompiler(info)
+            compiled = self._grammar_compiler.compile_grammar(grammar)
+            self._grammars[grammar] = compiled
+        return compiled
 
     def image_attention(self, turn: LocalTurn) -> ImageAttention:
         """The attention map of a turn's text to its image, overall and per tune section.
@@ -236,7 +277,7 @@ class LocalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        unknown = set(kwargs) - SAMPLING_KEYS
+        unknown = set(kwargs) - CALL_KEYS
         if unknown:
             raise TypeError(f"LocalChatModel does not take {', '.join(sorted(unknown))}")
         turn = self.vlm.generate(
@@ -246,6 +287,7 @@ class LocalChatModel(BaseChatModel):
             top_k=kwargs.get("top_k", self.top_k),
             max_new_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),
             stop=stop,
+            grammar=kwargs.get("grammar"),
         )
         self._last_turn = turn
         message = AIMessage(
@@ -255,9 +297,34 @@ class LocalChatModel(BaseChatModel):
                 output_tokens=turn.output_tokens,
                 total_tokens=turn.prompt_tokens + turn.output_tokens,
             ),
-            response_metadata={"model_name": self.vlm.name, "finish_reason": turn.finish_reason},
+            response_metadata={"model_name": self.vlm.name, "finish_reason": turn.finish_reason,
+                               "constrained": turn.constrained},
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+class GrammarLogitsProcessor(LogitsProcessor):
+    """Masks the scores of every token the grammar does not allow next (one sequence);
+    `mask_seconds` records each masking's time."""
+
+    def __init__(self, compiled: xgrammar.CompiledGrammar, *, prompt_length: int) -> None:
+        self._matcher = xgrammar.GrammarMatcher(compiled)
+        self._bitmask = xgrammar.allocate_token_bitmask(1, compiled.tokenizer_info.vocab_size)
+        self._prompt_length = prompt_length
+        self._seen = 0  # written tokens already given to the matcher
+        self.mask_seconds: list[float] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        written = [int(token) for token in input_ids[0, self._prompt_length:]]
+        for token in written[self._seen:]:
+            if not self._matcher.accept_token(token):
+                raise RuntimeError(f"token {token} was sampled against the grammar's mask")
+        self._seen = len(written)
+        started = time.perf_counter()
+        self._matcher.fill_next_token_bitmask(self._bitmask)
+        xgrammar.apply_token_bitmask_inplace(scores, self._bitmask.to(scores.device))
+        self.mask_seconds.append(time.perf_counter() - started)
+        return scores
 
 
 @lru_cache(maxsize=2)

@@ -38,8 +38,10 @@ from pydantic import SecretStr
 from img2music.graph.context import Context
 from img2music.graph.profiles import (
     SAMPLING,
+    GrammarRoute,
     Profile,
     Refusal,
+    grammar_plan,
     known_profile,
     profile_for,
     record_refusal,
@@ -50,6 +52,7 @@ from img2music.graph.state import Message
 from img2music.redaction import redact_url
 from img2music.settings import ProfileSetting, Settings, get_settings
 from img2music.tools.abc.diagnostics import one_line
+from img2music.tools.abc.grammar import answer_grammar, matches
 from img2music.tools.images import image_data_url, image_from_data_url
 
 logger = logging.getLogger(__name__)
@@ -79,6 +82,16 @@ class ModelReply:
     seconds: float
     truncated: bool = False  # the text was longer than the cap and was cut
     finish_reason: str | None = None  # "length" means the model hit max_tokens
+    constrained: bool = False  # the answer was written under a grammar
+
+
+@dataclass(frozen=True)
+class AnswerConstraint:
+    """The grammar a compose call's answer must match, and how the backend receives it: the
+    local model masks with it, an endpoint gets it as vLLM's `structured_outputs`."""
+
+    grammar: str
+    via: GrammarRoute
 
 
 def think_suffix(thinking: bool) -> str:
@@ -123,6 +136,18 @@ def chat_model(context: Context, *, settings: Settings | None = None) -> BaseCha
         top_p=context.top_p, top_k=context.top_k, max_tokens=context.max_tokens,
         timeout_s=settings.vlm_timeout_s, retries=settings.vlm_retries,
     ))
+
+
+def answer_constraint(context: Context, model: BaseChatModel, *,
+                      settings: Settings | None = None) -> AnswerConstraint | None:
+    """The ABC grammar for this run's compose calls to `model`, or None where it is not sent
+    (`grammar_plan` says where it goes)."""
+    settings = settings or get_settings()
+    profile = model.endpoint_profile if isinstance(model, EndpointChatModel) else None
+    via, _ = grammar_plan(grammar=context.grammar, backend=settings.vlm_backend, profile=profile)
+    if via is None:
+        return None
+    return AnswerConstraint(answer_grammar(thinking=context.thinking), via)
 
 
 def judge_chat_model(settings: Settings | None = None) -> BaseChatModel:
@@ -303,18 +328,27 @@ def _local_model(model_id: str, temperature: float, top_p: float, top_k: int,
 
 def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentation], *,
                endpoint: str, max_chars: int = MAX_REPLY_CHARS, role: EndpointRole = "VLM",
-               extra_body: Mapping[str, Any] | None = None) -> ModelReply:
+               extra_body: Mapping[str, Any] | None = None,
+               constraint: AnswerConstraint | None = None) -> ModelReply:
     """One model call: its text (capped, as model output is untrusted), tokens and time.
 
     `extra_body` holds this call's own fields beyond OpenAI's, for an endpoint whose profile
     reads them (check `EndpointChatModel.profile`); an endpoint that refuses one gets the call
-    again without them. Raises `VLMUnavailable` with one line naming the endpoint (the
+    again without them. A `constraint` asks the backend to write under its grammar; the reply
+    says whether it did. Raises `VLMUnavailable` with one line naming the endpoint (the
     composer's VLM, or the evaluation judge) when the call fails for any reason the openai
     client reports: down, refused, timed out, 5xx after the retries, 4xx.
     """
     where = Endpoint(role, endpoint)
     started = time.monotonic()
-    options: dict[str, Any] = {"extra_body": dict(extra_body)} if extra_body else {}
+    body = dict(extra_body or {})
+    options: dict[str, Any] = {}
+    if constraint is not None and constraint.via == "structured_outputs":
+        body["structured_outputs"] = {"grammar": constraint.grammar}
+    elif constraint is not None:
+        options = {"grammar": constraint.grammar}
+    if body:
+        options["extra_body"] = body
     try:
         message = model.invoke(list(messages), **options)
     except openai.APITimeoutError as error:
@@ -342,10 +376,33 @@ def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentatio
         seconds=seconds,
         truncated=truncated,
         finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+        constrained=constraint is not None and _applied(model, message, constraint, text,
+                                                        finish_reason == "length" or truncated),
     )
     logger.info("model call to %s: %d tokens in, %d out, %.1f s, finish %s", endpoint,
                 reply.input_tokens, reply.output_tokens, seconds, reply.finish_reason)
     return reply
+
+
+def _applied(model: BaseChatModel, message: BaseMessage, constraint: AnswerConstraint,
+             text: str, cut: bool) -> bool:
+    """Whether the answer was written under the grammar: the local model says so; an endpoint
+    was sent it (it had not refused the request's extra fields) and the answer matches it, or
+    starts to when it was cut (a server that ignores the field, as vLLM before 0.10.2 and
+    Ollama do, writes what it likes)."""
+    if constraint.via == "local":
+        return message.response_metadata.get("constrained") is True
+    if not isinstance(model, EndpointChatModel):
+        return False
+    refusal = refusal_for(model._url, model.model_name)
+    if refusal is not None and "extra_body" in refusal.dropped:
+        return False
+    if matches(constraint.grammar, text, cut=cut):
+        return True
+    logger.warning("%s was sent the ABC grammar but wrote an answer outside it: it ignores "
+                   "`structured_outputs` (vLLM reads it from 0.10.2 on); the attempt is not "
+                   "counted as constrained", Endpoint(model.role, model._url))
+    return False
 
 
 def _tries(model: BaseChatModel) -> int:

@@ -20,7 +20,13 @@ from langgraph.runtime import Runtime
 from img2music.graph.context import Context, edit_label
 from img2music.graph.explain import image_explanation
 from img2music.graph.feedback import metric_feedback
-from img2music.graph.models import call_model, chat_model, prompt_switch, to_langchain
+from img2music.graph.models import (
+    answer_constraint,
+    call_model,
+    chat_model,
+    prompt_switch,
+    to_langchain,
+)
 from img2music.graph.state import (
     Attempt,
     AttemptKind,
@@ -179,8 +185,9 @@ def compose(
             sees_image=context.see_image, tune=(standing or "").rstrip(),
             feedback=metric_feedback(metrics, folder=folder))}]
     conversation = [*state.get("conversation", []), *turns]
-    reply = call_model(model_for(context), to_langchain(conversation),
-                       endpoint=context.vlm_base_url)
+    model = model_for(context)
+    reply = call_model(model, to_langchain(conversation), endpoint=context.vlm_base_url,
+                       constraint=answer_constraint(context, model))
     extraction = extract_abc(reply.text)
     repaired = repair_abc(extraction.abc, cut_off=extraction.cut_off) if extraction.abc else None
     attempt: Attempt = {
@@ -190,7 +197,7 @@ def compose(
         "fixes": repaired.fixes if repaired else [], "notes": extraction.notes,
         "check": None, "metrics": None, "valid": False,
         "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
-        "seconds": reply.seconds,
+        "seconds": reply.seconds, "constrained": reply.constrained,
     }
     answer = _answer_turn(attempt)
     return {

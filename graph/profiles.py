@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 ProfileName = Literal["vllm", "openai", "ollama", "generic"]
 TokenLimit = Literal["max_completion_tokens", "max_tokens"]
+GrammarRoute = Literal["local", "structured_outputs"]
+"""How the ABC grammar reaches the model: xgrammar in this process, or vLLM's request field."""
 PROBE_TIMEOUT_S = 5.0
 MB = 1_000_000
 OWNERS: dict[str, ProfileName] = {
@@ -78,6 +80,30 @@ PROFILES: dict[ProfileName, Profile] = {
     "generic": Profile("generic", top_k=False, structured_outputs=False,
                        token_limit="max_tokens", max_image_bytes=4 * MB),
 }
+
+
+def grammar_plan(*, grammar: str, backend: str,
+                 profile: Profile | None) -> tuple[GrammarRoute | None, str]:
+    """Where the ABC grammar goes for these settings, and why, in one line (for `doctor`).
+
+    `auto` applies it where it is understood: the local backend (xgrammar) and an endpoint
+    whose profile reads vLLM's structured outputs; `on` sends it to any endpoint too (one that
+    refuses the field is asked again without it, and the run's report says so); `off` never.
+    Think mode needs nothing more: the grammar itself leaves the <think> block free.
+    """
+    if grammar == "off":
+        return None, "not applied (IMG2MUSIC_VLM_GRAMMAR=off)"
+    if backend == "local":
+        return "local", "applied by the local backend with xgrammar"
+    if profile is not None and profile.structured_outputs:
+        return "structured_outputs", "sent as structured_outputs, which vLLM applies"
+    kind = f"{profile.name} endpoints" if profile is not None else "other endpoints"
+    if grammar == "on":
+        return "structured_outputs", (f"sent as structured_outputs (IMG2MUSIC_VLM_GRAMMAR=on), "
+                                      f"which {kind} may ignore or refuse; an answer that does "
+                                      "not match it is not counted as constrained")
+    return None, (f"not sent: {kind} do not read vLLM's structured outputs "
+                  "(IMG2MUSIC_VLM_GRAMMAR=on sends it anyway)")
 
 
 @dataclass(frozen=True)
@@ -168,6 +194,20 @@ def _detect(url: str, api_key: str) -> tuple[Detection, bool]:
         if version is not None:
             return Detection(PROFILES[name], f"{root}{route} answered version {version}"), True
     return Detection(PROFILES["generic"], "nothing it answered named its kind"), True
+
+
+STRUCTURED_OUTPUTS_SINCE = (0, 10, 2)
+"""The first vLLM that reads `structured_outputs`; older ones read `guided_grammar` and ignore
+fields they do not know (vLLM 0.12 removed `guided_grammar`)."""
+
+
+def vllm_version(url: str, *, api_key: str) -> tuple[int, ...] | None:
+    """The release of the vLLM server whose API is at `url`, from its `/version` route; None
+    when it does not say."""
+    parts = urlsplit(url.rstrip("/"))
+    version = _version(f"{parts.scheme}://{parts.netloc}/version", api_key)
+    numbers = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    return tuple(int(part or 0) for part in numbers.groups()) if numbers else None
 
 
 def _version(url: str, api_key: str) -> str | None:

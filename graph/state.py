@@ -31,6 +31,7 @@ class Attempt(TypedDict):
     input_tokens: int
     output_tokens: int
     seconds: float
+    constrained: bool  # the model wrote under the ABC grammar (tokens outside it were masked)
 
 
 class Message(TypedDict):

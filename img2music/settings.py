@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ProfileSetting = Literal["auto", "vllm", "openai", "ollama", "generic"]
 Fusion = Literal["rrf", "weighted"]
 ExplainMode = Literal["attention", "clip", "none"]
+GrammarMode = Literal["auto", "on", "off"]
 SOUNDFONT_CANDIDATES = (
     Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
     Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),
@@ -182,6 +183,12 @@ class Settings(BaseSettings):
         default=False,
         description="Keye's think mode when composing; models without the /think switch "
         "get no switch at all.",
+    )
+    vlm_grammar: GrammarMode = Field(
+        default="auto",
+        description="Constrain the composer's answers with the ABC grammar (prompts/abc.ebnf), so "
+        "broken ABC cannot be written: `auto` where the backend applies it (the local backend, "
+        "a vLLM endpoint), `on` always, `off` never. Reasoning in think mode stays free.",
     )
     vlm_timeout_s: float = Field(default=300, gt=0, description="Seconds one model call may take.")
     vlm_retries: int = Field(

@@ -7,6 +7,7 @@ import pytest
 
 from img2music.settings import Settings
 from img2music.tools.abc.check import Backend, ParseCheck, check_abc, compile_abc
+from img2music.tools.abc.scan import is_music_line
 from tests.needs import needs_programs
 
 needs_abc2midi = needs_programs("abc2midi")
@@ -166,6 +167,22 @@ def test_prose_inside_the_body_is_an_error_at_its_line() -> None:
     result = check_abc(tune)
     assert result.errors[0].line == 8
     assert "unexpected" in result.errors[0].message
+
+
+def test_notes_an_octave_down_before_spaces_are_music_not_a_list_of_words() -> None:
+    """`GAB, DEF, GAB,` ends its groups with an octave mark, not a comma of prose."""
+    tune = GOOD.replace("G2 B2 d2 | [ce]", "GAB, DEF, GAB, C | G2 B2 d2 | [ce]")
+    assert check_abc(tune).ok, check_abc(tune).feedback()
+    assert is_music_line("GAB, DEF, GAB, C |") and not is_music_line("Dad, Abe, a faded cab.")
+
+
+@needs_abc2midi
+def test_a_tune_that_makes_abc2midi_abort_is_an_error_not_a_crash() -> None:
+    """abc2midi 4.84 aborts ("buffer overflow detected") on two tuplets of mixed lengths in a
+    bar before a repeat, leaving an empty MIDI file behind."""
+    result = check_abc("X:1\nK:C\nF(7E6d5aEgbga4d5gF(9gDfzd/16D/dfFef:|\n")
+    assert not result.ok
+    assert [error.message for error in result.errors] == ["abc2midi wrote no MIDI for this tune"]
 
 
 def test_blank_line_inside_a_tune_is_an_error() -> None:

@@ -79,12 +79,14 @@ def test_compose_writes_every_file_and_names_each_failure(tmp_path: Path) -> Non
         report = json.loads((folder / "report.json").read_text())
         assert report["status"] == "done"
         assert [a["kind"] for a in report["attempts"]] == ["compose", "refine"]
+        assert [a["constrained"] for a in report["attempts"]] == [False, False]  # an endpoint
         assert len(report["examples"]) == 2
         assert report["prompt_set"]["name"] == "default" and report["prompt_set"]["hash"]
         assert "data:image (omitted)" in json.dumps(report["conversation"])
         html = (folder / "report.html").read_text()
         assert "<audio controls" in html and "data:image/jpeg;base64" in html
         assert '<img src="data:image/svg+xml;base64,' in html  # the score, as an image
+        assert "<th>written under the grammar</th>" in html
     for name in ("notes", "empty"):
         assert not (tmp_path / "out" / name / "tune.abc").exists()
     assert len(server.requests) == 2 * 3  # describe, compose, refine for each good image

@@ -330,6 +330,15 @@ def test_bootstrap_intervals_on_known_data() -> None:
     assert paired.cell() == "2.00 [2.00, 2.00]"
 
 
+def test_the_constrained_variant_is_full_under_the_grammar_and_the_others_are_not() -> None:
+    settings = Settings(vlm_grammar="auto")
+    variants = {v.name: v for v in resolve_variants()}
+    assert variants["constrained"].context(settings).grammar == "on"
+    assert {name: variant.context(settings).grammar for name, variant in variants.items()
+            if name != "constrained"} == dict.fromkeys(set(variants) - {"constrained"}, "off")
+    assert variants["constrained"].fingerprint(settings) != variants["full"].fingerprint(settings)
+
+
 def test_variants_from_built_ins_a_config_file_and_prompt_sets(tmp_path: Path) -> None:
     assert [v.name for v in resolve_variants()] == list(BUILTIN)
     config = tmp_path / "variants.toml"

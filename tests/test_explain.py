@@ -37,7 +37,7 @@ def chosen_state() -> State:
         "n": 0, "round": 0, "kind": "compose", "raw": answer(TUNE), "abc": TUNE,
         "motivation": "A steady line for a calm portrait.", "fixes": [], "notes": [],
         "check": None, "metrics": None, "valid": True, "input_tokens": 0, "output_tokens": 0,
-        "seconds": 0.0,
+        "seconds": 0.0, "constrained": False,
     }
     return {
         "image": image, "description": "A calm portrait.", "attempts": [attempt],

@@ -288,7 +288,8 @@ def attempt(n: int, round_number: int, valid: bool, *, faults: int = 0, abc: str
             "abc": abc if abc is not None else f"X:{n}\nK:C\nC|\n",
             "motivation": "", "fixes": [], "notes": [],
             "check": {"ok": valid, "fault_count": faults}, "metrics": {} if measured else None,
-            "valid": valid, "input_tokens": 0, "output_tokens": 0, "seconds": 0.0}
+            "valid": valid, "input_tokens": 0, "output_tokens": 0, "seconds": 0.0,
+            "constrained": False}
 
 
 def attempts_of(*verdicts: tuple[bool, int]) -> list[Attempt]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 
+from img2music.server.vllm.launch import vllm_command
+from img2music.settings import Settings
 from tests.openai_server import scripted_server
 from tests.serving import listening_port, refusing_port
 
@@ -87,6 +89,14 @@ def test_the_vllm_command_has_keyes_flags_and_the_settings(tmp_path: Path) -> No
     assert "secret" not in dry.stdout and "--api-key" not in command  # in vLLM's environment
     assert "VLLM_API_KEY" in dry.stderr
     assert command[-4:] == ["--tensor-parallel-size", "2", "--dtype", "bfloat16"]
+
+
+def test_vllm_compiles_the_grammar_with_xgrammar_unless_it_is_off(tmp_path: Path) -> None:
+    on = vllm_command(Settings(data_dir=tmp_path, vlm_grammar="auto"))
+    assert on[on.index("--structured-outputs-config.backend") + 1] == "xgrammar"
+    assert "--reasoning-parser" not in on  # the grammar leaves Keye's <think> block free itself
+    off = vllm_command(Settings(data_dir=tmp_path, vlm_grammar="off"))
+    assert "--structured-outputs-config.backend" not in off
 
 
 def test_vlm_serve_without_vllm_says_how_to_get_it(tmp_path: Path) -> None:

@@ -19,14 +19,17 @@ from img2music.settings import Settings
 
 BUILTIN: dict[str, dict[str, Any]] = {
     "full": {"rag": True, "refine": True},
+    # The same, written under the ABC grammar (masked locally, sent to every endpoint).
+    "constrained": {"rag": True, "refine": True, "grammar": "on"},
     "no-rag": {"rag": False, "refine": True},
     "no-refine": {"rag": True, "refine": False},
     "no-rag-no-refine": {"rag": False, "refine": False},
     # Mozart's Touch, symbolic: the composer writes from the VLM's caption alone.
     "caption-only": {"rag": False, "refine": False, "see_image": False},
 }
-EVAL_DEFAULTS: dict[str, Any] = {"explain": "none"}
-"""Explanations are not measured, so an evaluation does not spend time drawing them."""
+EVAL_DEFAULTS: dict[str, Any] = {"explain": "none", "grammar": "off"}
+"""Explanations are not measured, so an evaluation does not spend time drawing them; every
+variant composes as the method does, checking afterwards, unless it asks for the grammar."""
 GRAPH_PROMPTS = ("system.j2", "describe.j2", "compose.j2", "repair.j2", "refine.j2",
                  "metric_feedback.j2", "metrics.toml")
 # Where a run happens, not what it is: results stay comparable when the endpoint moves.

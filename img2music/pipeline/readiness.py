@@ -16,7 +16,13 @@ from typing import Literal
 
 import httpx
 
-from img2music.graph.profiles import list_models, profile_for
+from img2music.graph.profiles import (
+    STRUCTURED_OUTPUTS_SINCE,
+    grammar_plan,
+    list_models,
+    profile_for,
+    vllm_version,
+)
 from img2music.redaction import redact_url, scrub
 from img2music.settings import Settings
 from img2music.tools.programs import which
@@ -183,6 +189,36 @@ def vlm_endpoint(settings: Settings) -> Check:
                  f"{detection.profile.name} ({detection.reason})")
 
 
+def abc_grammar(settings: Settings, endpoint: Check) -> Check:
+    """Whether the compose calls are written under the ABC grammar, and why (or why not)."""
+    name = "ABC grammar"
+    profile = None
+    if settings.vlm_backend != "local" and settings.vlm_grammar != "off":
+        if not endpoint.ok:
+            return Check(name, "warning", "whether the endpoint constrains is known once it "
+                         "answers", "see the VLM endpoint above")
+        profile = profile_for(settings.vlm_base_url,
+                              api_key=settings.vlm_api_key.get_secret_value(),
+                              choice=settings.vlm_profile).profile
+    via, why = grammar_plan(grammar=settings.vlm_grammar, backend=settings.vlm_backend,
+                            profile=profile)
+    if via is None:
+        return Check(name, "ok", f"compose calls are not constrained: {why}")
+    if profile is not None and profile.name == "vllm":
+        version = vllm_version(settings.vlm_base_url,
+                               api_key=settings.vlm_api_key.get_secret_value())
+        since = ".".join(map(str, STRUCTURED_OUTPUTS_SINCE))
+        if version is not None and version < STRUCTURED_OUTPUTS_SINCE:
+            return Check(name, "warning", f"compose calls are not constrained: vLLM "
+                         f"{'.'.join(map(str, version))} ignores structured_outputs (before "
+                         f"{since} it read a grammar as guided_grammar)",
+                         f"upgrade vLLM to {since} or later (pip install -U 'img2music[vllm]'), "
+                         "or set IMG2MUSIC_VLM_GRAMMAR=off")
+        if version is None:
+            why += f" (vLLM does not say its version; {since} or later reads the field)"
+    return Check(name, "ok", f"compose calls are constrained: {why}")
+
+
 def no_model_answers(settings: Settings) -> str | None:
     """The first-run help (the three ways to get a model) when nothing answers at the VLM
     endpoint: refused, no such host, timed out. None when something answers, whatever it
@@ -251,7 +287,8 @@ def doctor_checks(settings: Settings) -> list[Check]:
     if uses_clip:
         checks.append(clip_weights(settings))
     checks.extend(index(settings))
-    checks.append(vlm_endpoint(settings))
+    endpoint = vlm_endpoint(settings)
+    checks += [endpoint, abc_grammar(settings, endpoint)]
     attention = attention_model(settings)
     if attention is not None:
         checks.append(attention)

@@ -457,7 +457,7 @@ function showAttempt(attempt) {
   const faultCount = checked ? faultsOf(attempt) : 0;
   item.dataset.state = state;
   const heading = element("h4", `Attempt ${attempt.n + 1} · round ${attempt.round} · ` +
-                                `${attempt.kind} · `);
+                                `${attempt.kind}${attempt.constrained ? " (under the grammar)" : ""} · `);
   const verdict = state === "valid" && faultCount
     ? `valid, ${faultCount} fault${faultCount > 1 ? "s" : ""} to correct`
     : {pending: "checking…", valid: "valid", rejected: "rejected"}[state];

@@ -3,7 +3,12 @@ its API key goes in the environment, never on the command line.
 
 Keye's model code ships with its weights (`--trust-remote-code`); one image per prompt keeps
 vLLM from reserving memory for more; prefix caching lets the repair and refine turns reuse the
-instructions, image and examples they repeat.
+instructions, image and examples they repeat. Unless the ABC grammar is off, vLLM compiles it
+with xgrammar, the backend its tests run on (`auto` may pick guidance for some grammars). No
+`--reasoning-parser` is needed: the grammar itself leaves Keye's <think> block free, so think
+mode and the constraint work together from the first token; a server started with
+`--reasoning-parser qwen3` (Keye-VL-8B's language model is Qwen3's) works too, applying the
+grammar after </think> and returning the reasoning in a field of its own.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ def vllm_command(settings: Settings, executable: str = "vllm") -> list[str]:
         "--enable-prefix-caching",
         "--gpu-memory-utilization", str(settings.vllm_gpu_memory_utilization),
     ]
+    if settings.vlm_grammar != "off":
+        command += ["--structured-outputs-config.backend", "xgrammar"]
     return command + shlex.split(settings.vllm_extra_args)
 
 

@@ -263,7 +263,11 @@ def _size_error(text: str, limit: int) -> Diagnostic | None:
 def _length_errors(midi: bytes, line: int, settings: Settings) -> list[Diagnostic]:
     """A tune longer than `max_tune_seconds` when played (repeats and tempo included) is an
     error, so no render (a WAV grows by 10 MB a minute) can run for minutes."""
-    seconds = mido.MidiFile(file=io.BytesIO(midi)).length
+    try:
+        seconds = mido.MidiFile(file=io.BytesIO(midi)).length
+    except (EOFError, OSError, ValueError, KeyError) as error:
+        return [Diagnostic(severity="error", line=line, col=0,
+                           message=f"the MIDI written for this tune cannot be read ({error!r})")]
     if seconds <= settings.max_tune_seconds:
         return []
     return [Diagnostic(
@@ -334,7 +338,8 @@ def _read_with_abc2midi(
                 message=message, source=source, checker="abc2midi",
             ))
         midi_path = folder / "tune.mid"
-        midi = midi_path.read_bytes() if midi_path.is_file() else None
+        # An empty file is what abc2midi leaves when it aborts part way (a buffer overflow).
+        midi = (midi_path.read_bytes() or None) if midi_path.is_file() else None
     if midi is None and not _has_errors(diagnostics):
         diagnostics.append(Diagnostic(severity="error", line=line_offset + 1, col=0,
                                       message="abc2midi wrote no MIDI for this tune",

@@ -62,9 +62,12 @@ DECORATION_NAME = re.compile(r"^[A-Za-z0-9().<>+\-/]+$")
 IGNORED_SYMBOLS = set(" \t`$*")
 MAX_DIAGNOSTICS_PER_TUNE = 40
 MAX_CLASSIFIED_CHARS = 2_000
-MUSIC_MARKUP = re.compile(r'"[^"]*"|![^!\s]*!|\+[^+\s]*\+|\[[A-Za-z]:[^\]]*\]')
+MARKUP_WINDOW = 4 * MAX_CLASSIFIED_CHARS  # where markup is removed before the cut
+# An inline field is short; bounding it keeps the search linear on a line of unclosed `[K:`.
+MUSIC_MARKUP = re.compile(r'"[^"]*"|![^!\s]*!|\+[^+\s]*\+|\[[A-Za-z]:[^\]]{0,200}\]')
 PROSE_LETTERS = re.compile(r"[hijklmnopqrstw]")
 PLAIN_WORD = re.compile(r"^[A-Za-z]{2,}[.,;!?]?$")
+OCTAVE_DOWN_WORD = re.compile(r"^[A-Ga-g]+,$")  # notes whose last is an octave lower (DDB,)
 TEXT_BLOCK_START, TEXT_BLOCK_END = "%%begintext", "%%endtext"
 DRUMS_ON = re.compile(r"^%%MIDI\s+drumon\b")
 # Sections as the compose prompt asks for them (`% [A]` lines), voices, and where a tune ends
@@ -154,21 +157,25 @@ def is_music_line(line: str) -> bool:
 
     Prose is told apart by words made of letters that cannot stand in music outside quotes and
     decorations, or by a run of plain words ending in punctuation; a model's motivation paragraph
-    is never mistaken for a tune. Only the first `MAX_CLASSIFIED_CHARS` are looked at.
+    is never mistaken for a tune. Only the first `MAX_CLASSIFIED_CHARS` outside markup (within
+    the first `MARKUP_WINDOW` characters) are looked at.
     """
-    stripped = _strip_comment(line[:MAX_CLASSIFIED_CHARS]).strip()
+    stripped = _strip_comment(line[:MARKUP_WINDOW]).strip()
     if not stripped or is_field_line(stripped):
         return False
     if stripped.startswith(("#", "* ", "- ", "> ", "```", "~~~", "**")):
         return False
-    bare = MUSIC_MARKUP.sub(" ", stripped)
+    # Markup goes before the cut, so a long line is never cut inside a decoration or quote;
+    # it leaves nothing behind, so a staccato dot before !trill! never ends a word.
+    bare = MUSIC_MARKUP.sub("", stripped)[:MAX_CLASSIFIED_CHARS]
     if any(char.isalpha() and not char.isascii() for char in bare):
         return False  # prose in another script (Chinese, Japanese, Cyrillic...) or accents
     if any(PROSE_LETTERS.search(word) for word in re.findall(r"[A-Za-z]{2,}", bare)):
         return False
     words = bare.split()
     plain_words = [word for word in words if PLAIN_WORD.match(word)]
-    if len(plain_words) >= 3 and any(word[-1] in ".,;!?" for word in plain_words):
+    if len(plain_words) >= 3 and any(word[-1] in ".;!?" or (word[-1] == "," and
+                                     not OCTAVE_DOWN_WORD.match(word)) for word in plain_words):
         return False
     return re.search(r"[A-Ga-gzxZ]", bare) is not None
 

@@ -1,0 +1,50 @@
+"""Random strings from a grammar, to test what every string it accepts is (test support).
+
+xgrammar's matcher says which tokens of a small vocabulary may come next; a seeded random choice
+picks one. The vocabulary is every printable ASCII character, a newline, a few non-ASCII
+characters and a stop token, so a walk can reach every corner of an ABC grammar; newlines and
+the stop are favoured, or walks would run to every bound.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import xgrammar
+
+STOP = "<stop>"
+VOCABULARY = [chr(code) for code in range(32, 127)] + ["\n", "é", "ñ", "你", STOP]
+NEWLINE = VOCABULARY.index("\n")
+STOP_ID = VOCABULARY.index(STOP)
+
+
+class GrammarWalk:
+    """Walks one grammar; `walk(seed)` returns the string of one walk."""
+
+    def __init__(self, grammar: str, *, stop_chance: float = 0.3,
+                 newline_chance: float = 0.1) -> None:
+        info = xgrammar.TokenizerInfo(VOCABULARY, xgrammar.VocabType.RAW, stop_token_ids=[STOP_ID])
+        compiler = xgrammar.GrammarCompiler(info, cache_enabled=False)
+        self._compiled = compiler.compile_grammar(grammar)
+        self._stop_chance = stop_chance
+        self._newline_chance = newline_chance
+
+    def walk(self, seed: int, *, max_tokens: int = 50_000) -> str:
+        rng = random.Random(seed)
+        matcher = xgrammar.GrammarMatcher(self._compiled)
+        bitmask = xgrammar.allocate_token_bitmask(1, len(VOCABULARY))
+        written: list[str] = []
+        for _ in range(max_tokens):
+            matcher.fill_next_token_bitmask(bitmask)
+            bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")
+            allowed = [int(token) for token in np.flatnonzero(bits[:len(VOCABULARY)])]
+            if STOP_ID in allowed and (rng.random() < self._stop_chance or allowed == [STOP_ID]):
+                return "".join(written)
+            choices = [token for token in allowed if token != STOP_ID]
+            token = (NEWLINE if NEWLINE in choices and rng.random() < self._newline_chance
+                     else rng.choice(choices))
+            if not matcher.accept_token(token):
+                raise AssertionError(f"the matcher refused {VOCABULARY[token]!r} it allowed")
+            written.append(VOCABULARY[token])
+        raise AssertionError(f"a walk ran past {max_tokens} tokens: the grammar is unbounded")

@@ -1,0 +1,133 @@
+"""The ABC grammar that constrains a model while it writes, so broken syntax cannot be written.
+
+The grammar is data (`prompts/abc.ebnf`, xgrammar's EBNF, which vLLM's structured outputs take
+as `{"grammar": …}`): its `root` is the whole answer (a <think> block, free text, one ```abc
+block, then `Motivation:`), and `tune` is one tune. A rule can be swapped for another definition
+by name, so a run can narrow the grammar (fix its key, meter or tempo) without editing the file.
+`matches` says whether a text is in a grammar, so an answer said to be constrained can be
+checked (a server that ignores the field writes what it likes).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import lru_cache
+from importlib.resources import files
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import xgrammar
+
+GRAMMAR_FILE = "abc.ebnf"
+READ_RULES = {"body": "read-body", "bar": "read-bar", "open-bar": "read-open-bar",
+              "plain-bar": "read-plain-bar", "lead-extra": "read-lead-extra",
+              "measure-item": "read-measure-item", "inline-field": "read-inline-field",
+              "header-line": "read-header-line", "leading-body-line": "read-leading-body-line",
+              "body-field-line": "read-body-field-line", "decoration": "read-decoration",
+              "music-line": "read-music-line", "more-body-lines": "read-more-body-lines",
+              "chord-decoration": "read-chord-decoration",
+              "plain-decoration": "read-plain-decoration", "pair-link": "read-pair-link",
+              "rest-marks": "read-rest-marks", "pair-chord": "read-pair-chord",
+              "pair-marks": "read-pair-marks", "tempo": "read-tempo",
+              "measure-lead": "read-measure-lead", "tail-bar": "read-tail-bar",
+              "slur-marks": "read-slur-marks", "tie-target": "read-tie-target",
+              "pitched-tied-tuplet-note": "read-pitched-tied-tuplet-note",
+              "text": "read-text", "note-denominator": "read-note-denominator",
+              "power-of-two": "read-power-of-two", "unit-denominator": "read-unit-denominator",
+              "beat": "read-beat", "beats-per-minute": "read-beats-per-minute",
+              "count": "read-count", "tuplet-member": "read-tuplet-member",
+              "tuplet-chord": "read-tuplet-chord", "tuplet-rest": "read-tuplet-rest",
+              "meter-count": "read-meter-count", "meter-sum": "read-meter-sum",
+              "meter-denominator": "read-meter-denominator"}
+_RULE = re.compile(r"^(?P<name>[A-Za-z][\w-]*)[ \t]*::=", re.MULTILINE)
+
+
+class GrammarError(ValueError):
+    """A rule replacement names a rule the grammar does not have."""
+
+
+@lru_cache(maxsize=1)
+def grammar_file_text() -> str:
+    """The shipped grammar file, comments included."""
+    return files("img2music.prompts").joinpath(GRAMMAR_FILE).read_text(encoding="utf-8")
+
+
+def answer_grammar(rules: Mapping[str, str] | None = None, *, thinking: bool = False) -> str:
+    """The grammar a model server receives: the whole answer, with `rules` swapped in.
+
+    In think mode the <think> block before the answer is free text; otherwise it may only be
+    empty (Keye writes an empty one when told /no_think).
+    """
+    swaps = {"thought": "free-thought"} if thinking else {}
+    return replace_rules(grammar_file_text(), {**swaps, **(rules or {})})
+
+
+def matches(grammar: str, text: str, *, cut: bool = False) -> bool:
+    """Whether `text` is in the grammar; with `cut`, whether it starts a text that is (an
+    answer cut short at the token limit)."""
+    import xgrammar  # here: it loads torch, which a run against an endpoint need not pay for
+
+    matcher = xgrammar.GrammarMatcher(_compiled(grammar), terminate_without_stop_token=True)
+    return matcher.accept_string(text) and (cut or matcher.is_terminated())
+
+
+@lru_cache(maxsize=4)
+def _compiled(grammar: str) -> xgrammar.CompiledGrammar:
+    """The grammar compiled for text alone (no vocabulary), once per grammar."""
+    import xgrammar
+
+    compiler = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo([]), cache_enabled=False)
+    return compiler.compile_grammar(grammar)
+
+
+def tune_grammar(rules: Mapping[str, str] | None = None, *, read: bool = False) -> str:
+    """The grammar of one tune, as a model may write it, with `rules` swapped in.
+
+    `read=True` widens it to tunes written elsewhere (a corpus, a file): what an answer leaves out
+    because extraction would read it as prose (user-defined decoration letters, lines without
+    notes, a lone colon) or because it refers to other parts of the tune (a header `P:` order of
+    parts, which abc2midi checks against the parts the body defines), runs of empty bars and
+    `I:` lines.
+    """
+    swaps = {"root": "tune", **(READ_RULES if read else {})}
+    return replace_rules(grammar_file_text(), {**swaps, **(rules or {})})
+
+
+def rule_names(grammar: str) -> list[str]:
+    """The rules a grammar defines, in order."""
+    return [match["name"] for match in _RULE.finditer(grammar)]
+
+
+def replace_rules(grammar: str, rules: Mapping[str, str]) -> str:
+    """`grammar` with each named rule's definition replaced, e.g. `{"key": '"D"'}`.
+
+    A rule runs from its `name ::=` at the start of a line to the next rule or to the end;
+    comments between rules stay where they are.
+    """
+    starts = list(_RULE.finditer(grammar))
+    unknown = sorted(set(rules) - {match["name"] for match in starts})
+    if unknown:
+        raise GrammarError(f"the grammar has no rule named {', '.join(unknown)}")
+    pieces: list[str] = []
+    position = 0
+    for index, match in enumerate(starts):
+        name = match["name"]
+        if name not in rules:
+            continue
+        end = starts[index + 1].start() if index + 1 < len(starts) else len(grammar)
+        body = grammar[match.start():end]
+        kept = _trailing_comments(body)
+        pieces += [grammar[position:match.start()], f"{name} ::= {rules[name]}\n", kept]
+        position = end
+    pieces.append(grammar[position:])
+    return "".join(pieces)
+
+
+def _trailing_comments(rule_text: str) -> str:
+    """The comment and blank lines after a rule's last line, which belong to what follows."""
+    lines = rule_text.split("\n")
+    tail: list[str] = []
+    while lines and (not lines[-1].strip() or lines[-1].startswith("#")):
+        tail.insert(0, lines.pop())
+    return "\n".join(tail)
