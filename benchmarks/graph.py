@@ -13,9 +13,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -42,7 +42,7 @@ def overhead(images: int, state: State, context: Context) -> list[float]:
         model = ScriptedChatModel(replies=[DESCRIPTION, answer(TUNE), answer(REFINED)])
         graph = build_graph(model_for=partial(_same, model), retriever_for=lambda _: examples)
         start = time.perf_counter()
-        graph.invoke(state, context=context)
+        asyncio.run(graph.ainvoke(state, context=context))
         times.append((time.perf_counter() - start) * 1000)
     return times[1:]
 
@@ -50,9 +50,18 @@ def overhead(images: int, state: State, context: Context) -> list[float]:
 def batch(images: int, concurrency: int, state: State, context: Context) -> float:
     examples = Examples()
     graph = build_graph(retriever_for=lambda _: examples)
+
+    async def every() -> None:
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with slots:
+                await graph.ainvoke(state, context=context)
+
+        await asyncio.gather(*(one() for _ in range(images)))
+
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(lambda _: graph.invoke(state, context=context), range(images)))
+    asyncio.run(every())
     return time.perf_counter() - start
 
 

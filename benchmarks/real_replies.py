@@ -11,6 +11,7 @@ a zero-latency model and no retrieval or rendering; then the totals, the time as
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
 
@@ -31,7 +32,7 @@ def replay(reply: str, state: State, context: Context) -> tuple[State, int, floa
     model = ScriptedChatModel(replies=[DESCRIPTION, *[reply] * MOST_CALLS])
     graph = build_graph(model_for=lambda _: model)
     start = time.perf_counter()
-    final = graph.invoke(state, context=context)
+    final = asyncio.run(graph.ainvoke(state, context=context))
     return final, len(model.calls), (time.perf_counter() - start) * 1000  # type: ignore[return-value]
 
 

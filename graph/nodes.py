@@ -7,6 +7,7 @@ scripted models.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -20,7 +21,7 @@ from langgraph.runtime import Runtime
 from img2music.graph.context import Context, edit_label
 from img2music.graph.explain import image_explanation
 from img2music.graph.feedback import metric_feedback
-from img2music.graph.models import call_model, chat_model, prompt_switch, to_langchain
+from img2music.graph.models import acall_model, chat_model, prompt_switch, to_langchain
 from img2music.graph.state import (
     Attempt,
     AttemptKind,
@@ -51,7 +52,7 @@ NO_TUNE = ("your answer has no ABC tune: write the whole tune in an ```abc block
            "with X:1 and ending the header with K:")
 
 
-def describe(
+async def describe(
     state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model
 ) -> State:
     """The model looks at the image first; retrieval matches its words to real tunes.
@@ -65,8 +66,8 @@ def describe(
     prompt = _render(context, "describe.j2", note=state.get("note", ""),
                      thinking=prompt_switch(False, context.vlm_model))
     messages = [_system(context), _image_message(state["image"], prompt)]
-    reply = call_model(model_for(context), to_langchain(messages),
-                       endpoint=context.vlm_base_url)
+    reply = await acall_model(model_for(context), to_langchain(messages),
+                              endpoint=context.vlm_base_url)
     description = strip_reasoning(reply.text)[:MAX_DESCRIPTION_CHARS]
     return {
         "description": description, "status": "running",
@@ -75,18 +76,24 @@ def describe(
     }
 
 
-def retrieve(
+async def retrieve(
     state: State, runtime: Runtime[Context], *, retriever_for: RetrieverFor | None = None
 ) -> State:
-    """The k real tunes whose captions best match both the image and its description."""
+    """The k real tunes whose captions best match both the image and its description (CLIP
+    and the index work in a thread: the event loop serves other runs meanwhile)."""
     context = runtime.context
     started = time.perf_counter()
-    retriever = (retriever_for or default_retriever)(context)
-    found = retriever.retrieve(
-        image=image_from_data_url(state["image"]), description=state.get("description") or None,
-        k=context.rag_k + EXAMPLES_TO_SPARE, fusion=context.fusion,
-    )
-    examples = playable_examples(found, context.rag_k)
+
+    def search() -> list[Any]:
+        retriever = (retriever_for or default_retriever)(context)
+        found = retriever.retrieve(
+            image=image_from_data_url(state["image"]),
+            description=state.get("description") or None,
+            k=context.rag_k + EXAMPLES_TO_SPARE, fusion=context.fusion,
+        )
+        return playable_examples(found, context.rag_k)
+
+    examples = await asyncio.to_thread(search)
     return {"examples": [example.model_dump() for example in examples],
             "timings": {"retrieve": time.perf_counter() - started}}
 
@@ -141,7 +148,7 @@ def next_attempt(attempts: list[Attempt], best: int | None) -> tuple[AttemptKind
     return ("refine", last["round"] + 1) if measured else ("repair", last["round"])
 
 
-def compose(
+async def compose(
     state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model
 ) -> State:
     """One model turn: the first tune, a repair, or a refinement, in one growing conversation.
@@ -179,8 +186,8 @@ def compose(
             sees_image=context.see_image, tune=(standing or "").rstrip(),
             feedback=metric_feedback(metrics, folder=folder))}]
     conversation = [*state.get("conversation", []), *turns]
-    reply = call_model(model_for(context), to_langchain(conversation),
-                       endpoint=context.vlm_base_url)
+    reply = await acall_model(model_for(context), to_langchain(conversation),
+                              endpoint=context.vlm_base_url)
     extraction = extract_abc(reply.text)
     repaired = repair_abc(extraction.abc, cut_off=extraction.cut_off) if extraction.abc else None
     attempt: Attempt = {
@@ -200,7 +207,7 @@ def compose(
     }
 
 
-def parse_check(state: State) -> State:
+async def parse_check(state: State) -> State:
     """The checker's verdict on the latest tune; a playable tune with no more faults than the
     one the run stands on (and not the same tune) becomes the one it stands on.
 
@@ -215,7 +222,7 @@ def parse_check(state: State) -> State:
         check = ParseCheck(ok=False, error_count=1, errors=[
             Diagnostic(severity="error", line=0, col=0, message=NO_TUNE)])
     else:
-        compiled = compile_abc(abc)
+        compiled = await asyncio.to_thread(compile_abc, abc)
         abc, check = compiled.abc, compiled.check  # as the programs read it: filtered
     checked: Attempt = {**attempt, "abc": abc, "check": check.model_dump(), "valid": check.ok}
     update: State = {
@@ -228,20 +235,18 @@ def parse_check(state: State) -> State:
     return update
 
 
-def evaluate(state: State) -> State:
+async def evaluate(state: State) -> State:
     """The eight MusPy metrics of the tune the run now stands on, for the report and refining."""
     started = time.perf_counter()
     best = state.get("best")
     assert best is not None, "evaluate runs only once a tune is playable"
     attempt = state["attempts"][best]
-    compiled = compile_abc(attempt["abc"] or "")
-    assert compiled.midi is not None, "a playable tune compiles"
-    metrics = evaluate_midi(compiled.midi, bars=compiled.check.bars, voices=compiled.check.voices)
+    metrics = await asyncio.to_thread(_measure, attempt["abc"] or "")
     return {"attempts": [{**attempt, "metrics": metrics.model_dump()}],
             "timings": {"evaluate": time.perf_counter() - started}}
 
 
-def explain(
+async def explain(
     state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model
 ) -> State:
     """The chosen tune, its motivation, and what shaped it; or why there is no tune."""
@@ -265,8 +270,8 @@ def explain(
     }
     started = time.perf_counter()
     try:
-        explanation.update(image_explanation(state, best, runtime.context,
-                                             model_for(runtime.context)))
+        explanation.update(await asyncio.to_thread(
+            image_explanation, state, best, runtime.context, model_for(runtime.context)))
     except Exception as error:  # the tune stands even when its picture cannot be drawn
         logger.warning("no image explanation: %s", error)
         explanation["note"] = f"no image explanation: {type(error).__name__}: {error}"
@@ -274,6 +279,12 @@ def explain(
             "faults": [fault.one_line() for fault in check.faults[:MAX_FAULTS_SHOWN]],
             "fault_count": check.fault_count,
             "explanation": explanation, "timings": {"explain": time.perf_counter() - started}}
+
+
+def _measure(abc: str) -> TuneMetrics:
+    compiled = compile_abc(abc)
+    assert compiled.midi is not None, "a playable tune compiles"
+    return evaluate_midi(compiled.midi, bars=compiled.check.bars, voices=compiled.check.voices)
 
 
 def _system(context: Context) -> Message:

@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(pool.prune)
         yield
-        await asyncio.to_thread(pool.shutdown)
+        await pool.shutdown()
 
     app = FastAPI(title="img2music", version="0.1.0", lifespan=lifespan,
                   description=__doc__, docs_url="/docs", redoc_url=None)
@@ -151,9 +151,10 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
 
     @app.delete("/v1/runs/{run_id}", dependencies=authorised)
     async def cancel_run(run_id: str) -> dict[str, Any]:
-        """Stop a run at its next step; what it finished stays on disk."""
+        """Stop a run now (its model call in flight is closed); what it finished stays on
+        disk."""
         job = _live_job(pool, run_id)
-        job.stop("cancelled")
+        job.stop()
         return {"run_id": run_id, "status": "finished" if job.finished else "cancelling"}
 
     @app.get("/v1/runs/{run_id}/{name}", dependencies=authorised, response_model=None)

@@ -140,7 +140,7 @@ async def stream(job: Job, chat: ChatRequest, base: str) -> AsyncIterator[str]:
         yield "data: [DONE]\n\n"
     finally:
         if not job.finished:  # the client went away: spend no more model calls on it
-            job.stop("cancelled")
+            job.stop()
 
 
 def sse(payload: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, cast
 
@@ -85,12 +86,17 @@ def run(replies: list[str], *, examples: Examples | None = None,
                     "note": "something solemn"}
     order: list[str] = []
     final: State = {}
-    for mode, chunk in graph.stream(state, context=Context(explain="none", **context),
-                                    stream_mode=["updates", "values"]):
-        if mode == "updates":
-            order.extend(chunk)
-        else:
-            final = cast(State, chunk)
+
+    async def stream() -> None:
+        nonlocal final
+        async for mode, chunk in graph.astream(state, context=Context(explain="none", **context),
+                                               stream_mode=["updates", "values"]):
+            if mode == "updates":
+                order.extend(chunk)
+            else:
+                final = cast(State, chunk)
+
+    asyncio.run(stream())
     return final, model, order, examples
 
 
@@ -377,7 +383,7 @@ def test_the_tunes_in_these_tests_are_what_they_claim() -> None:
 def test_an_interrupted_run_resumes_from_its_checkpoint_without_redoing_nodes(
     tmp_path: Path,
 ) -> None:
-    from langgraph.checkpoint.sqlite import SqliteSaver
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     class Outage(RuntimeError):
         """The endpoint went away in the middle of the run."""
@@ -393,15 +399,21 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_without_redoing_nodes(
             raise Outage("connection lost")
         return first
 
-    with SqliteSaver.from_conn_string(str(tmp_path / "runs.sqlite")) as saver:
-        graph = build_graph(model_for=outage_after_two, retriever_for=lambda _: Examples(),
-                            checkpointer=saver)
-        with pytest.raises(Outage):
-            graph.invoke(state, config, context=context)
+    async def interrupted() -> None:
+        async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "runs.sqlite")) as saver:
+            graph = build_graph(model_for=outage_after_two, retriever_for=lambda _: Examples(),
+                                checkpointer=saver)
+            await graph.ainvoke(state, config, context=context)
+
+    async def resumed() -> dict[str, Any]:
+        async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "runs.sqlite")) as saver:
+            graph = build_graph(model_for=lambda _: second, retriever_for=lambda _: Examples(),
+                                checkpointer=saver)
+            return await graph.ainvoke(None, config, context=context)
+
+    with pytest.raises(Outage):
+        asyncio.run(interrupted())
     second = ScriptedChatModel(replies=replies[2:])
-    with SqliteSaver.from_conn_string(str(tmp_path / "runs.sqlite")) as saver:
-        graph = build_graph(model_for=lambda _: second, retriever_for=lambda _: Examples(),
-                            checkpointer=saver)
-        final = graph.invoke(None, config, context=context)
+    final = asyncio.run(resumed())
     assert final["status"] == "done" and final["final_abc"] == REFINED
     assert len(first.calls) == 2 and len(second.calls) == 1  # describe and compose not redone

@@ -426,7 +426,7 @@ def test_a_run_can_be_followed_and_cancelled(tmp_path: Path) -> None:
         run = f"{server.url}/v1/runs/{run_id}"
         assert httpx.get(run).json()["status"] == "running"
         assert httpx.delete(run).json()["status"] == "cancelling"
-        gate.opened.set()  # the describe call answers; the run stops before the next step
+        gate.opened.set()  # the describe call's answer comes too late: the run has stopped
         rest = list(stream)
         events = [json.loads(line[6:]) for line in httpx.get(f"{run}/events").text.splitlines()
                   if line.startswith("data: ")]

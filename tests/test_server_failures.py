@@ -188,11 +188,13 @@ def test_a_client_that_hangs_up_cancels_its_run(server: Served, shared: Shared) 
         with http.stream("POST", f"{server.url}/v1/chat/completions",
                          json={"model": "img2music", "stream": True,
                                "messages": image_message(url=data_url(SMALL))}) as response:
-            first = json.loads(next(response.iter_lines()).removeprefix("data: "))
+            lines = response.iter_lines()  # dropping it would close the response early
+            first = json.loads(next(lines).removeprefix("data: "))
+            wait_for(lambda: server.vlm.in_flight == 1, "the first model call in flight")
         run = f"{server.url}/v1/runs/{first['img2music']['run_id']}"  # the connection is closed
-        wait_for(lambda: http.get(run).json().get("stopping") == "cancelled",
-                 "the run marked cancelled")
-        gate.opened.set()  # the describe call answers; the run stops before the next step
+        wait_for(lambda: http.get(run).json().get("failure_kind") == "cancelled",
+                 "the run ended as cancelled, inside its first model call")
+        gate.opened.set()  # the describe call's answer comes too late
         replay = http.get(f"{run}/events").text  # ends when the run has ended
         summary = http.get(run).json()
     assert events(replay)[-1]["type"] == "failed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -26,19 +27,35 @@ from img2music.tools.images import BadImage, image_data_url, open_image
 
 logger = logging.getLogger(__name__)
 
-# Called after each node with the image, the node's name and what the node changed; a callback
-# that raises `RunCancelled` stops the run between nodes.
+# Called after each node with the image, the node's name and what the node changed.
 Progress = Callable[[str, str, State], None]
 FailureKind = Literal["bad_image", "bad_prompt", "vlm_unavailable", "no_tune", "cancelled",
                       "timeout", "internal"]
+StopKind = Literal["cancelled", "timeout"]
+CANCELLED = "cancelled by request"
 
 
-class RunCancelled(Exception):
-    """Raised by a progress callback to stop a run (a user's cancel, a server's timeout)."""
+class RunControl:
+    """Stops a run from outside (a user's cancel, a client that went away): the graph's task is
+    cancelled, so the model request in flight is closed at once and the model server stops
+    generating; the run then ends with `failure_kind` "cancelled" and its reason."""
 
-    def __init__(self, reason: str, kind: Literal["cancelled", "timeout"] = "cancelled") -> None:
-        super().__init__(reason)
-        self.kind: FailureKind = kind
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.kind: StopKind = "cancelled"
+        self._task: asyncio.Task[Any] | None = None
+
+    def cancel(self, reason: str = CANCELLED, kind: StopKind = "cancelled") -> None:
+        """Stop the run; the first reason given is the one it ends with."""
+        if self.reason is None:
+            self.reason, self.kind = reason, kind
+        if self._task is not None:
+            self._task.cancel()
+
+    def _attach(self, task: asyncio.Task[Any]) -> None:
+        self._task = task
+        if self.reason is not None:
+            task.cancel()
 
 
 @dataclass
@@ -72,7 +89,12 @@ class Composition:
         return line
 
 
-def compose(
+def compose(image: Path | str, **options: Any) -> Composition:
+    """`acompose` for synchronous callers (a script, a notebook without a running loop)."""
+    return asyncio.run(acompose(image, **options))
+
+
+async def acompose(
     image: Path | str,
     *,
     out_dir: Path | str | None = None,
@@ -81,12 +103,16 @@ def compose(
     model_for: ModelFor | None = None,
     retriever_for: RetrieverFor | None = None,
     on_progress: Progress | None = None,
+    control: RunControl | None = None,
     **overrides: Any,
 ) -> Composition:
     """Compose music for one image; `overrides` are `Context` fields (rag_k, refine_rounds, …).
 
-    A bad image or an unreachable model ends this image with a one-line `error`; nothing is
-    raised, so a batch goes on.
+    The graph runs as its own task, which `control` cancels (a user, a time limit): the model
+    request in flight is closed at once and the run ends with the reason given. A bad image or
+    an unreachable model ends this image with a one-line `error`; nothing is raised, so a batch
+    goes on. Once the graph has finished, its files are written whatever happens: a tune that
+    was made is never lost to a late cancel.
     """
     settings = settings or get_settings()
     image = Path(image)
@@ -94,33 +120,44 @@ def compose(
     context = Context.from_settings(settings, **overrides)
     started = time.perf_counter()
     try:
-        picture = open_image(image, settings=settings)
+        picture = await asyncio.to_thread(open_image, image, settings=settings)
     except BadImage as error:
-        return _failed(image, out, f"{image.name}: {error}", "bad_image", settings)
+        return failed_run(image, out, f"{image.name}: {error}", "bad_image", settings)
     state: State = {"image": image_data_url(picture, max_pixels=settings.vlm_image_pixels),
                     "note": note}
     # The model is built from these settings too (profile, key, timeouts), not the process's.
     graph = build_graph(model_for=model_for or partial(chat_model, settings=settings),
                         retriever_for=retriever_for)
-    final: State = {}
-    try:
-        for mode, chunk in graph.stream(state, context=context,
-                                        stream_mode=["updates", "values"]):
+
+    async def run_graph() -> State:
+        final: State = {}
+        async for mode, chunk in graph.astream(state, context=context,
+                                               stream_mode=["updates", "values"]):
             if mode == "updates" and on_progress is not None:
                 updates: dict[str, State | None] = chunk  # type: ignore[assignment]
                 for node, update in updates.items():
                     on_progress(str(image), node, update or {})
             elif mode == "values":
                 final = chunk  # type: ignore[assignment]
+        return final
+
+    graph_task = asyncio.create_task(run_graph())
+    if control is not None:
+        control._attach(graph_task)
+    try:
+        final = await graph_task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if control is None or control.reason is None or (current and current.cancelling()):
+            raise  # this caller was cancelled, not the run
+        return failed_run(image, out, control.reason, control.kind, settings)
     except VLMUnavailable as error:
-        return _failed(image, out, str(error), "vlm_unavailable", settings)
+        return failed_run(image, out, str(error), "vlm_unavailable", settings)
     except TemplateRefused as error:
-        return _failed(image, out, str(error), "bad_prompt", settings)
-    except RunCancelled as error:
-        return _failed(image, out, str(error), error.kind, settings)
+        return failed_run(image, out, str(error), "bad_prompt", settings)
     except Exception as error:  # one image's fault must not stop the batch
         logger.exception("composing for %s failed", image)
-        return _failed(image, out, f"{type(error).__name__}: {error}", "internal", settings)
+        return failed_run(image, out, f"{type(error).__name__}: {error}", "internal", settings)
     prompts = prompt_set(context.prompts_dir or None, context.prompt_edits())
     report = {
         "image": image.name,
@@ -130,7 +167,13 @@ def compose(
             context.vlm_base_url, context.vlm_model, choice=settings.vlm_profile),
         "wall_seconds": time.perf_counter() - started,
     }
-    files, report = write_run(out, final, picture, report, settings=settings)
+    writing = asyncio.ensure_future(asyncio.to_thread(
+        write_run, out, final, picture, report, settings=settings))
+    try:
+        files, report = await asyncio.shield(writing)
+    except asyncio.CancelledError:
+        await writing  # the files of a finished tune are written before the caller stops
+        raise
     done = final.get("status") == "done"
     return Composition(
         image=image, out_dir=out, abc=final.get("final_abc"),
@@ -152,8 +195,9 @@ def _shown_settings(context: Context) -> dict[str, Any]:
     return shown
 
 
-def _failed(image: Path, out: Path, reason: str, kind: FailureKind,
-            settings: Settings) -> Composition:
+def failed_run(image: Path, out: Path, reason: str, kind: FailureKind,
+               settings: Settings) -> Composition:
+    """A run that ends without a tune: its report says why, in one line without secrets."""
     reason = scrub(reason, settings)
     report = {"image": image.name, "status": "failed", "failure": reason, "failure_kind": kind,
               "files": ["report.json"]}
