@@ -66,7 +66,7 @@ async def describe(
     prompt = _render(context, "describe.j2", note=state.get("note", ""),
                      thinking=prompt_switch(False, context.vlm_model))
     messages = [_system(context), _image_message(state["image"], prompt)]
-    reply = await acall_model(model_for(context), to_langchain(messages),
+    reply = await acall_model(await _model(model_for, context), to_langchain(messages),
                               endpoint=context.vlm_base_url)
     description = strip_reasoning(reply.text)[:MAX_DESCRIPTION_CHARS]
     return {
@@ -186,7 +186,7 @@ async def compose(
             sees_image=context.see_image, tune=(standing or "").rstrip(),
             feedback=metric_feedback(metrics, folder=folder))}]
     conversation = [*state.get("conversation", []), *turns]
-    reply = await acall_model(model_for(context), to_langchain(conversation),
+    reply = await acall_model(await _model(model_for, context), to_langchain(conversation),
                               endpoint=context.vlm_base_url)
     extraction = extract_abc(reply.text)
     repaired = repair_abc(extraction.abc, cut_off=extraction.cut_off) if extraction.abc else None
@@ -271,7 +271,8 @@ async def explain(
     started = time.perf_counter()
     try:
         explanation.update(await asyncio.to_thread(
-            image_explanation, state, best, runtime.context, model_for(runtime.context)))
+            image_explanation, state, best, runtime.context,
+            await _model(model_for, runtime.context)))
     except Exception as error:  # the tune stands even when its picture cannot be drawn
         logger.warning("no image explanation: %s", error)
         explanation["note"] = f"no image explanation: {type(error).__name__}: {error}"
@@ -279,6 +280,12 @@ async def explain(
             "faults": [fault.one_line() for fault in check.faults[:MAX_FAULTS_SHOWN]],
             "fault_count": check.fault_count,
             "explanation": explanation, "timings": {"explain": time.perf_counter() - started}}
+
+
+async def _model(model_for: ModelFor, context: Context) -> BaseChatModel:
+    """The run's model, made in a thread: the first use of an endpoint asks it what it is, and
+    the local backend loads its weights, neither of which may hold up the event loop."""
+    return await asyncio.to_thread(model_for, context)
 
 
 def _measure(abc: str) -> TuneMetrics:

@@ -30,7 +30,7 @@ from img2music.pipeline.retention import prune_runs, runs_root
 from img2music.pipeline.runs import (
     CANCELLED,
     Composition,
-    RunControl,
+    RunStop,
     StopKind,
     acompose,
     failed_run,
@@ -58,7 +58,7 @@ class Job:
     events: list[dict[str, Any]] = field(default_factory=list)
     result: Composition | None = None
     stop_reason: StopReason | None = None
-    control: RunControl = field(default_factory=RunControl)
+    stopper: RunStop = field(default_factory=RunStop)
     task: asyncio.Task[None] | None = None
     started: bool = False
     _listeners: list[asyncio.Event] = field(default_factory=list)
@@ -95,7 +95,7 @@ class Job:
         (a run still waiting for a slot ends without starting)."""
         if self.stop_reason is None and not self.finished:
             self.stop_reason = reason
-            self.control.cancel(message, reason)
+            self.stopper.cancel(message, reason)
             if not self.started and self.task is not None:
                 self.task.cancel()
 
@@ -197,13 +197,13 @@ class RunPool:
                     job.result = await acompose(
                         image_path, out_dir=job.folder, note=note, settings=self.settings,
                         model_for=self._model_for, retriever_for=self._retriever_for,
-                        on_progress=job.on_progress, control=job.control, **overrides)
+                        on_progress=job.on_progress, stop=job.stopper, **overrides)
                 finally:
                     timer.cancel()
         except asyncio.CancelledError:  # stopped while it waited for a slot
             job.result = await asyncio.to_thread(
-                failed_run, image_path, job.folder, job.control.reason or CANCELLED,
-                job.control.kind, self.settings)
+                failed_run, image_path, job.folder, job.stopper.reason or CANCELLED,
+                job.stopper.kind, self.settings)
         except Exception as error:  # never lose a run silently: it ends with its reason
             logger.exception("run %s failed", job.id)
             job.result = Composition(image=image_path, out_dir=job.folder, abc=None,

@@ -35,7 +35,7 @@ StopKind = Literal["cancelled", "timeout"]
 CANCELLED = "cancelled by request"
 
 
-class RunControl:
+class RunStop:
     """Stops a run from outside (a user's cancel, a client that went away): the graph's task is
     cancelled, so the model request in flight is closed at once and the model server stops
     generating; the run then ends with `failure_kind` "cancelled" and its reason."""
@@ -103,12 +103,12 @@ async def acompose(
     model_for: ModelFor | None = None,
     retriever_for: RetrieverFor | None = None,
     on_progress: Progress | None = None,
-    control: RunControl | None = None,
+    stop: RunStop | None = None,
     **overrides: Any,
 ) -> Composition:
     """Compose music for one image; `overrides` are `Context` fields (rag_k, refine_rounds, …).
 
-    The graph runs as its own task, which `control` cancels (a user, a time limit): the model
+    The graph runs as its own task, which `stop` cancels (a user, a time limit): the model
     request in flight is closed at once and the run ends with the reason given. A bad image or
     an unreachable model ends this image with a one-line `error`; nothing is raised, so a batch
     goes on. Once the graph has finished, its files are written whatever happens: a tune that
@@ -142,15 +142,15 @@ async def acompose(
         return final
 
     graph_task = asyncio.create_task(run_graph())
-    if control is not None:
-        control._attach(graph_task)
+    if stop is not None:
+        stop._attach(graph_task)
     try:
         final = await graph_task
     except asyncio.CancelledError:
         current = asyncio.current_task()
-        if control is None or control.reason is None or (current and current.cancelling()):
+        if stop is None or stop.reason is None or (current and current.cancelling()):
             raise  # this caller was cancelled, not the run
-        return failed_run(image, out, control.reason, control.kind, settings)
+        return failed_run(image, out, stop.reason, stop.kind, settings)
     except VLMUnavailable as error:
         return failed_run(image, out, str(error), "vlm_unavailable", settings)
     except TemplateRefused as error:
