@@ -23,7 +23,7 @@ from benchmarks.timing import percentile
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
 from img2music.graph.models import chat_model
-from img2music.graph.state import State
+from img2music.graph.state import Input
 from img2music.settings import get_settings
 from img2music.tools.images import image_data_url, open_image
 from tests.openai_server import scripted_server
@@ -35,7 +35,7 @@ def _same(model: ScriptedChatModel, _: Context) -> ScriptedChatModel:
     return model
 
 
-def overhead(images: int, state: State, context: Context) -> list[float]:
+def overhead(images: int, state: Input, context: Context) -> list[float]:
     examples = Examples()
     times = []
     for _ in range(images + 1):
@@ -47,7 +47,7 @@ def overhead(images: int, state: State, context: Context) -> list[float]:
     return times[1:]
 
 
-def batch(images: int, concurrency: int, state: State, context: Context) -> float:
+def batch(images: int, concurrency: int, state: Input, context: Context) -> float:
     examples = Examples()
     graph = build_graph(retriever_for=lambda _: examples)
 
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--latency", type=float, default=1.0, help="seconds per model call")
     arguments = parser.parse_args()
-    state: State = {"image": image_data_url(open_image(PHOTO), max_pixels=448 * 448)}
+    state: Input = {"image": image_data_url(open_image(PHOTO), max_pixels=448 * 448)}
     context = Context(explain="none", refine_rounds=1)
     times = overhead(20, state, context)
     print("graph overhead per image (scripted model, no CLIP, no rendering), 20 images:")

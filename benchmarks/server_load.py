@@ -1,7 +1,8 @@
-"""The server under load: many clients at once against a model that takes its time.
+"""The server under load: many clients at once against a model that takes its time; and the
+CPU one composition costs outside the model, step by step.
 
     .venv/bin/python -m benchmarks.server_load [--requests 200] [--concurrency 32]
-        [--latency 0.3] [--max-runs 8] [--queue 8]
+        [--latency 0.3] [--max-runs 8] [--queue 8] [--compositions 10]
 
 The real app on a loopback port, with the scripted model server answering every call after
 `latency` seconds (describe, compose, refine: three calls a run) and canned examples. Clients
@@ -11,23 +12,37 @@ Reported: the 429s seen, runs finished per second, and latency of the answered r
 their first attempt.
 What must hold: no 5xx, every answered run's files on disk, at most `max-runs` compositions
 calling the model at once, and no 429 when clients stay within the limits.
+
+CPU: `compositions` runs one after another in this process with a model that answers at once,
+each costed in CPU-seconds of this process and of the programs it ran (abc2midi, fluidsynth,
+sox, abcm2ps), in all and per step (each node, each file written). Goal: at most 0.4 s a
+composition (median). Waves: 64 requests at concurrency 16 against a model that answers in
+0.5 s, beside four sequential waves of 16; goal: within 1.5x.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib
 import json
+import os
 import statistics
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
 import httpx
 
 from benchmarks.timing import percentile
+from img2music.pipeline.runs import acompose
 from tests.openai_server import Behaviour
+from tests.test_compose_cli import PHOTO
 from tests.test_server import image_message, img2music_server
 
 
@@ -113,6 +128,106 @@ def table(results: list[LoadResult]) -> str:
     return "\n".join(lines)
 
 
+def cpu_now() -> float:
+    """CPU-seconds of this process and of the programs it ran and waited for."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+# What is costed on its own inside writing a run's files (the nodes are costed by their updates).
+WRITE_STEPS = {
+    "img2music.pipeline.report": ("render_all", "_attention_maps", "_html"),
+    "img2music.tools.render.tune": ("compile_abc", "render_wav", "convert_audio", "render_svg",
+                                    "render_pianoroll"),
+}
+
+
+@contextmanager
+def costed(steps: dict[str, list[float]]) -> Iterator[None]:
+    """The write steps wrapped, for as long as the block runs, to add their CPU to `steps`."""
+    saved = []
+    for module_name, names in WRITE_STEPS.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            original = getattr(module, name)
+            saved.append((module, name, original))
+
+            def timed(*args: Any, _original: Any = original, _name: str = name,
+                      **kwargs: Any) -> Any:
+                started = cpu_now()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    steps.setdefault(f"write: {_name}", []).append(cpu_now() - started)
+
+            setattr(module, name, timed)
+    try:
+        yield
+    finally:
+        for module, name, original in saved:
+            setattr(module, name, original)
+
+
+def composition_cpu(compositions: int, data: Path) -> tuple[list[float], dict[str, list[float]]]:
+    """CPU-seconds of each composition (model answers at once), and of each step in all runs."""
+    totals: list[float] = []
+    steps: dict[str, list[float]] = {}
+    with img2music_server(data) as server:  # for its settings, examples and scripted model
+        settings = server.settings
+        photo = data / "photo.jpg"
+        photo.write_bytes(PHOTO.read_bytes())
+
+        async def one(index: int) -> None:
+            mark = cpu_now()
+
+            def progress(_: str, node: str, __: Any) -> None:
+                nonlocal mark
+                now = cpu_now()
+                steps.setdefault(f"node: {node}", []).append(now - mark)
+                mark = now
+
+            started = cpu_now()
+            result = await acompose(photo, out_dir=data / "cpu" / str(index), settings=settings,
+                                    retriever_for=lambda _: server.examples,
+                                    on_progress=progress)
+            assert result.ok, result.error
+            totals.append(cpu_now() - started)
+            steps.setdefault("write: all files", []).append(cpu_now() - mark)
+
+        with costed(steps):
+            for index in range(compositions + 1):  # the first warms caches and is left out
+                asyncio.run(one(index))
+                if index == 0:
+                    totals.clear()
+                    steps.clear()
+    return totals, steps
+
+
+def cpu_table(totals: list[float], steps: dict[str, list[float]]) -> str:
+    lines = [f"CPU-seconds per composition outside the model, {len(totals)} compositions: "
+             f"median {statistics.median(totals):.3f}, p95 {percentile(totals, 0.95):.3f} "
+             "(goal: median at most 0.4)",
+             "| step | runs | median CPU s | p95 CPU s | CPU s per composition |",
+             "|---|---:|---:|---:|---:|"]
+    for name, values in sorted(steps.items(), key=lambda item: -sum(item[1])):
+        lines.append(f"| {name} | {len(values)} | {statistics.median(values):.3f} | "
+                     f"{percentile(values, 0.95):.3f} | {sum(values) / len(totals):.3f} |")
+    return "\n".join(lines)
+
+
+def waves(latency: float) -> str:
+    """64 requests at concurrency 16 against four sequential waves of 16."""
+    with TemporaryDirectory() as data:
+        one_wave = [load(16, 16, latency=latency, max_runs=16, queue=16,
+                         data=Path(data) / f"wave{i}") for i in range(4)]
+    with TemporaryDirectory() as data:
+        together = load(64, 16, latency=latency, max_runs=16, queue=16, data=Path(data))
+    sequential = sum(result.seconds for result in one_wave)
+    return (f"64 requests at concurrency 16: {together.seconds:.2f} s; four sequential waves of "
+            f"16: {sequential:.2f} s; ratio {together.seconds / sequential:.2f} (goal: at most "
+            f"1.5); model latency {latency} s a call; answered {together.answered}/64")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200)
@@ -120,7 +235,16 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.3)
     parser.add_argument("--max-runs", type=int, default=8)
     parser.add_argument("--queue", type=int, default=8)
+    parser.add_argument("--compositions", type=int, default=10)
+    parser.add_argument("--only", choices=["cpu", "waves", "load"], default=None)
     arguments = parser.parse_args()
+    if arguments.only in (None, "cpu"):
+        with TemporaryDirectory() as data:
+            print(cpu_table(*composition_cpu(arguments.compositions, Path(data))))
+    if arguments.only in (None, "waves"):
+        print(waves(0.5))
+    if arguments.only == "cpu" or arguments.only == "waves":
+        return
     results = []
     for concurrency in (arguments.max_runs + arguments.queue, arguments.concurrency):
         with TemporaryDirectory() as data:

@@ -8,12 +8,13 @@ scripted models.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
 from langgraph.runtime import Runtime
@@ -25,7 +26,10 @@ from img2music.graph.models import acall_model, chat_model, prompt_switch, to_la
 from img2music.graph.state import (
     Attempt,
     AttemptKind,
+    Check,
+    Explanation,
     Message,
+    Metrics,
     State,
     replaces,
     rounds_and_repairs,
@@ -195,7 +199,7 @@ async def compose(
         "raw": reply.text[:MAX_RAW_CHARS],
         "abc": repaired.abc if repaired else None, "motivation": extraction.motivation,
         "fixes": repaired.fixes if repaired else [], "notes": extraction.notes,
-        "check": None, "metrics": None, "valid": False,
+        "check": None, "midi": None, "metrics": None, "valid": False,
         "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
         "seconds": reply.seconds,
     }
@@ -218,13 +222,17 @@ async def parse_check(state: State) -> State:
     attempts = state["attempts"]
     attempt = attempts[-1]
     abc = attempt["abc"]
+    midi: str | None = None
     if abc is None:
         check = ParseCheck(ok=False, error_count=1, errors=[
             Diagnostic(severity="error", line=0, col=0, message=NO_TUNE)])
     else:
         compiled = await asyncio.to_thread(compile_abc, abc)
         abc, check = compiled.abc, compiled.check  # as the programs read it: filtered
-    checked: Attempt = {**attempt, "abc": abc, "check": check.model_dump(), "valid": check.ok}
+        if compiled.midi is not None:
+            midi = base64.b64encode(compiled.midi).decode("ascii")
+    checked: Attempt = {**attempt, "abc": abc, "check": cast(Check, check.model_dump()),
+                        "midi": midi, "valid": check.ok}
     update: State = {
         "attempts": [checked],
         "timings": {"parse_check": time.perf_counter() - started},
@@ -236,32 +244,33 @@ async def parse_check(state: State) -> State:
 
 
 async def evaluate(state: State) -> State:
-    """The eight MusPy metrics of the tune the run now stands on, for the report and refining."""
+    """The eight MusPy metrics of the tune the run now stands on, for the report and refining,
+    measured on the MIDI parse-check compiled (a tune is compiled once)."""
     started = time.perf_counter()
     best = state.get("best")
     assert best is not None, "evaluate runs only once a tune is playable"
     attempt = state["attempts"][best]
-    metrics = await asyncio.to_thread(_measure, attempt["abc"] or "")
-    return {"attempts": [{**attempt, "metrics": metrics.model_dump()}],
+    check = attempt["check"]
+    assert attempt["midi"] is not None and check is not None, "a playable tune was compiled"
+    metrics = await asyncio.to_thread(evaluate_midi, base64.b64decode(attempt["midi"]),
+                                      bars=check["bars"], voices=check["voices"])
+    return {"attempts": [{**attempt, "metrics": cast(Metrics, metrics.model_dump())}],
             "timings": {"evaluate": time.perf_counter() - started}}
 
 
 async def explain(
     state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model
 ) -> State:
-    """The chosen tune, its motivation, and what shaped it; or why there is no tune."""
-    attempts = state.get("attempts", [])
+    """The chosen tune, its motivation, what a musician would still correct, and what shaped
+    it (the loop, the examples, and where in the image it came from)."""
+    attempts = state["attempts"]
     best = state.get("best")
-    if best is None:
-        last = attempts[-1] if attempts else None
-        reason = "no valid tune within the limits"
-        if last and last["check"]:
-            reason += ": " + ParseCheck.model_validate(last["check"]).summary()
-        return {"status": "failed", "failure": reason, "final_abc": None}
+    assert best is not None, "explain follows a playable tune"
     chosen = attempts[best]
-    check = ParseCheck.model_validate(chosen["check"])
+    check = chosen["check"]
+    assert check is not None, "a chosen tune was checked"
     rounds, repairs = rounds_and_repairs(attempts)
-    explanation: dict[str, Any] = {
+    explanation: Explanation = {
         "method": runtime.context.explain,
         "chosen_attempt": best,
         "rounds": rounds,
@@ -270,28 +279,33 @@ async def explain(
     }
     started = time.perf_counter()
     try:
-        explanation.update(await asyncio.to_thread(
-            image_explanation, state, best, runtime.context,
-            await _model(model_for, runtime.context)))
+        picture = await asyncio.to_thread(image_explanation, state, best, runtime.context,
+                                          await _model(model_for, runtime.context))
+        explanation = cast(Explanation, {**explanation, **picture})
     except Exception as error:  # the tune stands even when its picture cannot be drawn
         logger.warning("no image explanation: %s", error)
         explanation["note"] = f"no image explanation: {type(error).__name__}: {error}"
+    faults = [Diagnostic.model_validate(fault).one_line()
+              for fault in check["faults"][:MAX_FAULTS_SHOWN]]
     return {"status": "done", "final_abc": chosen["abc"], "motivation": chosen["motivation"],
-            "faults": [fault.one_line() for fault in check.faults[:MAX_FAULTS_SHOWN]],
-            "fault_count": check.fault_count,
+            "faults": faults, "fault_count": check["fault_count"],
             "explanation": explanation, "timings": {"explain": time.perf_counter() - started}}
+
+
+async def finish(state: State) -> State:
+    """The end of a run without a playable tune: why, from the last attempt's check."""
+    attempts = state.get("attempts", [])
+    last = attempts[-1] if attempts else None
+    reason = "no valid tune within the limits"
+    if last and last["check"]:
+        reason += ": " + ParseCheck.model_validate(last["check"]).summary()
+    return {"status": "failed", "failure": reason, "final_abc": None}
 
 
 async def _model(model_for: ModelFor, context: Context) -> BaseChatModel:
     """The run's model, made in a thread: the first use of an endpoint asks it what it is, and
     the local backend loads its weights, neither of which may hold up the event loop."""
     return await asyncio.to_thread(model_for, context)
-
-
-def _measure(abc: str) -> TuneMetrics:
-    compiled = compile_abc(abc)
-    assert compiled.midi is not None, "a playable tune compiles"
-    return evaluate_midi(compiled.midi, bars=compiled.check.bars, voices=compiled.check.voices)
 
 
 def _system(context: Context) -> Message:

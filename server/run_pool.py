@@ -105,11 +105,13 @@ class Job:
 
 
 def public_update(update: State) -> dict[str, Any]:
-    """A node's update as clients see it: no image data, no conversation, no raw model text."""
+    """A node's update as clients see it: no image data, no conversation, no raw model text,
+    no MIDI (the run's files hold it)."""
     shown: dict[str, Any] = {key: value for key, value in update.items()
                              if key not in ("image", "conversation")}
     if "attempts" in shown:
-        shown["attempts"] = [{key: value for key, value in attempt.items() if key != "raw"}
+        shown["attempts"] = [{key: value for key, value in attempt.items()
+                              if key not in ("raw", "midi")}
                              for attempt in shown["attempts"]]
     return shown
 

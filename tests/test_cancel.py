@@ -10,8 +10,7 @@ real browser in tests/test_page.py.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tests.openai_server import Behaviour
+from tests.serving import within
 from tests.test_server import Served, image_message, img2music_server
 
 MODEL_ANSWERS_AFTER_S = 30.0
@@ -31,14 +31,6 @@ def slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     with img2music_server(tmp_path_factory.mktemp("slow"),
                           behaviour=Behaviour(sleep_s=MODEL_ANSWERS_AFTER_S)) as server:
         yield server
-
-
-def within(seconds: float, what: str, reached: Callable[[], bool]) -> None:
-    """Until the state is reached, failing after `seconds` (polled: the server reaches it)."""
-    deadline = time.monotonic() + seconds
-    while not reached():
-        assert time.monotonic() < deadline, f"not within {seconds:g} s: {what}"
-        time.sleep(0.01)
 
 
 def started_run(lines: Iterator[str], server: Served) -> str:

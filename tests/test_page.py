@@ -25,7 +25,7 @@ from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 import img2music.server.page as page_module
 from tests.needs import CHROMIUM, needs_chromium
 from tests.openai_server import Behaviour
-from tests.test_cancel import within
+from tests.serving import within
 from tests.test_compose_cli import PHOTO
 from tests.test_graph import REFINED
 from tests.test_server import KEY, Served, img2music_server, never_fixes_the_papers_tune

@@ -30,7 +30,7 @@ from img2music.tools.abc.check import check_abc
 from img2music.tools.abc.extract import extract_abc
 from tests.openai_server import Behaviour, ScriptedServer, last_user_text, scripted_server
 from tests.realworld import papers_tune
-from tests.serving import refusing_port, served
+from tests.serving import refusing_port, served, within
 from tests.test_compose_cli import PHOTO
 from tests.test_graph import Examples, reply_for
 
@@ -425,6 +425,7 @@ def test_a_run_can_be_followed_and_cancelled(tmp_path: Path) -> None:
         run_id = first.model_extra["img2music"]["run_id"]  # type: ignore[index]
         run = f"{server.url}/v1/runs/{run_id}"
         assert httpx.get(run).json()["status"] == "running"
+        within(60, "the describe call in flight", lambda: server.vlm.in_flight == 1)
         assert httpx.delete(run).json()["status"] == "cancelling"
         gate.opened.set()  # the describe call's answer comes too late: the run has stopped
         rest = list(stream)

@@ -65,7 +65,8 @@ def write_run(
         files["tune.abc"] = write_atomic(out / "tune.abc", abc)
         formats: tuple[AudioFormat, ...] = ("ogg",) if which("sox") else ()
         rendered = render_all(abc, out, wav=settings.keep_wav or not formats,
-                              audio_formats=formats, settings=settings)
+                              audio_formats=formats, settings=settings,
+                              checked_midi=_checked_midi(final))
         files.update({path.name: path for path in rendered.files.values()})
         problems.extend(rendered.problems)
         files["motivation.md"] = write_atomic(out / "motivation.md", _motivation_markdown(final))
@@ -81,16 +82,23 @@ def write_run(
     return files, full
 
 
+def _checked_midi(final: State) -> bytes | None:
+    """The MIDI parse-check compiled for the tune the run stands on (compiled once)."""
+    best = final.get("best")
+    midi = final["attempts"][best]["midi"] if best is not None else None
+    return base64.b64decode(midi) if midi else None
+
+
 def _attention_maps(out: Path, final: State, picture: Image.Image) -> dict[str, Any] | None:
     """The explanation's overlays: the whole tune's, then one per section when there are any.
 
     Returns what a client needs to offer them: the method, its label, any note, and the file of
     each map (`attention.png`, then `attention-1.png`... in the tune's order of sections).
     """
-    explanation = final.get("explanation") or {}
-    grid = explanation.get("grid")
-    if grid is None:
+    explanation = final.get("explanation")
+    if explanation is None or "grid" not in explanation:
         return None
+    grid = explanation["grid"]
     from img2music.tools.render.overlays import draw_overlay
 
     method = explanation.get("method", "clip")
@@ -121,9 +129,13 @@ def chosen_metrics(report: dict[str, Any]) -> dict[str, float | None] | None:
 
 
 def _without_images(state: State) -> dict[str, Any]:
-    """The state as JSON, the image data URLs replaced by a marker: reports stay small."""
+    """The state as JSON, the image data URLs replaced by a marker and the attempts' MIDI left
+    out (tune.mid holds the chosen one): reports stay small."""
     text = json.dumps(dict(state), default=str)
-    return dict(json.loads(DATA_URL.sub("data:image (omitted)", text)))
+    shown = dict(json.loads(DATA_URL.sub("data:image (omitted)", text)))
+    for attempt in shown.get("attempts", []):
+        attempt.pop("midi", None)
+    return shown
 
 
 def _motivation_markdown(final: State) -> str:
@@ -167,7 +179,8 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path],
                              "audio/ogg" if audio.suffix == ".ogg" else "audio/wav")
     score = files.get("score.svg")
     usage = usage_totals(final.get("usage", {}))
-    method = (final.get("explanation") or {}).get("method", "")
+    explanation = final.get("explanation")
+    method = explanation["method"] if explanation else ""
     maps = report.get("attention_maps") or {"sections": []}
     return render(
         _report_environment(), template="report.html.j2", max_chars=None, variables=dict(

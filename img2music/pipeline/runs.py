@@ -16,7 +16,7 @@ from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
 from img2music.graph.models import VLMUnavailable, chat_model, endpoint_report
 from img2music.graph.nodes import ModelFor, RetrieverFor
-from img2music.graph.state import State
+from img2music.graph.state import Input, State
 from img2music.pipeline.report import write_run
 from img2music.prompt_files import prompt_set
 from img2music.redaction import redact_url, scrub
@@ -33,6 +33,7 @@ FailureKind = Literal["bad_image", "bad_prompt", "vlm_unavailable", "no_tune", "
                       "timeout", "internal"]
 StopKind = Literal["cancelled", "timeout"]
 CANCELLED = "cancelled by request"
+STATE_KEYS = list(State.__annotations__)
 
 
 class RunStop:
@@ -123,7 +124,7 @@ async def acompose(
         picture = await asyncio.to_thread(open_image, image, settings=settings)
     except BadImage as error:
         return failed_run(image, out, f"{image.name}: {error}", "bad_image", settings)
-    state: State = {"image": image_data_url(picture, max_pixels=settings.vlm_image_pixels),
+    state: Input = {"image": image_data_url(picture, max_pixels=settings.vlm_image_pixels),
                     "note": note}
     # The model is built from these settings too (profile, key, timeouts), not the process's.
     graph = build_graph(model_for=model_for or partial(chat_model, settings=settings),
@@ -131,8 +132,10 @@ async def acompose(
 
     async def run_graph() -> State:
         final: State = {}
+        # The whole state, not only the graph's output: the run's report shows every attempt.
         async for mode, chunk in graph.astream(state, context=context,
-                                               stream_mode=["updates", "values"]):
+                                               stream_mode=["updates", "values"],
+                                               output_keys=STATE_KEYS):
             if mode == "updates" and on_progress is not None:
                 updates: dict[str, State | None] = chunk  # type: ignore[assignment]
                 for node, update in updates.items():

@@ -51,20 +51,25 @@ def render_all(
     png: bool = True,
     audio_formats: Sequence[AudioFormat] = (),
     settings: Settings | None = None,
+    checked_midi: bytes | None = None,
 ) -> RenderReport:
     """Check `abc` and write `tune.mid`, `tune.wav`, `score.svg`, `pianoroll.png` (as asked) and
     `tune.<fmt>` for each audio format into `out_dir`.
 
     Raises ValueError when the tune is not valid ABC; a renderer that cannot run is reported in
     `problems` instead. OGG and MP3 are encoded from the WAV, which is removed again when
-    `wav` is False.
+    `wav` is False. `checked_midi` is the MIDI a check of this very ABC compiled (the graph's
+    parse-check): the tune is then not compiled again.
     """
     settings = settings or get_settings()
-    compiled = compile_abc(abc, settings=settings)
-    if not compiled.check.ok or compiled.midi is None:
-        first = compiled.check.errors[0].one_line() if compiled.check.errors else "no tune found"
-        raise ValueError(f"the ABC is not a valid tune: {first}")
-    tune_midi = compiled.midi
+    if checked_midi is None:
+        compiled = compile_abc(abc, settings=settings)
+        if not compiled.check.ok or compiled.midi is None:
+            first = (compiled.check.errors[0].one_line() if compiled.check.errors
+                     else "no tune found")
+            raise ValueError(f"the ABC is not a valid tune: {first}")
+        abc, checked_midi = compiled.abc, compiled.midi
+    tune_midi = checked_midi
     out_dir.mkdir(parents=True, exist_ok=True)
     report = RenderReport()
     if midi:
@@ -83,7 +88,7 @@ def render_all(
             del report.files["wav"]
     if svg:
         _attempt(report, "svg", partial(
-            render_svg, compiled.abc, out_dir / "score.svg", settings=settings))
+            render_svg, abc, out_dir / "score.svg", settings=settings))
     if png:
         _attempt(report, "png", partial(
             render_pianoroll, tune_midi, out_dir / "pianoroll.png", settings=settings))
