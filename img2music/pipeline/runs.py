@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -91,8 +92,14 @@ class Composition:
 
 
 def compose(image: Path | str, **options: Any) -> Composition:
-    """`acompose` for synchronous callers (a script, a notebook without a running loop)."""
-    return asyncio.run(acompose(image, **options))
+    """`acompose` for synchronous callers: on its own event loop, in a thread of its own when
+    this thread already runs one (a notebook, Playwright's sync API)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(acompose(image, **options))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="img2music-compose") as thread:
+        return thread.submit(asyncio.run, acompose(image, **options)).result()
 
 
 async def acompose(
@@ -123,7 +130,8 @@ async def acompose(
     try:
         picture = await asyncio.to_thread(open_image, image, settings=settings)
     except BadImage as error:
-        return failed_run(image, out, f"{image.name}: {error}", "bad_image", settings)
+        return await asyncio.to_thread(failed_run, image, out, f"{image.name}: {error}",
+                                       "bad_image", settings)
     state: Input = {"image": image_data_url(picture, max_pixels=settings.vlm_image_pixels),
                     "note": note}
     # The model is built from these settings too (profile, key, timeouts), not the process's.
@@ -147,31 +155,38 @@ async def acompose(
     graph_task = asyncio.create_task(run_graph())
     if stop is not None:
         stop._attach(graph_task)
+    kind: FailureKind | None = None
+    reason = ""
     try:
         final = await graph_task
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if stop is None or stop.reason is None or (current and current.cancelling()):
             raise  # this caller was cancelled, not the run
-        return failed_run(image, out, stop.reason, stop.kind, settings)
+        reason, kind = stop.reason, stop.kind
     except VLMUnavailable as error:
-        return failed_run(image, out, str(error), "vlm_unavailable", settings)
+        reason, kind = str(error), "vlm_unavailable"
     except TemplateRefused as error:
-        return failed_run(image, out, str(error), "bad_prompt", settings)
+        reason, kind = str(error), "bad_prompt"
     except Exception as error:  # one image's fault must not stop the batch
         logger.exception("composing for %s failed", image)
-        return failed_run(image, out, f"{type(error).__name__}: {error}", "internal", settings)
-    prompts = prompt_set(context.prompts_dir or None, context.prompt_edits())
-    report = {
-        "image": image.name,
-        "settings": _shown_settings(context),
-        "prompt_set": {"name": prompts.name, "hash": prompts.hash},
-        "vlm_endpoint": None if settings.vlm_backend == "local" else endpoint_report(
-            context.vlm_base_url, context.vlm_model, choice=settings.vlm_profile),
-        "wall_seconds": time.perf_counter() - started,
-    }
-    writing = asyncio.ensure_future(asyncio.to_thread(
-        write_run, out, final, picture, report, settings=settings))
+        reason, kind = f"{type(error).__name__}: {error}", "internal"
+    if kind is not None:
+        return await asyncio.to_thread(failed_run, image, out, reason, kind, settings)
+
+    def write() -> tuple[dict[str, Path], dict[str, Any]]:
+        prompts = prompt_set(context.prompts_dir or None, context.prompt_edits())
+        report = {
+            "image": image.name,
+            "settings": _shown_settings(context),
+            "prompt_set": {"name": prompts.name, "hash": prompts.hash},
+            "vlm_endpoint": None if settings.vlm_backend == "local" else endpoint_report(
+                context.vlm_base_url, context.vlm_model, choice=settings.vlm_profile),
+            "wall_seconds": time.perf_counter() - started,
+        }
+        return write_run(out, final, picture, report, settings=settings)
+
+    writing = asyncio.ensure_future(asyncio.to_thread(write))  # files and prompts: no IO here
     try:
         files, report = await asyncio.shield(writing)
     except asyncio.CancelledError:
