@@ -162,6 +162,8 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
         report = await asyncio.to_thread(_report, pool, _checked_id(run_id))
         path = pool.runs_dir / run_id / name
         listed = FILE_NAME.match(name) and name in report.get("files", [])
+        if listed and name in report.get("when_asked", []):
+            await pool.make_when_asked(run_id, name)
         if not listed or not await asyncio.to_thread(path.is_file):
             raise ApiError(404, f"run {run_id} has no file {name!r}", type="not_found_error",
                            code="file_not_found")

@@ -26,6 +26,7 @@ from typing import Any
 
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import State
+from img2music.pipeline.report import make_when_asked
 from img2music.pipeline.retention import prune_runs, runs_root
 from img2music.pipeline.runs import (
     CANCELLED,
@@ -130,6 +131,7 @@ class RunPool:
         self._admitted = 0
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._pruning = threading.Lock()
+        self._making: dict[str, asyncio.Lock] = {}
 
     @property
     def admitted(self) -> int:
@@ -165,6 +167,18 @@ class RunPool:
     def get(self, run_id: str) -> Job | None:
         return self._jobs.get(run_id)
 
+    async def make_when_asked(self, run_id: str, name: str) -> None:
+        """Make a run's file that waits until asked for (its audio, its HTML report), once:
+        requests for a run's files wait for each other."""
+        lock = self._making.setdefault(run_id, asyncio.Lock())
+        try:
+            async with lock:
+                await asyncio.to_thread(make_when_asked, self.runs_dir / run_id, name,
+                                        self.settings)
+        finally:
+            if not lock.locked() and self._making.get(run_id) is lock:
+                del self._making[run_id]
+
     def prune(self) -> None:
         """Delete old run folders (by age, then size) except those of runs still going; one pass
         at a time (called in a thread, after each run and at startup)."""
@@ -199,7 +213,8 @@ class RunPool:
                     job.result = await acompose(
                         image_path, out_dir=job.folder, note=note, settings=self.settings,
                         model_for=self._model_for, retriever_for=self._retriever_for,
-                        on_progress=job.on_progress, stop=job.stopper, **overrides)
+                        on_progress=job.on_progress, stop=job.stopper,
+                        files_when_asked=True, **overrides)
                 finally:
                     timer.cancel()
         except asyncio.CancelledError:  # stopped while it waited for a slot

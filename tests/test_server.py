@@ -126,7 +126,10 @@ def test_a_composition_answers_with_the_tune_its_measures_and_its_files(tmp_path
         expected = {"tune.abc", "tune.mid", "tune.ogg", "score.svg", "attention.png",
                     "report.html", "report.json"}
         assert expected <= set(files)
-        with httpx.Client(headers={"Authorization": f"Bearer {KEY}"}) as http:
+        run = server.runs / extension["run_id"]
+        # The audio and the page that embeds it are made when first asked for, off the answer.
+        assert not (run / "tune.ogg").exists() and not (run / "report.html").exists()
+        with httpx.Client(headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as http:
             fetched = {name: http.get(url) for name, url in files.items()}
         assert all(response.status_code == 200 for response in fetched.values())
         assert fetched["tune.abc"].text == extension["abc"]

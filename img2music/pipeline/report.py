@@ -7,10 +7,11 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files as files_of
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from jinja2 import PackageLoader
@@ -51,35 +52,87 @@ ATTENTION_LABELS = {
 
 def write_run(
     out: Path, final: State, picture: Image.Image, report: dict[str, Any], *,
-    settings: Settings,
+    settings: Settings, when_asked: bool = False,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Files of one run; no `tune.abc` unless a valid tune was made. The WAV is kept only when
     asked (`keep_wav`) or when there is no Ogg made from it. Keys and this machine's paths are
-    scrubbed from both reports; every file is written atomically."""
+    scrubbed from both reports; every file is written atomically.
+
+    With `when_asked` (the server), the audio and the HTML report, which embeds it, are the
+    run's files all the same but are made by `make_when_asked` the first time someone asks for
+    them: they cost more CPU than the rest of a run together, and an API client that wants the
+    tune never asks (`report["when_asked"]` names them)."""
     out.mkdir(parents=True, exist_ok=True)
     final = scrub(final, settings)
     files: dict[str, Path] = {}
     problems: list[str] = []
+    later: list[str] = ["report.html"] if when_asked else []
     abc = final.get("final_abc")
     if abc:
         files["tune.abc"] = write_atomic(out / "tune.abc", abc)
-        formats: tuple[AudioFormat, ...] = ("ogg",) if which("sox") else ()
-        rendered = render_all(abc, out, wav=settings.keep_wav or not formats,
-                              audio_formats=formats, settings=settings,
-                              checked_midi=_checked_midi(final))
+        audio = _audio_files(settings)
+        rendered = render_all(abc, out, wav=False if when_asked else audio.wav,
+                              audio_formats=() if when_asked else audio.formats,
+                              settings=settings, checked_midi=_checked_midi(final))
         files.update({path.name: path for path in rendered.files.values()})
         problems.extend(rendered.problems)
+        if when_asked and "midi" in rendered.files:
+            later.extend(audio.names)
         files["motivation.md"] = write_atomic(out / "motivation.md", _motivation_markdown(final))
     maps = _attention_maps(out, final, picture)
     files.update({name: out / name for name in _map_files(maps)})
+    listed = sorted({*files, *later} - {"report.html"})
     full = scrub({**report, **_without_images(final), "render_problems": problems,
-                  "attention_maps": maps,
-                  "files": [*sorted(files), "report.json", "report.html"]}, settings)
+                  "attention_maps": maps, "when_asked": later,
+                  "files": [*listed, "report.json", "report.html"]}, settings)
     files["report.json"] = write_atomic(out / "report.json",
                                         json.dumps(full, indent=2, default=str))
-    files["report.html"] = write_atomic(out / "report.html",
-                                        _html(final, picture, files, full))
+    if not when_asked:
+        files["report.html"] = write_atomic(out / "report.html",
+                                            _html(final, picture, files, full))
     return files, full
+
+
+@dataclass(frozen=True)
+class _Audio:
+    wav: bool  # the WAV is kept
+    formats: tuple[AudioFormat, ...]  # encoded from it
+
+    @property
+    def names(self) -> list[str]:
+        return [*(["tune.wav"] if self.wav else []), *(f"tune.{fmt}" for fmt in self.formats)]
+
+
+def _audio_files(settings: Settings) -> _Audio:
+    """Ogg Vorbis when sox is there; the WAV when asked (`keep_wav`) or when there is no Ogg."""
+    formats: tuple[AudioFormat, ...] = ("ogg",) if which("sox") else ()
+    return _Audio(wav=settings.keep_wav or not formats, formats=formats)
+
+
+def make_when_asked(folder: Path, name: str, settings: Settings) -> bool:
+    """Make a file a run lists but left until asked for (`write_run(when_asked=True)`): the
+    audio from the run's MIDI, the HTML report once the audio is there. False when the run
+    does not list `name` as such; the caller makes sure one call at a time works on a run."""
+    report = read_report(folder)
+    later = report.get("when_asked", [])
+    if name not in later or (folder / name).is_file():
+        return name in later
+    audio = _audio_files(settings)
+    audio_names = [file for file in audio.names if file in later]
+    if audio_names and not all((folder / file).is_file() for file in audio_names):
+        rendered = render_all(report.get("final_abc") or "", folder, midi=False, svg=False,
+                              png=False, wav=audio.wav, audio_formats=audio.formats,
+                              settings=settings,
+                              checked_midi=(folder / "tune.mid").read_bytes())
+        if rendered.problems:
+            logger.warning("audio of %s: %s", folder.name, "; ".join(rendered.problems))
+    if name == "report.html":
+        files = {file: folder / file for file in report.get("files", [])
+                 if (folder / file).is_file()}
+        with Image.open(folder / Path(str(report.get("image_file"))).name) as opened:
+            picture = opened.convert("RGB")
+        write_atomic(folder / "report.html", _html(cast(State, report), picture, files, report))
+    return True
 
 
 def _checked_midi(final: State) -> bytes | None:

@@ -112,6 +112,7 @@ async def acompose(
     retriever_for: RetrieverFor | None = None,
     on_progress: Progress | None = None,
     stop: RunStop | None = None,
+    files_when_asked: bool = False,
     **overrides: Any,
 ) -> Composition:
     """Compose music for one image; `overrides` are `Context` fields (rag_k, refine_rounds, …).
@@ -120,7 +121,8 @@ async def acompose(
     request in flight is closed at once and the run ends with the reason given. A bad image or
     an unreachable model ends this image with a one-line `error`; nothing is raised, so a batch
     goes on. Once the graph has finished, its files are written whatever happens: a tune that
-    was made is never lost to a late cancel.
+    was made is never lost to a late cancel. With `files_when_asked` (the server) the audio and
+    the HTML report are made when first asked for (`pipeline.report.make_when_asked`).
     """
     settings = settings or get_settings()
     image = Path(image)
@@ -178,13 +180,15 @@ async def acompose(
         prompts = prompt_set(context.prompts_dir or None, context.prompt_edits())
         report = {
             "image": image.name,
+            "image_file": image.name,  # kept: the state's "image" (a data URL) replaces "image"
             "settings": _shown_settings(context),
             "prompt_set": {"name": prompts.name, "hash": prompts.hash},
             "vlm_endpoint": None if settings.vlm_backend == "local" else endpoint_report(
                 context.vlm_base_url, context.vlm_model, choice=settings.vlm_profile),
             "wall_seconds": time.perf_counter() - started,
         }
-        return write_run(out, final, picture, report, settings=settings)
+        return write_run(out, final, picture, report, settings=settings,
+                         when_asked=files_when_asked)
 
     writing = asyncio.ensure_future(asyncio.to_thread(write))  # files and prompts: no IO here
     try:
