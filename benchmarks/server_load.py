@@ -10,7 +10,8 @@ send the same photo; beyond `max-runs` running and `queue` waiting the server an
 once, and a client waits as its Retry-After says and sends again (as the openai client does).
 Reported: the 429s seen, runs finished per second, and latency of the answered requests from
 their first attempt.
-What must hold: no 5xx, every answered run's files on disk, at most `max-runs` compositions
+What must hold: no 5xx, every answered run's files on disk (those made when first asked for:
+listed in its report as such, and fetched for one run), at most `max-runs` compositions
 calling the model at once, and no 429 when clients stay within the limits.
 
 CPU: `compositions` runs one after another in this process with a model that answers at once,
@@ -99,6 +100,7 @@ def load(requests: int, concurrency: int, *, latency: float, max_runs: int, queu
             list(clients.map(one, range(requests)))
         result.seconds = time.perf_counter() - started
         result.most_model_calls_at_once = server.vlm.most_in_flight
+        fetched_later = False
         for status, refused, seconds, payload in answers:
             result.statuses[status] = result.statuses.get(status, 0) + 1
             result.refusals += refused
@@ -107,9 +109,18 @@ def load(requests: int, concurrency: int, *, latency: float, max_runs: int, queu
             result.latencies.append(seconds)
             extension: dict[str, object] = payload["img2music"]  # type: ignore[assignment]
             folder = server.runs / str(extension["run_id"])
+            report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+            later = report.get("when_asked", [])
             for name in extension["files"]:  # type: ignore[attr-defined]
-                if not (folder / name).is_file():
+                if name not in later and not (folder / name).is_file():
                     result.missing_files.append(f"{folder.name}/{name}")
+            if later and not fetched_later:  # made when asked: ask, for one run
+                fetched_later = True
+                for name in later:
+                    url = extension["files"][name]  # type: ignore[index]
+                    if httpx.get(url, timeout=600).status_code != 200 or \
+                            not (folder / name).is_file():
+                        result.missing_files.append(f"{folder.name}/{name} (asked for)")
             if extension["status"] != "done":
                 result.missing_files.append(f"{folder.name}: {extension['failure']}")
         result.run_folders = sum(1 for path in server.runs.iterdir() if path.is_dir())
