@@ -44,7 +44,7 @@ from benchmarks.timing import latencies, percentile
 from img2music.graph.context import Context
 from img2music.graph.local_vlm import LocalChatModel, LocalVLM
 from img2music.graph.models import AnswerConstraint, call_model
-from img2music.graph.state import State, rounds_and_repairs
+from img2music.graph.state import Input, rounds_and_repairs
 from img2music.tools.abc.check import check_abc
 from img2music.tools.abc.extract import extract_abc
 from img2music.tools.abc.grammar import answer_grammar, matches, tune_grammar
@@ -173,7 +173,7 @@ def local_backend(vlm: LocalVLM, compositions: int, tokens: int) -> None:
 
 
 def calls_per_delivered_tune() -> None:
-    state: State = {"image": image_data_url(open_image(PHOTO), max_pixels=128 * 128)}
+    state: Input = {"image": image_data_url(open_image(PHOTO), max_pixels=128 * 128)}
     context = Context(explain="none", rag=False)
     rows: dict[str, list[tuple[bool, int, int]]] = {"without the grammar": [],
                                                     "with the grammar": []}

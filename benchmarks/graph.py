@@ -13,9 +13,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -23,7 +23,7 @@ from benchmarks.timing import percentile
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
 from img2music.graph.models import chat_model
-from img2music.graph.state import State
+from img2music.graph.state import Input
 from img2music.settings import get_settings
 from img2music.tools.images import image_data_url, open_image
 from tests.openai_server import scripted_server
@@ -35,24 +35,33 @@ def _same(model: ScriptedChatModel, _: Context) -> ScriptedChatModel:
     return model
 
 
-def overhead(images: int, state: State, context: Context) -> list[float]:
+def overhead(images: int, state: Input, context: Context) -> list[float]:
     examples = Examples()
     times = []
     for _ in range(images + 1):
         model = ScriptedChatModel(replies=[DESCRIPTION, answer(TUNE), answer(REFINED)])
         graph = build_graph(model_for=partial(_same, model), retriever_for=lambda _: examples)
         start = time.perf_counter()
-        graph.invoke(state, context=context)
+        asyncio.run(graph.ainvoke(state, context=context))
         times.append((time.perf_counter() - start) * 1000)
     return times[1:]
 
 
-def batch(images: int, concurrency: int, state: State, context: Context) -> float:
+def batch(images: int, concurrency: int, state: Input, context: Context) -> float:
     examples = Examples()
     graph = build_graph(retriever_for=lambda _: examples)
+
+    async def every() -> None:
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with slots:
+                await graph.ainvoke(state, context=context)
+
+        await asyncio.gather(*(one() for _ in range(images)))
+
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(lambda _: graph.invoke(state, context=context), range(images)))
+    asyncio.run(every())
     return time.perf_counter() - start
 
 
@@ -61,7 +70,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--latency", type=float, default=1.0, help="seconds per model call")
     arguments = parser.parse_args()
-    state: State = {"image": image_data_url(open_image(PHOTO), max_pixels=448 * 448)}
+    state: Input = {"image": image_data_url(open_image(PHOTO), max_pixels=448 * 448)}
     context = Context(explain="none", refine_rounds=1)
     times = overhead(20, state, context)
     print("graph overhead per image (scripted model, no CLIP, no rendering), 20 images:")

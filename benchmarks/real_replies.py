@@ -11,13 +11,14 @@ a zero-latency model and no retrieval or rendering; then the totals, the time as
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import time
 
 from benchmarks.timing import percentile
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
-from img2music.graph.state import State, rounds_and_repairs
+from img2music.graph.state import Input, State, rounds_and_repairs
 from img2music.tools.images import image_data_url, open_image
 from tests.realworld import llm_replies
 from tests.scripted import ScriptedChatModel
@@ -26,12 +27,12 @@ from tests.test_graph import DESCRIPTION, PHOTO
 MOST_CALLS = 32  # the model answers this often at most; a bounded run never needs it
 
 
-def replay(reply: str, state: State, context: Context) -> tuple[State, int, float]:
+def replay(reply: str, state: Input, context: Context) -> tuple[State, int, float]:
     """The final state, the model calls, and the milliseconds the graph took."""
     model = ScriptedChatModel(replies=[DESCRIPTION, *[reply] * MOST_CALLS])
     graph = build_graph(model_for=lambda _: model)
     start = time.perf_counter()
-    final = graph.invoke(state, context=context)
+    final = asyncio.run(graph.ainvoke(state, context=context))
     return final, len(model.calls), (time.perf_counter() - start) * 1000  # type: ignore[return-value]
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     parser.add_argument("--repairs", type=int, default=3)
     parser.add_argument("--refine-rounds", type=int, default=1)
     arguments = parser.parse_args()
-    state: State = {"image": image_data_url(open_image(PHOTO), max_pixels=128 * 128)}
+    state: Input = {"image": image_data_url(open_image(PHOTO), max_pixels=128 * 128)}
     context = Context(explain="none", rag=False, repairs=arguments.repairs,
                       refine_rounds=arguments.refine_rounds)
     print(f"{'reply':<46} {'delivered':>9} {'calls':>5} {'repairs':>7} {'faults':>6} {'ms':>6}"

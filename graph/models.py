@@ -15,14 +15,18 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from http import HTTPStatus
 from typing import Any, Literal, cast
 
 import openai
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import (
+    AsyncCallbackManagerForLLMRun,
+    CallbackManagerForLLMRun,
+)
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -275,6 +279,31 @@ class EndpointChatModel(ChatOpenAI):
                 raise
         yield from super()._stream(messages, stop, run_manager, **kwargs)
 
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                         **kwargs: Any) -> ChatResult:
+        try:
+            return await super()._agenerate(messages, stop, run_manager, **kwargs)
+        except REFUSED as error:
+            if not self._learn_refusal(error, kwargs):
+                raise
+        return await super()._agenerate(messages, stop, run_manager, **kwargs)
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        started = False
+        try:
+            async for chunk in super()._astream(messages, stop, run_manager, **kwargs):
+                started = True
+                yield chunk
+            return
+        except REFUSED as error:
+            if started or not self._learn_refusal(error, kwargs):
+                raise
+        async for chunk in super()._astream(messages, stop, run_manager, **kwargs):
+            yield chunk
+
     @property
     def _url(self) -> str:
         return str(self.openai_api_base or "")
@@ -330,17 +359,39 @@ def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentatio
                endpoint: str, max_chars: int = MAX_REPLY_CHARS, role: EndpointRole = "VLM",
                extra_body: Mapping[str, Any] | None = None,
                constraint: AnswerConstraint | None = None) -> ModelReply:
+    """One model call from synchronous code (the evaluation judge, the benchmarks);
+    `acall_model` says what it returns and raises."""
+    started = time.monotonic()
+    with _failures_named(model, Endpoint(role, endpoint)):
+        message = model.invoke(list(messages), **_options(extra_body, constraint))
+    return _reply(model, message, endpoint, time.monotonic() - started, max_chars, constraint)
+
+
+async def acall_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentation], *,
+                      endpoint: str, max_chars: int = MAX_REPLY_CHARS,
+                      role: EndpointRole = "VLM",
+                      extra_body: Mapping[str, Any] | None = None,
+                      constraint: AnswerConstraint | None = None) -> ModelReply:
     """One model call: its text (capped, as model output is untrusted), tokens and time.
 
-    `extra_body` holds this call's own fields beyond OpenAI's, for an endpoint whose profile
-    reads them (check `EndpointChatModel.profile`); an endpoint that refuses one gets the call
-    again without them. A `constraint` asks the backend to write under its grammar; the reply
-    says whether it did. Raises `VLMUnavailable` with one line naming the endpoint (the
-    composer's VLM, or the evaluation judge) when the call fails for any reason the openai
-    client reports: down, refused, timed out, 5xx after the retries, 4xx.
+    Awaited, so a cancelled run closes the request at once and the model server stops
+    generating for nobody. `extra_body` holds this call's own fields beyond OpenAI's, for an
+    endpoint whose profile reads them (check `EndpointChatModel.profile`); an endpoint that
+    refuses one gets the call again without them. A `constraint` asks the backend to write
+    under its grammar; the reply says whether it did. Raises `VLMUnavailable` with one line
+    naming the endpoint (the composer's VLM, or the evaluation judge) when the call fails for
+    any reason the openai client reports: down, refused, timed out, 5xx after the retries, 4xx.
     """
-    where = Endpoint(role, endpoint)
     started = time.monotonic()
+    with _failures_named(model, Endpoint(role, endpoint)):
+        message = await model.ainvoke(list(messages), **_options(extra_body, constraint))
+    return _reply(model, message, endpoint, time.monotonic() - started, max_chars, constraint)
+
+
+def _options(extra_body: Mapping[str, Any] | None,
+             constraint: AnswerConstraint | None) -> dict[str, Any]:
+    """The call's options: its extra fields, and the grammar where the backend takes it (an
+    endpoint as vLLM's `structured_outputs`, the local model as an option of its own)."""
     body = dict(extra_body or {})
     options: dict[str, Any] = {}
     if constraint is not None and constraint.via == "structured_outputs":
@@ -349,8 +400,14 @@ def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentatio
         options = {"grammar": constraint.grammar}
     if body:
         options["extra_body"] = body
+    return options
+
+
+@contextmanager
+def _failures_named(model: BaseChatModel, where: Endpoint) -> Iterator[None]:
+    """The openai client's failures as `VLMUnavailable`, one line naming the endpoint."""
     try:
-        message = model.invoke(list(messages), **options)
+        yield
     except openai.APITimeoutError as error:
         raise VLMUnavailable(_timeout_message(model, where)) from error
     except openai.APIConnectionError as error:
@@ -360,7 +417,10 @@ def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentatio
     except openai.APIError as error:
         raise VLMUnavailable(f"{where} gave an answer that could not be read: "
                              f"{one_line(str(error))}") from error
-    seconds = time.monotonic() - started
+
+
+def _reply(model: BaseChatModel, message: BaseMessage, endpoint: str, seconds: float,
+           max_chars: int, constraint: AnswerConstraint | None) -> ModelReply:
     text = str(message.text)
     truncated = len(text) > max_chars
     if truncated:

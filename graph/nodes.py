@@ -7,12 +7,14 @@ scripted models.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
 import threading
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
 from langgraph.runtime import Runtime
@@ -21,8 +23,8 @@ from img2music.graph.context import Context, edit_label
 from img2music.graph.explain import image_explanation
 from img2music.graph.feedback import metric_feedback
 from img2music.graph.models import (
+    acall_model,
     answer_constraint,
-    call_model,
     chat_model,
     prompt_switch,
     to_langchain,
@@ -30,7 +32,10 @@ from img2music.graph.models import (
 from img2music.graph.state import (
     Attempt,
     AttemptKind,
+    Check,
+    Explanation,
     Message,
+    Metrics,
     State,
     replaces,
     rounds_and_repairs,
@@ -57,7 +62,7 @@ NO_TUNE = ("your answer has no ABC tune: write the whole tune in an ```abc block
            "with X:1 and ending the header with K:")
 
 
-def describe(
+async def describe(
     state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model
 ) -> State:
     """The model looks at the image first; retrieval matches its words to real tunes.
@@ -71,8 +76,8 @@ def describe(
     prompt = _render(context, "describe.j2", note=state.get("note", ""),
                      thinking=prompt_switch(False, context.vlm_model))
     messages = [_system(context), _image_message(state["image"], prompt)]
-    reply = call_model(model_for(context), to_langchain(messages),
-                       endpoint=context.vlm_base_url)
+    reply = await acall_model(await _model(model_for, context), to_langchain(messages),
+                              endpoint=context.vlm_base_url)
     description = strip_reasoning(reply.text)[:MAX_DESCRIPTION_CHARS]
     return {
         "description": description, "status": "running",
@@ -81,18 +86,24 @@ def describe(
     }
 
 
-def retrieve(
+async def retrieve(
     state: State, runtime: Runtime[Context], *, retriever_for: RetrieverFor | None = None
 ) -> State:
-    """The k real tunes whose captions best match both the image and its description."""
+    """The k real tunes whose captions best match both the image and its description (CLIP
+    and the index work in a thread: the event loop serves other runs meanwhile)."""
     context = runtime.context
     started = time.perf_counter()
-    retriever = (retriever_for or default_retriever)(context)
-    found = retriever.retrieve(
-        image=image_from_data_url(state["image"]), description=state.get("description") or None,
-        k=context.rag_k + EXAMPLES_TO_SPARE, fusion=context.fusion,
-    )
-    examples = playable_examples(found, context.rag_k)
+
+    def search() -> list[Any]:
+        retriever = (retriever_for or default_retriever)(context)
+        found = retriever.retrieve(
+            image=image_from_data_url(state["image"]),
+            description=state.get("description") or None,
+            k=context.rag_k + EXAMPLES_TO_SPARE, fusion=context.fusion,
+        )
+        return playable_examples(found, context.rag_k)
+
+    examples = await asyncio.to_thread(search)
     return {"examples": [example.model_dump() for example in examples],
             "timings": {"retrieve": time.perf_counter() - started}}
 
@@ -147,7 +158,7 @@ def next_attempt(attempts: list[Attempt], best: int | None) -> tuple[AttemptKind
     return ("refine", last["round"] + 1) if measured else ("repair", last["round"])
 
 
-def compose(
+async def compose(
     state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model
 ) -> State:
     """One model turn: the first tune, a repair, or a refinement, in one growing conversation.
@@ -185,9 +196,11 @@ def compose(
             sees_image=context.see_image, tune=(standing or "").rstrip(),
             feedback=metric_feedback(metrics, folder=folder))}]
     conversation = [*state.get("conversation", []), *turns]
-    model = model_for(context)
-    reply = call_model(model, to_langchain(conversation), endpoint=context.vlm_base_url,
-                       constraint=answer_constraint(context, model))
+    model = await _model(model_for, context)
+    # The grammar is read from its file once per process: off the event loop.
+    constraint = await asyncio.to_thread(answer_constraint, context, model)
+    reply = await acall_model(model, to_langchain(conversation), endpoint=context.vlm_base_url,
+                              constraint=constraint)
     extraction = extract_abc(reply.text)
     repaired = repair_abc(extraction.abc, cut_off=extraction.cut_off) if extraction.abc else None
     attempt: Attempt = {
@@ -195,7 +208,7 @@ def compose(
         "raw": reply.text[:MAX_RAW_CHARS],
         "abc": repaired.abc if repaired else None, "motivation": extraction.motivation,
         "fixes": repaired.fixes if repaired else [], "notes": extraction.notes,
-        "check": None, "metrics": None, "valid": False,
+        "check": None, "midi": None, "metrics": None, "valid": False,
         "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
         "seconds": reply.seconds, "constrained": reply.constrained,
     }
@@ -207,7 +220,7 @@ def compose(
     }
 
 
-def parse_check(state: State) -> State:
+async def parse_check(state: State) -> State:
     """The checker's verdict on the latest tune; a playable tune with no more faults than the
     one the run stands on (and not the same tune) becomes the one it stands on.
 
@@ -218,13 +231,17 @@ def parse_check(state: State) -> State:
     attempts = state["attempts"]
     attempt = attempts[-1]
     abc = attempt["abc"]
+    midi: str | None = None
     if abc is None:
         check = ParseCheck(ok=False, error_count=1, errors=[
             Diagnostic(severity="error", line=0, col=0, message=NO_TUNE)])
     else:
-        compiled = compile_abc(abc)
+        compiled = await asyncio.to_thread(compile_abc, abc)
         abc, check = compiled.abc, compiled.check  # as the programs read it: filtered
-    checked: Attempt = {**attempt, "abc": abc, "check": check.model_dump(), "valid": check.ok}
+        if compiled.midi is not None:
+            midi = base64.b64encode(compiled.midi).decode("ascii")
+    checked: Attempt = {**attempt, "abc": abc, "check": cast(Check, check.model_dump()),
+                        "midi": midi, "valid": check.ok}
     update: State = {
         "attempts": [checked],
         "timings": {"parse_check": time.perf_counter() - started},
@@ -235,35 +252,34 @@ def parse_check(state: State) -> State:
     return update
 
 
-def evaluate(state: State) -> State:
-    """The eight MusPy metrics of the tune the run now stands on, for the report and refining."""
+async def evaluate(state: State) -> State:
+    """The eight MusPy metrics of the tune the run now stands on, for the report and refining,
+    measured on the MIDI parse-check compiled (a tune is compiled once)."""
     started = time.perf_counter()
     best = state.get("best")
     assert best is not None, "evaluate runs only once a tune is playable"
     attempt = state["attempts"][best]
-    compiled = compile_abc(attempt["abc"] or "")
-    assert compiled.midi is not None, "a playable tune compiles"
-    metrics = evaluate_midi(compiled.midi, bars=compiled.check.bars, voices=compiled.check.voices)
-    return {"attempts": [{**attempt, "metrics": metrics.model_dump()}],
+    check = attempt["check"]
+    assert attempt["midi"] is not None and check is not None, "a playable tune was compiled"
+    metrics = await asyncio.to_thread(evaluate_midi, base64.b64decode(attempt["midi"]),
+                                      bars=check["bars"], voices=check["voices"])
+    return {"attempts": [{**attempt, "metrics": cast(Metrics, metrics.model_dump())}],
             "timings": {"evaluate": time.perf_counter() - started}}
 
 
-def explain(
+async def explain(
     state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model
 ) -> State:
-    """The chosen tune, its motivation, and what shaped it; or why there is no tune."""
-    attempts = state.get("attempts", [])
+    """The chosen tune, its motivation, what a musician would still correct, and what shaped
+    it (the loop, the examples, and where in the image it came from)."""
+    attempts = state["attempts"]
     best = state.get("best")
-    if best is None:
-        last = attempts[-1] if attempts else None
-        reason = "no valid tune within the limits"
-        if last and last["check"]:
-            reason += ": " + ParseCheck.model_validate(last["check"]).summary()
-        return {"status": "failed", "failure": reason, "final_abc": None}
+    assert best is not None, "explain follows a playable tune"
     chosen = attempts[best]
-    check = ParseCheck.model_validate(chosen["check"])
+    check = chosen["check"]
+    assert check is not None, "a chosen tune was checked"
     rounds, repairs = rounds_and_repairs(attempts)
-    explanation: dict[str, Any] = {
+    explanation: Explanation = {
         "method": runtime.context.explain,
         "chosen_attempt": best,
         "rounds": rounds,
@@ -272,15 +288,33 @@ def explain(
     }
     started = time.perf_counter()
     try:
-        explanation.update(image_explanation(state, best, runtime.context,
-                                             model_for(runtime.context)))
+        picture = await asyncio.to_thread(image_explanation, state, best, runtime.context,
+                                          await _model(model_for, runtime.context))
+        explanation = cast(Explanation, {**explanation, **picture})
     except Exception as error:  # the tune stands even when its picture cannot be drawn
         logger.warning("no image explanation: %s", error)
         explanation["note"] = f"no image explanation: {type(error).__name__}: {error}"
+    faults = [Diagnostic.model_validate(fault).one_line()
+              for fault in check["faults"][:MAX_FAULTS_SHOWN]]
     return {"status": "done", "final_abc": chosen["abc"], "motivation": chosen["motivation"],
-            "faults": [fault.one_line() for fault in check.faults[:MAX_FAULTS_SHOWN]],
-            "fault_count": check.fault_count,
+            "faults": faults, "fault_count": check["fault_count"],
             "explanation": explanation, "timings": {"explain": time.perf_counter() - started}}
+
+
+async def finish(state: State) -> State:
+    """The end of a run without a playable tune: why, from the last attempt's check."""
+    attempts = state.get("attempts", [])
+    last = attempts[-1] if attempts else None
+    reason = "no valid tune within the limits"
+    if last and last["check"]:
+        reason += ": " + ParseCheck.model_validate(last["check"]).summary()
+    return {"status": "failed", "failure": reason, "final_abc": None}
+
+
+async def _model(model_for: ModelFor, context: Context) -> BaseChatModel:
+    """The run's model, made in a thread: the first use of an endpoint asks it what it is, and
+    the local backend loads its weights, neither of which may hold up the event loop."""
+    return await asyncio.to_thread(model_for, context)
 
 
 def _system(context: Context) -> Message:

@@ -18,11 +18,11 @@ def after_describe(state: State, runtime: Runtime[Context]) -> Literal["retrieve
 
 def after_parse_check(
     state: State, runtime: Runtime[Context]
-) -> Literal["evaluate", "compose", "explain"]:
+) -> Literal["evaluate", "compose", "explain", "finish"]:
     """A tune with errors or faults goes back for repair while repairs are left in this round,
     unless the model handed back a tune it already wrote. Then the tune the run stands on is
-    measured if it is new this round; otherwise the run ends (on its best playable tune, or
-    failing with the last errors)."""
+    measured if it is new this round; otherwise the run ends: on its best playable tune
+    (explained), or with nothing playable (finished, with the last errors)."""
     attempts = state["attempts"]
     last = attempts[-1]
     repairs_this_round = sum(
@@ -32,9 +32,9 @@ def after_parse_check(
             and repairs_this_round < runtime.context.repairs):
         return "compose"
     best = state.get("best")
-    if best is not None and attempts[best]["metrics"] is None:
-        return "evaluate"
-    return "explain"
+    if best is None:
+        return "finish"
+    return "evaluate" if attempts[best]["metrics"] is None else "explain"
 
 
 def after_evaluate(state: State, runtime: Runtime[Context]) -> Literal["compose", "explain"]:

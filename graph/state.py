@@ -1,17 +1,111 @@
 """What a run knows: its inputs, every attempt the model made, and what was chosen.
 
-Everything here is plain JSON (the image travels as a data URL), so a checkpointer can save a
-run after each node and LangGraph Studio can show it.
+Everything here is plain JSON (the image travels as a data URL, a compiled tune as base64
+MIDI), so a checkpointer can save a run after each node and LangGraph Studio can show it. What
+a caller gives is `Input` (the image and a note); what it gets back is `Output`; `State` is
+everything in between. The JSON shapes of the toolkit's answers (a check, the metrics, an
+example) are TypedDicts here, so nodes and reports read them without validating them again.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, TypedDict
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    NotRequired,  # pydantic reads these on Python 3.11
+)
+
+from typing_extensions import TypedDict
 
 AttemptKind = Literal["compose", "repair", "refine"]
 Status = Literal["running", "done", "failed"]
+
+
+class DiagnosticJSON(TypedDict):
+    """`tools.abc.diagnostics.Diagnostic` as JSON: a problem at a place in the tune."""
+
+    severity: Literal["error", "fault"]
+    line: int
+    col: int
+    message: str
+    source: str
+    checker: str
+
+
+class Check(TypedDict):
+    """`tools.abc.check.ParseCheck` as JSON: the checker's verdict on a tune."""
+
+    ok: bool
+    errors: list[DiagnosticJSON]
+    faults: list[DiagnosticJSON]
+    error_count: int
+    fault_count: int
+    tunes: int
+    voices: int
+    bars: int
+    notes: int
+    duration_beats: float
+    backend: str | None
+
+
+class MetricJSON(TypedDict):
+    """`tools.metrics.MetricValue` as JSON: a value, or None with the reason it has none."""
+
+    key: str
+    name: str
+    value: float | None
+    undefined_reason: str | None
+
+
+class Metrics(TypedDict):
+    """`tools.metrics.TuneMetrics` as JSON: MusPy's eight metrics and the tune's size."""
+
+    pitch_range: MetricJSON
+    n_pitches_used: MetricJSON
+    n_pitch_classes_used: MetricJSON
+    polyphony: MetricJSON
+    scale_consistency: MetricJSON
+    pitch_entropy: MetricJSON
+    pitch_class_entropy: MetricJSON
+    empty_beat_rate: MetricJSON
+    length_seconds: float
+    length_beats: float
+    bars: int
+    voices: int
+    notes: int
+
+
+class Example(TypedDict):
+    """`tools.retrieval.retriever.RetrievedExample` as JSON: a real tune shown to the model."""
+
+    id: str
+    caption: str
+    abc: str
+    score: float
+    image_similarity: float | None
+    text_similarity: float | None
+    trimmed: bool
+    metadata: dict[str, Any]
+
+
+class Explanation(TypedDict):
+    """What shaped the chosen tune: its attempt, the loop it took, the examples, and where in
+    the image it came from (a grid per section with attention maps; a note on any fallback)."""
+
+    method: Literal["attention", "clip", "none"]
+    chosen_attempt: int
+    rounds: int
+    repairs: int
+    examples: list[str]
+    grid: NotRequired[list[list[float]]]
+    sections: NotRequired[dict[str, list[list[float]]]]
+    layers: NotRequired[int]
+    heads: NotRequired[int]
+    tokens: NotRequired[int]
+    note: NotRequired[str]
 
 
 class Attempt(TypedDict):
@@ -25,8 +119,9 @@ class Attempt(TypedDict):
     motivation: str
     fixes: list[str]  # mechanical repairs applied, one line each
     notes: list[str]  # what extraction did
-    check: dict[str, Any] | None  # ParseCheck, as JSON
-    metrics: dict[str, Any] | None  # TuneMetrics of a valid tune, as JSON
+    check: Check | None
+    midi: str | None  # base64 of the MIDI parse-check compiled; measuring and rendering use it
+    metrics: Metrics | None  # of a playable tune, once the run has measured it
     valid: bool  # playable: the check found no error (faults may remain)
     input_tokens: int
     output_tokens: int
@@ -67,7 +162,8 @@ def upsert_attempts(left: list[Attempt], right: list[Attempt]) -> list[Attempt]:
 
 def fault_count(attempt: Attempt) -> int:
     """Faults the checker found in the attempt's tune: what a musician would still correct."""
-    return int((attempt["check"] or {}).get("fault_count", 0))
+    check = attempt["check"]
+    return check["fault_count"] if check is not None else 0
 
 
 def is_clean(attempt: Attempt) -> bool:
@@ -104,11 +200,31 @@ def usage_totals(usage: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
             for key in ("calls", "input_tokens", "output_tokens")}
 
 
+class Input(TypedDict):
+    """What a run is given (Studio's input form): the image and, if any, a note."""
+
+    image: str  # data URL of the image, downscaled to the model's pixel budget
+    note: NotRequired[str]  # the user's line about the mood they want
+
+
+class Output(TypedDict, total=False):
+    """What a run gives back: the tune (None when nothing playable was made) with what a
+    musician would still correct in it, why it is as it is, and how the run ended."""
+
+    final_abc: str | None
+    faults: list[str]  # what a musician would still correct in the tune, one line each
+    fault_count: int  # all of them; `faults` lists the first
+    motivation: str
+    explanation: Explanation
+    status: Status
+    failure: str
+
+
 class State(TypedDict, total=False):
     image: str  # data URL of the image, downscaled to the model's pixel budget
     note: str  # the user's line about the mood they want, if any
     description: str
-    examples: list[dict[str, Any]]  # retrieved tunes with caption, ABC and both similarities
+    examples: list[Example]  # retrieved tunes with caption, ABC and both similarities
     conversation: Annotated[list[Message], operator.add]  # grows; its prefix never changes
     attempts: Annotated[list[Attempt], upsert_attempts]
     best: int | None  # index in attempts of the tune the run stands on
@@ -116,7 +232,7 @@ class State(TypedDict, total=False):
     faults: list[str]  # what a musician would still correct in the final tune, one line each
     fault_count: int  # all of them; `faults` lists the first
     motivation: str
-    explanation: dict[str, Any]
+    explanation: Explanation
     status: Status
     failure: str
     usage: Annotated[dict[str, Any], merge]  # node -> {"calls", "input_tokens", "output_tokens"}

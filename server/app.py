@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(pool.prune)
         yield
-        await asyncio.to_thread(pool.shutdown)
+        await pool.shutdown()
 
     app = FastAPI(title="img2music", version="0.1.0", lifespan=lifespan,
                   description=__doc__, docs_url="/docs", redoc_url=None)
@@ -151,9 +151,10 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
 
     @app.delete("/v1/runs/{run_id}", dependencies=authorised)
     async def cancel_run(run_id: str) -> dict[str, Any]:
-        """Stop a run at its next step; what it finished stays on disk."""
+        """Stop a run now (its model call in flight is closed); what it finished stays on
+        disk."""
         job = _live_job(pool, run_id)
-        job.stop("cancelled")
+        job.stop()
         return {"run_id": run_id, "status": "finished" if job.finished else "cancelling"}
 
     @app.get("/v1/runs/{run_id}/{name}", dependencies=authorised, response_model=None)
@@ -161,6 +162,8 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
         report = await asyncio.to_thread(_report, pool, _checked_id(run_id))
         path = pool.runs_dir / run_id / name
         listed = FILE_NAME.match(name) and name in report.get("files", [])
+        if listed and name in report.get("when_asked", []):
+            await pool.make_when_asked(run_id, name)
         if not listed or not await asyncio.to_thread(path.is_file):
             raise ApiError(404, f"run {run_id} has no file {name!r}", type="not_found_error",
                            code="file_not_found")

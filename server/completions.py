@@ -81,7 +81,7 @@ def run_summary(folder: Path, report: dict[str, Any], base: str) -> dict[str, An
         "usage": usage_of(report),
         "attention_maps": report.get("attention_maps"),
         "files": {name: f"{base}v1/runs/{run_id}/{name}" for name in report.get("files", [])
-                  if (folder / name).is_file()},
+                  if name in report.get("when_asked", []) or (folder / name).is_file()},
     }
 
 
@@ -140,7 +140,7 @@ async def stream(job: Job, chat: ChatRequest, base: str) -> AsyncIterator[str]:
         yield "data: [DONE]\n\n"
     finally:
         if not job.finished:  # the client went away: spend no more model calls on it
-            job.stop("cancelled")
+            job.stop()
 
 
 def sse(payload: dict[str, Any]) -> str:

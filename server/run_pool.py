@@ -1,10 +1,14 @@
-"""Runs the server accepted: a bounded pool of compositions, each with a folder and a live feed.
+"""Runs the server accepted: a bounded set of compositions, each an asyncio task with a folder
+and a live feed.
 
-A composition is blocking work (model calls, checks, rendering), so runs go to worker threads;
-at most `server_max_concurrent_runs` run at once and `server_max_queued_runs` wait, and a
+A run is a task on the server's event loop over the graph's `astream` (blocking steps go to
+threads inside the graph's nodes), so no worker thread holds a run: at most
+`server_max_concurrent_runs` compose at once, `server_max_queued_runs` wait for a slot, and a
 request beyond that is refused at once (429) rather than left to time out. Each run publishes
-what every node changed, so streaming clients and the web page can follow it, and it can be
-cancelled between nodes. After each run, and when the server starts, run folders past the
+what every node changed, so streaming clients and the web page can follow it. A cancel (DELETE,
+the page, a streaming client that went away) or the run time limit cancels the run's graph
+task, which closes the model request in flight within the moment, so the model server stops
+generating for nobody. After each run, and when the server starts, run folders past the
 retention limits are deleted (`img2music.pipeline.retention`).
 """
 
@@ -14,18 +18,24 @@ import asyncio
 import logging
 import secrets
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import State
+from img2music.pipeline.report import make_when_asked
 from img2music.pipeline.retention import prune_runs, runs_root
-from img2music.pipeline.runs import Composition, RunCancelled, compose
+from img2music.pipeline.runs import (
+    CANCELLED,
+    Composition,
+    RunStop,
+    StopKind,
+    acompose,
+    failed_run,
+)
 from img2music.server.protocol import ApiError
 from img2music.settings import Settings
 from img2music.tools.files import write_atomic
@@ -34,25 +44,24 @@ logger = logging.getLogger(__name__)
 
 RUN_ID_BYTES = 10  # 20 hex digits: run ids cannot be guessed, so runs are not enumerable
 KEPT_IN_MEMORY = 512  # finished runs whose feed stays in memory; their files stay on disk
-StopReason = Literal["cancelled", "timeout"]
+StopReason = StopKind
 
 
 @dataclass
 class Job:
     """One accepted run: where its files go, what it has done so far, and how to stop it.
 
-    Its feed lives on the event loop: worker threads hand events over with
-    `call_soon_threadsafe`, so readers never wait on a lock (the loop must not block).
+    Everything here is touched on the event loop only, so readers never wait on a lock.
     """
 
     id: str
     folder: Path
-    loop: asyncio.AbstractEventLoop
-    timeout_s: float
     events: list[dict[str, Any]] = field(default_factory=list)
     result: Composition | None = None
     stop_reason: StopReason | None = None
-    started: float | None = None
+    stopper: RunStop = field(default_factory=RunStop)
+    task: asyncio.Task[None] | None = None
+    started: bool = False
     _listeners: list[asyncio.Event] = field(default_factory=list)
 
     @property
@@ -60,10 +69,6 @@ class Job:
         return self.result is not None
 
     def publish(self, event: dict[str, Any]) -> None:
-        """Safe from any thread."""
-        self.loop.call_soon_threadsafe(self._append, event)
-
-    def _append(self, event: dict[str, Any]) -> None:
         self.events.append(event)
         for listener in self._listeners:
             listener.set()
@@ -86,35 +91,34 @@ class Job:
         finally:
             self._listeners.remove(listener)
 
-    def stop(self, reason: StopReason) -> None:
-        """Ask the run to stop at the next node boundary (a model call is not interrupted)."""
+    def stop(self, reason: StopReason = "cancelled", message: str = CANCELLED) -> None:
+        """End the run now: a model call in flight is closed, and the run ends with this reason
+        (a run still waiting for a slot ends without starting)."""
         if self.stop_reason is None and not self.finished:
             self.stop_reason = reason
+            self.stopper.cancel(message, reason)
+            if not self.started and self.task is not None:
+                self.task.cancel()
 
     def on_progress(self, image: str, node: str, update: State) -> None:
-        if self.started is not None and time.monotonic() - self.started > self.timeout_s:
-            self.stop("timeout")
-        if self.stop_reason == "timeout":
-            raise RunCancelled(f"stopped after {self.timeout_s:g} s (the server's run time limit)",
-                               "timeout")
-        if self.stop_reason == "cancelled":
-            raise RunCancelled("cancelled by request")
         self.publish({"type": "node", "run_id": self.id, "node": node,
                       "update": public_update(update)})
 
 
 def public_update(update: State) -> dict[str, Any]:
-    """A node's update as clients see it: no image data, no conversation, no raw model text."""
+    """A node's update as clients see it: no image data, no conversation, no raw model text,
+    no MIDI (the run's files hold it)."""
     shown: dict[str, Any] = {key: value for key, value in update.items()
                              if key not in ("image", "conversation")}
     if "attempts" in shown:
-        shown["attempts"] = [{key: value for key, value in attempt.items() if key != "raw"}
+        shown["attempts"] = [{key: value for key, value in attempt.items()
+                              if key not in ("raw", "midi")}
                              for attempt in shown["attempts"]]
     return shown
 
 
 class RunPool:
-    """Admits runs up to the limits, runs them on worker threads, and finds them by id."""
+    """Admits runs up to the limits, runs each as a task on the event loop, finds them by id."""
 
     def __init__(self, settings: Settings, *, model_for: ModelFor | None = None,
                  retriever_for: RetrieverFor | None = None) -> None:
@@ -123,11 +127,11 @@ class RunPool:
         self.capacity = settings.server_max_concurrent_runs + settings.server_max_queued_runs
         self._model_for = model_for
         self._retriever_for = retriever_for
-        self._executor = ThreadPoolExecutor(max_workers=settings.server_max_concurrent_runs,
-                                            thread_name_prefix="img2music-run")
-        self._admitted = 0  # changed on the event loop only
+        self._slots = asyncio.Semaphore(settings.server_max_concurrent_runs)
+        self._admitted = 0
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._pruning = threading.Lock()
+        self._making: dict[str, asyncio.Lock] = {}
 
     @property
     def admitted(self) -> int:
@@ -150,23 +154,34 @@ class RunPool:
     async def submit(self, image: bytes, suffix: str, note: str,
                      overrides: dict[str, Any]) -> Job:
         """Start a run in the place `reserve` took; the image was checked by the caller."""
-        loop = asyncio.get_running_loop()
         run_id = secrets.token_hex(RUN_ID_BYTES)
-        job = Job(id=run_id, folder=self.runs_dir / run_id, loop=loop,
-                  timeout_s=self.settings.server_run_timeout_s)
+        job = Job(id=run_id, folder=self.runs_dir / run_id)
         image_path = job.folder / f"image{suffix}"
         await asyncio.to_thread(_write_new, image_path, image)
         self._remember(job)
         job.publish({"type": "queued", "run_id": run_id})
-        self._executor.submit(self._run, job, image_path, note, overrides)
+        job.task = asyncio.create_task(self._run(job, image_path, note, overrides),
+                                       name=f"img2music-run-{run_id}")
         return job
 
     def get(self, run_id: str) -> Job | None:
         return self._jobs.get(run_id)
 
+    async def make_when_asked(self, run_id: str, name: str) -> None:
+        """Make a run's file that waits until asked for (its audio, its HTML report), once:
+        requests for a run's files wait for each other."""
+        lock = self._making.setdefault(run_id, asyncio.Lock())
+        try:
+            async with lock:
+                await asyncio.to_thread(make_when_asked, self.runs_dir / run_id, name,
+                                        self.settings)
+        finally:
+            if not lock.locked() and self._making.get(run_id) is lock:
+                del self._making[run_id]
+
     def prune(self) -> None:
         """Delete old run folders (by age, then size) except those of runs still going; one pass
-        at a time, on the calling thread (a worker's, or startup's)."""
+        at a time (called in a thread, after each run and at startup)."""
         if not self._pruning.acquire(blocking=False):
             return
         try:
@@ -177,28 +192,44 @@ class RunPool:
         finally:
             self._pruning.release()
 
-    def shutdown(self) -> None:
+    async def shutdown(self) -> None:
+        """Cancel every run still going and wait until each has written why it stopped."""
+        tasks = [job.task for job in self._jobs.values() if job.task and not job.finished]
         for job in list(self._jobs.values()):
-            job.stop("cancelled")
-        self._executor.shutdown(wait=True, cancel_futures=False)
+            job.stop(message="the server is shutting down")
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _run(self, job: Job, image_path: Path, note: str, overrides: dict[str, Any]) -> None:
-        job.started = time.monotonic()
+    async def _run(self, job: Job, image_path: Path, note: str,
+                   overrides: dict[str, Any]) -> None:
+        limit_s = self.settings.server_run_timeout_s
         try:
-            job.publish({"type": "started", "run_id": job.id})
-            result = compose(image_path, out_dir=job.folder, note=note, settings=self.settings,
-                             model_for=self._model_for, retriever_for=self._retriever_for,
-                             on_progress=job.on_progress, **overrides)
-            job.result = result
+            async with self._slots:
+                job.started = True
+                job.publish({"type": "started", "run_id": job.id})
+                timer = asyncio.get_running_loop().call_later(
+                    limit_s, job.stop, "timeout",
+                    f"stopped after {limit_s:g} s (the server's run time limit)")
+                try:
+                    job.result = await acompose(
+                        image_path, out_dir=job.folder, note=note, settings=self.settings,
+                        model_for=self._model_for, retriever_for=self._retriever_for,
+                        on_progress=job.on_progress, stop=job.stopper,
+                        files_when_asked=True, **overrides)
+                finally:
+                    timer.cancel()
+        except asyncio.CancelledError:  # stopped while it waited for a slot
+            job.result = await asyncio.to_thread(
+                failed_run, image_path, job.folder, job.stopper.reason or CANCELLED,
+                job.stopper.kind, self.settings)
         except Exception as error:  # never lose a run silently: it ends with its reason
             logger.exception("run %s failed", job.id)
             job.result = Composition(image=image_path, out_dir=job.folder, abc=None,
                                      motivation="", error=f"{type(error).__name__}: {error}",
                                      failure_kind="internal")
         finally:
-            job.loop.call_soon_threadsafe(self.unreserve)
+            self.unreserve()
         job.publish({"type": "done" if job.result.ok else "failed", "run_id": job.id})
-        self.prune()
+        await asyncio.to_thread(self.prune)
 
     def _remember(self, job: Job) -> None:
         self._jobs[job.id] = job

@@ -16,6 +16,8 @@ dialect is the kind of server it behaves like, as far as img2music can tell them
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -59,7 +61,7 @@ class Behaviour:
     first_status: int = 500
     status: int | None = None  # answer this status to every request
     retry_after_ms: int | None = None  # sent with error answers, to keep retries fast
-    sleep_s: float = 0.0  # wait this long before answering
+    sleep_s: float = 0.0  # wait this long before answering (a client that hangs up ends it)
     close_first: int = 0  # drop this many connections without a word
     message: str | None = None  # the error message of `status`, instead of a scripted one
     unsupported: frozenset[str] = frozenset()  # fields this model refuses, as OpenAI's
@@ -80,6 +82,8 @@ class ScriptedServer:
     headers: list[dict[str, str]] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     in_flight: int = 0
+    hung_up: list[int] = field(default_factory=list)  # requests (1 for the first) whose client
+    # closed the connection while the server was still working on the answer
     most_in_flight: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -123,7 +127,7 @@ def _handler(state: ScriptedServer, responder: Responder) -> type[BaseHTTPReques
             if seen <= behaviour.close_first:
                 self.close_connection = True
                 return
-            if behaviour.sleep_s and state.stopping.wait(behaviour.sleep_s):
+            if behaviour.sleep_s and self._wait(behaviour.sleep_s, seen):
                 return
             refused = _refusal(state, body)
             if behaviour.status is not None or seen <= behaviour.fail_first:
@@ -149,6 +153,18 @@ def _handler(state: ScriptedServer, responder: Responder) -> type[BaseHTTPReques
                     "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": len(text) // 4,
                               "total_tokens": PROMPT_TOKENS + len(text) // 4},
                 })
+
+        def _wait(self, seconds: float, seen: int) -> bool:
+            """Work on the answer for `seconds`, as a slow model does; True when the wait ended
+            early: the server is stopping, or the client closed the connection (recorded)."""
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0 and not state.stopping.is_set():
+                readable, _, _ = select.select([self.connection], [], [], min(left, 0.02))
+                if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                    with state.lock:
+                        state.hung_up.append(seen)
+                    return True
+            return state.stopping.is_set()
 
         def _json(self, status: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()

@@ -6,6 +6,7 @@ model writes as much as a grammar allows."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,8 +162,8 @@ def test_in_think_mode_the_thought_is_free_and_the_answer_is_masked(vlm: LocalVL
 def compose_once(vlm: LocalVLM, image_url: str, **context: Any) -> dict[str, Any]:
     state: State = {"image": image_url, "description": "A woman in uniform.", "note": ""}
     runtime = Runtime(context=Context(max_tokens=60, rag=False, **context))
-    update = compose(state, runtime, model_for=lambda _: LocalChatModel(vlm=vlm,
-                                                                          max_new_tokens=60))
+    update = asyncio.run(compose(state, runtime, model_for=lambda _: LocalChatModel(
+        vlm=vlm, max_new_tokens=60)))
     attempt: dict[str, Any] = dict(update["attempts"][0])
     return attempt
 

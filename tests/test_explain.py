@@ -36,7 +36,8 @@ def chosen_state() -> State:
     attempt: Attempt = {
         "n": 0, "round": 0, "kind": "compose", "raw": answer(TUNE), "abc": TUNE,
         "motivation": "A steady line for a calm portrait.", "fixes": [], "notes": [],
-        "check": None, "metrics": None, "valid": True, "input_tokens": 0, "output_tokens": 0,
+        "check": None, "midi": None, "metrics": None, "valid": True, "input_tokens": 0,
+        "output_tokens": 0,
         "seconds": 0.0, "constrained": False,
     }
     return {

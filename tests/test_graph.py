@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,12 +15,25 @@ from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
 from img2music.graph.nodes import next_attempt
 from img2music.graph.routing import after_describe, after_evaluate, after_parse_check
-from img2music.graph.state import Attempt, AttemptKind, State, fault_count
+from img2music.graph.state import (
+    Attempt,
+    AttemptKind,
+    Check,
+    DiagnosticJSON,
+    Example,
+    Input,
+    MetricJSON,
+    Metrics,
+    State,
+    fault_count,
+)
 from img2music.prompt_files import prompt_set
-from img2music.tools.abc.check import check_abc
+from img2music.tools.abc.check import ParseCheck, check_abc
+from img2music.tools.abc.diagnostics import Diagnostic
 from img2music.tools.abc.extract import strip_reasoning
 from img2music.tools.corpus.music21_corpus import iter_corpus_tunes
 from img2music.tools.images import image_data_url, open_image
+from img2music.tools.metrics import MetricValue, TuneMetrics
 from img2music.tools.retrieval.retriever import RetrievedExample
 from tests.openai_server import last_user_text
 from tests.scripted import ScriptedChatModel
@@ -81,16 +95,21 @@ def run(replies: list[str], *, examples: Examples | None = None,
     model = ScriptedChatModel(replies=replies)
     examples = examples or Examples()
     graph = build_graph(model_for=lambda _: model, retriever_for=lambda _: examples)
-    state: State = {"image": image_data_url(open_image(PHOTO), max_pixels=128 * 128),
+    state: Input = {"image": image_data_url(open_image(PHOTO), max_pixels=128 * 128),
                     "note": "something solemn"}
     order: list[str] = []
     final: State = {}
-    for mode, chunk in graph.stream(state, context=Context(explain="none", **context),
-                                    stream_mode=["updates", "values"]):
-        if mode == "updates":
-            order.extend(chunk)
-        else:
-            final = cast(State, chunk)
+
+    async def stream() -> None:
+        nonlocal final
+        async for mode, chunk in graph.astream(state, context=Context(explain="none", **context),
+                                               stream_mode=["updates", "values"]):
+            if mode == "updates":
+                order.extend(chunk)
+            else:
+                final = cast(State, chunk)
+
+    asyncio.run(stream())
     return final, model, order, examples
 
 
@@ -201,7 +220,7 @@ def test_no_tune_at_all_stops_at_the_repair_limit_and_fails_clearly() -> None:
     prose = "I would write a slow march in D major, with a solemn theme."
     state, model, order, _ = run([DESCRIPTION, prose, prose, prose], repairs=2)
     assert order.count("compose") == 3
-    assert order[-1] == "explain"
+    assert order[-1] == "finish"
     assert state["status"] == "failed"
     assert "no valid tune within the limits" in state["failure"]
     assert "no ABC tune" in state["failure"]
@@ -287,7 +306,8 @@ def attempt(n: int, round_number: int, valid: bool, *, faults: int = 0, abc: str
     return {"n": n, "round": round_number, "kind": kind, "raw": "",
             "abc": abc if abc is not None else f"X:{n}\nK:C\nC|\n",
             "motivation": "", "fixes": [], "notes": [],
-            "check": {"ok": valid, "fault_count": faults}, "metrics": {} if measured else None,
+            "check": cast(Check, {"ok": valid, "fault_count": faults}), "midi": None,
+            "metrics": cast(Metrics, {}) if measured else None,
             "valid": valid, "input_tokens": 0, "output_tokens": 0, "seconds": 0.0,
             "constrained": False}
 
@@ -319,8 +339,8 @@ def test_after_describe(rag: bool, k: int, expected: str) -> None:
         ([(True, 2)], 0, 1, "compose"),  # playable with faults: a repair is asked for
         ([(True, 2)], 0, 0, "evaluate"),  # no repairs allowed: measured as it is
         ([(False, 0)], None, 1, "compose"),
-        ([(False, 0)], None, 0, "explain"),  # nothing playable: the run fails
-        ([(False, 0), (False, 0)], None, 1, "explain"),
+        ([(False, 0)], None, 0, "finish"),  # nothing playable: the run fails
+        ([(False, 0), (False, 0)], None, 1, "finish"),
         ([(False, 0), (False, 0), (False, 0)], None, 3, "compose"),
         ([(True, 3), (False, 0)], 0, 1, "evaluate"),  # repairs spent: the playable one stands
         ([(True, 3), (True, 1)], 1, 1, "evaluate"),
@@ -338,7 +358,7 @@ def test_after_parse_check_stops_repairing_when_a_tune_comes_back_unchanged() ->
                 attempt(1, 0, True, faults=1, abc=same, kind="repair")]
     assert after_parse_check({"attempts": attempts, "best": 0}, runtime(repairs=3)) == "evaluate"
     unplayable = [attempt(0, 0, False, abc=same), attempt(1, 0, False, abc=same, kind="repair")]
-    assert after_parse_check({"attempts": unplayable}, runtime(repairs=3)) == "explain"
+    assert after_parse_check({"attempts": unplayable}, runtime(repairs=3)) == "finish"
 
 
 def test_after_parse_check_counts_repairs_per_round() -> None:
@@ -353,9 +373,10 @@ def test_next_attempt_repairs_until_the_round_is_measured() -> None:
     assert next_attempt([], None) == ("compose", 0)
     playable = attempt(0, 0, True, faults=1)
     assert next_attempt([playable], 0) == ("repair", 0)
-    assert next_attempt([{**playable, "metrics": {}}], 0) == ("refine", 1)
+    assert next_attempt([{**playable, "metrics": cast(Metrics, {})}], 0) == ("refine", 1)
     refined = attempt(1, 1, False, kind="refine")
-    assert next_attempt([{**playable, "metrics": {}}, refined], 0) == ("repair", 1)
+    assert next_attempt([{**playable, "metrics": cast(Metrics, {})}, refined], 0) == \
+        ("repair", 1)
 
 
 @pytest.mark.parametrize(
@@ -378,14 +399,14 @@ def test_the_tunes_in_these_tests_are_what_they_claim() -> None:
 def test_an_interrupted_run_resumes_from_its_checkpoint_without_redoing_nodes(
     tmp_path: Path,
 ) -> None:
-    from langgraph.checkpoint.sqlite import SqliteSaver
+    from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 
     class Outage(RuntimeError):
         """The endpoint went away in the middle of the run."""
 
     replies = [DESCRIPTION, answer(TUNE), answer(REFINED)]
     first = ScriptedChatModel(replies=replies[:2])
-    state: State = {"image": image_data_url(open_image(PHOTO), max_pixels=96 * 96)}
+    state: Input = {"image": image_data_url(open_image(PHOTO), max_pixels=96 * 96)}
     config: RunnableConfig = {"configurable": {"thread_id": "photo-1"}}
     context = Context(explain="none", refine_rounds=1)
 
@@ -394,15 +415,40 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_without_redoing_nodes(
             raise Outage("connection lost")
         return first
 
-    with SqliteSaver.from_conn_string(str(tmp_path / "runs.sqlite")) as saver:
-        graph = build_graph(model_for=outage_after_two, retriever_for=lambda _: Examples(),
-                            checkpointer=saver)
-        with pytest.raises(Outage):
-            graph.invoke(state, config, context=context)
+    async def interrupted() -> None:
+        async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "runs.sqlite")) as saver:
+            graph = build_graph(model_for=outage_after_two, retriever_for=lambda _: Examples(),
+                                checkpointer=saver)
+            await graph.ainvoke(state, config, context=context)
+
+    async def resumed() -> dict[str, Any]:
+        async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "runs.sqlite")) as saver:
+            graph = build_graph(model_for=lambda _: second, retriever_for=lambda _: Examples(),
+                                checkpointer=saver)
+            return await graph.ainvoke(None, config, context=context)
+
+    with pytest.raises(Outage):
+        asyncio.run(interrupted())
     second = ScriptedChatModel(replies=replies[2:])
-    with SqliteSaver.from_conn_string(str(tmp_path / "runs.sqlite")) as saver:
-        graph = build_graph(model_for=lambda _: second, retriever_for=lambda _: Examples(),
-                            checkpointer=saver)
-        final = graph.invoke(None, config, context=context)
+    final = asyncio.run(resumed())
     assert final["status"] == "done" and final["final_abc"] == REFINED
     assert len(first.calls) == 2 and len(second.calls) == 1  # describe and compose not redone
+
+
+def test_the_graph_takes_the_image_and_a_note_and_gives_the_tune_and_why() -> None:
+    graph = build_graph()
+    given = graph.get_input_jsonschema()
+    assert set(given["properties"]) == {"image", "note"} and given["required"] == ["image"]
+    assert set(graph.get_output_jsonschema()["properties"]) == {
+        "final_abc", "faults", "fault_count", "motivation", "explanation", "status", "failure"}
+
+
+@pytest.mark.parametrize(("typed", "model"), [
+    (Check, ParseCheck), (DiagnosticJSON, Diagnostic), (Metrics, TuneMetrics),
+    (MetricJSON, MetricValue), (Example, RetrievedExample),
+])
+def test_the_states_json_shapes_are_the_toolkits_models(typed: type, model: type[Any]) -> None:
+    """Each TypedDict names exactly the fields its pydantic model dumps, so a node can store a
+    dump as it is and read it back without validating it again."""
+    assert set(typed.__annotations__) == set(model.model_fields)
+    assert set(typed.__annotations__) == set(model.model_json_schema()["properties"])

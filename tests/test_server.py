@@ -30,7 +30,7 @@ from img2music.tools.abc.check import check_abc
 from img2music.tools.abc.extract import extract_abc
 from tests.openai_server import Behaviour, ScriptedServer, last_user_text, scripted_server
 from tests.realworld import papers_tune
-from tests.serving import refusing_port, served
+from tests.serving import refusing_port, served, within
 from tests.test_compose_cli import PHOTO
 from tests.test_graph import Examples, reply_for
 
@@ -126,7 +126,10 @@ def test_a_composition_answers_with_the_tune_its_measures_and_its_files(tmp_path
         expected = {"tune.abc", "tune.mid", "tune.ogg", "score.svg", "attention.png",
                     "report.html", "report.json"}
         assert expected <= set(files)
-        with httpx.Client(headers={"Authorization": f"Bearer {KEY}"}) as http:
+        run = server.runs / extension["run_id"]
+        # The audio and the page that embeds it are made when first asked for, off the answer.
+        assert not (run / "tune.ogg").exists() and not (run / "report.html").exists()
+        with httpx.Client(headers={"Authorization": f"Bearer {KEY}"}, timeout=120) as http:
             fetched = {name: http.get(url) for name, url in files.items()}
         assert all(response.status_code == 200 for response in fetched.values())
         assert fetched["tune.abc"].text == extension["abc"]
@@ -425,8 +428,9 @@ def test_a_run_can_be_followed_and_cancelled(tmp_path: Path) -> None:
         run_id = first.model_extra["img2music"]["run_id"]  # type: ignore[index]
         run = f"{server.url}/v1/runs/{run_id}"
         assert httpx.get(run).json()["status"] == "running"
+        within(60, "the describe call in flight", lambda: server.vlm.in_flight == 1)
         assert httpx.delete(run).json()["status"] == "cancelling"
-        gate.opened.set()  # the describe call answers; the run stops before the next step
+        gate.opened.set()  # the describe call's answer comes too late: the run has stopped
         rest = list(stream)
         events = [json.loads(line[6:]) for line in httpx.get(f"{run}/events").text.splitlines()
                   if line.startswith("data: ")]

@@ -100,12 +100,17 @@ def test_studio_sees_the_graph_its_settings_and_prompts_and_runs_it(dev_server: 
         [assistant] = [a for a in assistants if a["graph_id"] == "img2music"]
         schemas = studio.get(f"/assistants/{assistant['assistant_id']}/schemas").json()
         fields = schemas["context_schema"]["properties"]
+        assert set(schemas["input_schema"]["properties"]) == {"image", "note"}
+        assert set(schemas["output_schema"]["properties"]) == {
+            "final_abc", "faults", "fault_count", "motivation", "explanation", "status",
+            "failure"}
         assert {"rag_k", "refine_rounds", "repairs", "explain", "temperature"} <= set(fields)
         assert "examples to retrieve" in fields["rag_k"]["description"].lower()
         assert fields["compose_prompt"]["langgraph_type"] == "prompt"
         assert fields["compose_prompt"]["langgraph_nodes"] == ["compose"]
         graph = studio.get(f"/assistants/{assistant['assistant_id']}/graph").json()
-        assert {"describe", "retrieve", "compose", "parse_check", "evaluate", "explain"} <= {
+        assert {"describe", "retrieve", "compose", "parse_check", "evaluate", "explain",
+                "finish"} <= {
             node["id"] for node in graph["nodes"]}
         final = studio.post("/runs/wait", json={
             "assistant_id": "img2music",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,7 +34,7 @@ def compose_command(
     """Compose music for each image: tune.abc, MIDI, audio, score, explanation and reports."""
     from img2music.pipeline.readiness import no_model_answers
     from img2music.pipeline.retention import prune_runs, runs_root
-    from img2music.pipeline.runs import Composition, compose
+    from img2music.pipeline.runs import Composition, acompose
 
     paths = image_paths(images)
     settings = get_settings()
@@ -54,16 +54,20 @@ def compose_command(
         def show(image: str, node: str, update: object) -> None:
             progress.update(tasks[image], description=f"{Path(image).name}: {node}")
 
-        def one(path: Path) -> Composition:
-            result = compose(path, out_dir=folders[path], note=note, on_progress=show,
-                             **overrides)
+        async def one(path: Path, slots: asyncio.Semaphore) -> Composition:
+            async with slots:
+                result = await acompose(path, out_dir=folders[path], note=note,
+                                        on_progress=show, **overrides)
             verdict = f"no tune: {result.error}" if not result.ok else (
                 f"done, {count(result.fault_count, 'fault')}" if result.fault_count else "done")
             progress.update(tasks[str(path)], description=f"{path.name}: {verdict}")
             return result
 
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            results = list(pool.map(one, paths))
+        async def every() -> list[Composition]:
+            slots = asyncio.Semaphore(concurrency)
+            return list(await asyncio.gather(*(one(path, slots) for path in paths)))
+
+        results = asyncio.run(every())
     if out is None:
         prune_runs(runs_root(settings), settings, keep=folders.values())
     for result in results:

@@ -11,6 +11,7 @@ written from them at the end of every run.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -47,7 +48,7 @@ from img2music.graph.models import VLMUnavailable, endpoint_report, judge_chat_m
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import rounds_and_repairs, usage_totals
 from img2music.pipeline.report import chosen_metrics
-from img2music.pipeline.runs import compose
+from img2music.pipeline.runs import acompose
 from img2music.redaction import redact_url
 from img2music.settings import Settings, get_settings
 from img2music.tools.files import UniqueNames, write_atomic
@@ -219,9 +220,9 @@ def _compose_all(
     total = len(todo)
     progress("composing", 0, total)
 
-    def one(rid: str, variant: Variant, image: ImageItem) -> dict[str, Any] | str:
+    async def one(rid: str, variant: Variant, image: ImageItem) -> dict[str, Any] | str:
         nodes: list[str] = []
-        result = compose(
+        result = await acompose(
             image.path, out_dir=options.out / "runs" / _safe(variant.name) / image.name,
             note=options.note, settings=settings, model_for=model_for,
             retriever_for=retriever_for, on_progress=lambda _, node, __: nodes.append(node),
@@ -232,18 +233,25 @@ def _compose_all(
                            nodes, valid=result.ok, failure=result.error,
                            out_dir=result.out_dir)
 
-    with ThreadPoolExecutor(max_workers=options.concurrency) as pool:
-        futures = {pool.submit(one, *job): job for job in todo}
-        for finished, future in enumerate(as_completed(futures), 1):
-            outcome = future.result()
+    async def every() -> None:
+        slots = asyncio.Semaphore(options.concurrency)
+
+        async def in_turn(job: tuple[str, Variant, ImageItem]) -> tuple[
+                tuple[str, Variant, ImageItem], dict[str, Any] | str]:
+            async with slots:
+                return job, await one(*job)
+
+        for finished, next_done in enumerate(asyncio.as_completed(map(in_turn, todo)), 1):
+            (_, variant, image), outcome = await next_done
             if isinstance(outcome, str):
                 errors.append(outcome)
                 logger.warning("%s", outcome)
             else:
                 log.append(outcome)
                 done[outcome["run_id"]] = outcome
-            _, variant, image = futures[future]
             progress(f"composing: {variant.name} · {image.name}", finished, total)
+
+    asyncio.run(every())
     runs = [done[rid] for rid in wanted if rid in done]
     composed = sum(1 for rid, _, _ in todo if rid in done)
     return runs, composed, len(runs) - composed

@@ -7,10 +7,11 @@ import hashlib
 import json
 import logging
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files as files_of
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from jinja2 import PackageLoader
@@ -64,34 +65,103 @@ ATTENTION_LABELS = {
 
 def write_run(
     out: Path, final: State, picture: Image.Image, report: dict[str, Any], *,
-    settings: Settings,
+    settings: Settings, when_asked: bool = False,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Files of one run; no `tune.abc` unless a valid tune was made. The WAV is kept only when
     asked (`keep_wav`) or when there is no Ogg made from it. Keys and this machine's paths are
-    scrubbed from both reports; every file is written atomically."""
+    scrubbed from both reports; every file is written atomically.
+
+    With `when_asked` (the server), the audio, the MusicXML and the HTML report (which embeds
+    the audio) are the run's files all the same but are made by `make_when_asked` the first
+    time someone asks for them: they cost more CPU than the rest of a run together, and an API
+    client that wants the tune never asks (`report["when_asked"]` names them)."""
     out.mkdir(parents=True, exist_ok=True)
     final = scrub(final, settings)
     files: dict[str, Path] = {}
     problems: list[str] = []
+    later: list[str] = ["report.html"] if when_asked else []
     abc = final.get("final_abc")
     if abc:
         files["tune.abc"] = write_atomic(out / "tune.abc", abc)
-        formats: tuple[AudioFormat, ...] = ("ogg",) if which("sox") else ()
-        rendered = render_all(abc, out, wav=settings.keep_wav or not formats,
-                              musicxml=True, audio_formats=formats, settings=settings)
+        audio = _audio_files(settings)
+        rendered = render_all(abc, out, wav=False if when_asked else audio.wav,
+                              audio_formats=() if when_asked else audio.formats,
+                              musicxml=not when_asked, settings=settings,
+                              checked_midi=_checked_midi(final))
         files.update({path.name: path for path in rendered.files.values()})
         problems.extend(rendered.problems)
+        if when_asked and "midi" in rendered.files:
+            later.extend([*audio.names, "tune.musicxml"])
         files["motivation.md"] = write_atomic(out / "motivation.md", _motivation_markdown(final))
     maps = _attention_maps(out, final, picture)
     files.update({name: out / name for name in _map_files(maps)})
+    listed = sorted({*files, *later} - {"report.html"})
     full = scrub({**report, **_without_images(final), "render_problems": problems,
-                  "attention_maps": maps,
-                  "files": [*sorted(files), "report.json", "report.html"]}, settings)
+                  "attention_maps": maps, "when_asked": later,
+                  "files": [*listed, "report.json", "report.html"]}, settings)
     files["report.json"] = write_atomic(out / "report.json",
                                         json.dumps(full, indent=2, default=str))
-    files["report.html"] = write_atomic(out / "report.html",
-                                        _html(final, picture, files, full))
+    if not when_asked:
+        files["report.html"] = write_atomic(out / "report.html",
+                                            _html(final, picture, files, full))
     return files, full
+
+
+@dataclass(frozen=True)
+class _Audio:
+    wav: bool  # the WAV is kept
+    formats: tuple[AudioFormat, ...]  # encoded from it
+
+    @property
+    def names(self) -> list[str]:
+        return [*(["tune.wav"] if self.wav else []), *(f"tune.{fmt}" for fmt in self.formats)]
+
+
+def _audio_files(settings: Settings) -> _Audio:
+    """Ogg Vorbis when sox is there; the WAV when asked (`keep_wav`) or when there is no Ogg."""
+    formats: tuple[AudioFormat, ...] = ("ogg",) if which("sox") else ()
+    return _Audio(wav=settings.keep_wav or not formats, formats=formats)
+
+
+def make_when_asked(folder: Path, name: str, settings: Settings) -> bool:
+    """Make a file a run lists but left until asked for (`write_run(when_asked=True)`): the
+    audio from the run's MIDI, the MusicXML, the HTML report once the audio is there. False
+    when the run does not list `name` as such; the caller makes sure one call at a time works
+    on a run."""
+    report = read_report(folder)
+    later = report.get("when_asked", [])
+    if name not in later or (folder / name).is_file():
+        return name in later
+    audio = _audio_files(settings)
+    audio_names = [file for file in audio.names if file in later]
+    if name != "tune.musicxml" and audio_names \
+            and not all((folder / file).is_file() for file in audio_names):
+        rendered = render_all(report.get("final_abc") or "", folder, midi=False, svg=False,
+                              png=False, wav=audio.wav, audio_formats=audio.formats,
+                              settings=settings,
+                              checked_midi=(folder / "tune.mid").read_bytes())
+        if rendered.problems:
+            logger.warning("audio of %s: %s", folder.name, "; ".join(rendered.problems))
+    if name == "tune.musicxml":
+        rendered = render_all(report.get("final_abc") or "", folder, midi=False, svg=False,
+                              png=False, wav=False, musicxml=True, settings=settings,
+                              checked_midi=(folder / "tune.mid").read_bytes())
+        if rendered.problems:
+            logger.warning("MusicXML of %s: %s", folder.name, "; ".join(rendered.problems))
+    if name == "report.html":
+        files = {file: folder / file for file in report.get("files", [])
+                 if (folder / file).is_file()}
+        with Image.open(folder / Path(str(report.get("image_file"))).name) as opened:
+            picture = opened.convert("RGB")
+        write_atomic(folder / "report.html", _html(cast(State, report), picture, files, report))
+    return True
+
+
+def _checked_midi(final: State) -> bytes | None:
+    """The MIDI parse-check compiled for the tune the run stands on (compiled once)."""
+    best = final.get("best")
+    midi = final["attempts"][best]["midi"] if best is not None else None
+    return base64.b64decode(midi) if midi else None
 
 
 def _attention_maps(out: Path, final: State, picture: Image.Image) -> dict[str, Any] | None:
@@ -100,10 +170,10 @@ def _attention_maps(out: Path, final: State, picture: Image.Image) -> dict[str, 
     Returns what a client needs to offer them: the method, its label, any note, and the file of
     each map (`attention.png`, then `attention-1.png`... in the tune's order of sections).
     """
-    explanation = final.get("explanation") or {}
-    grid = explanation.get("grid")
-    if grid is None:
+    explanation = final.get("explanation")
+    if explanation is None or "grid" not in explanation:
         return None
+    grid = explanation["grid"]
     from img2music.tools.render.overlays import draw_overlay
 
     method = explanation.get("method", "clip")
@@ -134,9 +204,13 @@ def chosen_metrics(report: dict[str, Any]) -> dict[str, float | None] | None:
 
 
 def _without_images(state: State) -> dict[str, Any]:
-    """The state as JSON, the image data URLs replaced by a marker: reports stay small."""
+    """The state as JSON, the image data URLs replaced by a marker and the attempts' MIDI left
+    out (tune.mid holds the chosen one): reports stay small."""
     text = json.dumps(dict(state), default=str)
-    return dict(json.loads(DATA_URL.sub("data:image (omitted)", text)))
+    shown = dict(json.loads(DATA_URL.sub("data:image (omitted)", text)))
+    for attempt in shown.get("attempts", []):
+        attempt.pop("midi", None)
+    return shown
 
 
 def _motivation_markdown(final: State) -> str:
@@ -180,7 +254,8 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path],
                              "audio/ogg" if audio.suffix == ".ogg" else "audio/wav")
     score = files.get("score.svg")
     usage = usage_totals(final.get("usage", {}))
-    method = (final.get("explanation") or {}).get("method", "")
+    explanation = final.get("explanation")
+    method = explanation["method"] if explanation else ""
     maps = report.get("attention_maps") or {"sections": []}
     return render(
         _report_environment(), template="report.html.j2", max_chars=None, variables=dict(

@@ -250,7 +250,7 @@ function stopRun(run, why) {
   run.controller.abort();
   const message = why === "timeout"
     ? `no answer within ${page.config.client_timeout_s} s, so the run was stopped`
-    : "cancelled: the run stops at its next step";
+    : "cancelled: the run was stopped";
   finishRun(run, "failed", message);
 }
 

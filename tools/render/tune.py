@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from img2music.settings import Settings, get_settings
 from img2music.tools.abc.check import compile_abc
+from img2music.tools.abc.directives import filter_directives
 from img2music.tools.abc.voices import split_voices
 from img2music.tools.files import write_atomic
 from img2music.tools.programs import ProgramFailed, ProgramMissing
@@ -59,23 +60,31 @@ def render_all(
     musicxml: bool = False,
     audio_formats: Sequence[AudioFormat] = (),
     settings: Settings | None = None,
+    checked_midi: bytes | None = None,
 ) -> RenderReport:
     """Check `abc` and write `tune.mid`, `tune.wav`, `score.svg`, `pianoroll.png`,
     `tune.musicxml` (as asked) and `tune.<fmt>` for each audio format into `out_dir`.
 
     Raises ValueError when the tune is not valid ABC; a renderer that cannot run is reported in
     `problems` instead. OGG and MP3 are encoded from the WAV, which is removed again when
-    `wav` is False.
+    `wav` is False. `checked_midi` is the MIDI a check of this very ABC compiled (the graph's
+    parse-check): the tune is then not compiled again.
     """
     settings = settings or get_settings()
-    compiled = compile_abc(abc, settings=settings)
-    if not compiled.check.ok or compiled.midi is None:
-        first = compiled.check.errors[0].one_line() if compiled.check.errors else "no tune found"
-        raise ValueError(f"the ABC is not a valid tune: {first}")
-    tune_midi = compiled.midi
+    if checked_midi is None:
+        compiled = compile_abc(abc, settings=settings)
+        if not compiled.check.ok or compiled.midi is None:
+            first = (compiled.check.errors[0].one_line() if compiled.check.errors
+                     else "no tune found")
+            raise ValueError(f"the ABC is not a valid tune: {first}")
+        abc, checked_midi = compiled.abc, compiled.midi
+    else:
+        # What the check compiled was the filtered text; the readers below get the same.
+        abc = filter_directives(abc).text
+    tune_midi = checked_midi
     out_dir.mkdir(parents=True, exist_ok=True)
     report = RenderReport()
-    tracks = _voice_tracks(compiled.abc, tune_midi, report)
+    tracks = _voice_tracks(abc, tune_midi, report)
     if midi:
         report.files["midi"] = write_atomic(out_dir / "tune.mid", tracks.midi)
     if wav or audio_formats:
@@ -92,13 +101,13 @@ def render_all(
             del report.files["wav"]
     if svg:
         _attempt(report, "svg", partial(
-            render_svg, compiled.abc, out_dir / "score.svg", settings=settings))
+            render_svg, abc, out_dir / "score.svg", settings=settings))
     if png:
         _attempt(report, "png", partial(
             render_pianoroll, tune_midi, out_dir / "pianoroll.png", settings=settings))
     if musicxml:
         _attempt(report, "musicxml", partial(
-            render_musicxml, compiled.abc, out_dir / "tune.musicxml", programs=tracks.programs,
+            render_musicxml, abc, out_dir / "tune.musicxml", programs=tracks.programs,
             settings=settings))
     return report
 
