@@ -64,4 +64,4 @@ def test_editable_install_exposes_only_img2music(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert Path(result.stdout.strip()).resolve() == ROOT / "tools" / "check.py"
+    assert Path(result.stdout.strip()).resolve() == ROOT / "tools" / "abc" / "check.py"
