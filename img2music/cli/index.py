@@ -12,7 +12,6 @@ from rich.text import Text
 from img2music.cli.output import EXIT_USAGE, console, errors, live_progress
 from img2music.settings import Fusion, get_settings
 from img2music.tools.corpus.records import SourceName
-from img2music.tools.retrieval.retriever import shown_similarity
 
 if TYPE_CHECKING:
     from img2music.tools.retrieval.embedder import Embedder
@@ -84,7 +83,7 @@ def index_query(
 ) -> None:
     """Find the tunes whose captions best match a description, an image, or both."""
     from img2music.tools.images import BadImage, open_image
-    from img2music.tools.retrieval.retriever import NoIndex, Retriever
+    from img2music.tools.retrieval.retriever import NoIndex, Retriever, shown_similarity
 
     if text is None and image is None:
         errors.print("[red]error:[/red] give a description, --image, or both")
