@@ -9,13 +9,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from img2music.cli.output import EXIT_USAGE, console, errors, live_progress
+from img2music.cli.output import EXIT_USAGE, build_bar, console, errors
 from img2music.settings import Fusion, get_settings
 from img2music.tools.corpus.records import SourceName
 
 if TYPE_CHECKING:
     from img2music.tools.retrieval.embedder import Embedder
-    from img2music.tools.retrieval.index import BuildReport
 
 app = typer.Typer(help="Build, inspect and query the music memory used for retrieval.",
                   no_args_is_help=True)
@@ -37,14 +36,7 @@ def index_build(
         errors.print(f"[red]error:[/red] --source {source} needs --path FOLDER")
         raise typer.Exit(EXIT_USAGE)
     embedder = load_embedder_or_exit()
-    with live_progress(transient=True) as progress:
-        task = progress.add_task(f"indexing {source}", total=None)
-
-        def show(report: BuildReport) -> None:
-            progress.update(task, description=(
-                f"indexing {source}: {report.added} added, {report.already_there} already "
-                f"stored, {len(report.skipped)} skipped"))
-
+    with build_bar(f"indexing {source}", transient=True) as show:
         report = build_index(source, embedder, path=path, limit=limit, on_batch=show)
     console.print(
         f"{report.collection}: {report.added} added, {report.already_there} already stored, "
