@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from img2music.redaction import scrub
 from img2music.settings import Settings
@@ -23,10 +23,13 @@ from img2music.tools.corpus.ingest import iter_records
 from img2music.tools.corpus.records import MusicRecord, SourceName
 from img2music.tools.retrieval.index import BuildReport, ensure_index, index_complete
 
+if TYPE_CHECKING:
+    from img2music.tools.retrieval.embedder import Embedder
+
 logger = logging.getLogger(__name__)
 
 FIRST_USE_SOURCE: SourceName = "music21"  # ships with music21: the one source built unasked
-SAMPLE_TUNES = 24
+SAMPLE_TUNES = 16
 STOP_WAIT_S = 60.0  # at shutdown, how long the batch being embedded may take to commit
 State = Literal["waiting", "checking", "building", "done", "failed", "stopped"]
 
@@ -181,13 +184,26 @@ class BuildPace:
     seconds_per_tune: float
 
 
+_PACES: dict[tuple[str, str, str, int], BuildPace] = {}  # measured once per process and space
+_PACES_LOCK = threading.Lock()
+
 def measure_pace(settings: Settings, source: SourceName = FIRST_USE_SOURCE,
-                   sample: int = SAMPLE_TUNES) -> BuildPace:
-    """Measure the first `sample` tunes of the source as a build handles them. The model is
-    loaded and warmed first, so the sample measures the steady pace, not the start."""
+                 sample: int = SAMPLE_TUNES) -> BuildPace:
+    """Measure the first `sample` tunes of the source as a build handles them, once per process
+    and embedding space. The model is loaded and warmed first, so the sample measures the
+    steady pace, not the start."""
     from img2music.tools.retrieval.embedder import load_embedder
 
     embedder = load_embedder(settings)
+    key = (embedder.name, str(embedder.device), source, sample)
+    with _PACES_LOCK:
+        if key not in _PACES:
+            _PACES[key] = _measure(settings, embedder, source, sample)
+        return _PACES[key]
+
+
+def _measure(settings: Settings, embedder: Embedder, source: SourceName,
+             sample: int) -> BuildPace:
     embedder.embed_texts(["a warm-up caption"])
     started = time.perf_counter()
     items = list(iter_records(source, limit=sample, settings=settings))
