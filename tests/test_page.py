@@ -36,7 +36,7 @@ from tests.test_retrieval_in_a_run import (  # noqa: F401 - fixtures, shared
     tiny_clip,
     vlm,
 )
-from tests.test_server import KEY, Served, img2music_server, never_fixes_the_papers_tune
+from tests.test_server import KEY, Gate, Served, img2music_server, never_fixes_the_papers_tune
 
 PHONE = {"width": 375, "height": 740}
 WAIT_MS = 120_000  # a whole run on two shared CPU cores, CLIP and rendering included
@@ -370,7 +370,8 @@ def test_a_run_without_a_valid_tune_shows_each_rejection(browser: Browser,
 @needs_chromium
 def test_a_run_can_be_cancelled_and_one_over_the_limit_stops(browser: Browser,
                                                               tmp_path: Path) -> None:
-    with img2music_server(tmp_path, behaviour=Behaviour(sleep_s=1.0)) as server, \
+    gate = Gate()  # the run waits in its first model call until the cancel is clicked
+    with img2music_server(tmp_path, gate) as server, \
             visit(browser, server, tmp_path) as seen:
         page = seen.page
         compose_with(page, PHOTO)
@@ -378,6 +379,7 @@ def test_a_run_can_be_cancelled_and_one_over_the_limit_stops(browser: Browser,
             "data-state", "active")
         page.get_by_role("button", name="Cancel").click()
         expect(page.locator("#failure")).to_have_text("Cancelled: the run stops at its next step")
+        gate.opened.set()
         expect(page.get_by_role("button", name="Compose")).to_be_enabled()
         expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
         seen.shot("7-cancelled")
