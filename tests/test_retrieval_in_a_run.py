@@ -171,6 +171,32 @@ def test_compose_builds_the_index_before_the_runs_with_a_bar_and_says_why_once(
     assert "not built yet" not in again.stdout and "indexing" not in again.stdout
 
 
+def test_eval_builds_the_index_first_when_a_variant_retrieves(
+    tmp_path: Path, tiny_clip: None, small_corpus: Path, vlm: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(console, "width", 250)
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(PHOTO, images / "portrait.jpg")
+    arguments = ["eval", "--images", str(images), "--no-judge", "--no-clip", "--repeats", "1"]
+
+    without = CliRunner().invoke(app, [*arguments, "--variants", "no-rag-no-refine",
+                                       "--out", str(tmp_path / "without")])
+    assert without.exit_code == 0, without.output
+    assert "not built yet" not in without.stdout and index_info(get_settings()) == []
+
+    result = CliRunner().invoke(app, [*arguments, "--variants", "no-refine",
+                                      "--out", str(tmp_path / "with")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("is not built yet: building it now") == 1
+    assert re.search(r"indexing music21 .* 50 of 50 tunes", result.stdout), result.stdout
+    report = json.loads((tmp_path / "with" / "runs" / "no-refine" / "portrait" /
+                         "report.json").read_text())
+    assert len(report["examples"]) == 4
+    assert all(e["id"].startswith("music21:oneills1850/") for e in report["examples"])
+
+
 @dataclass
 class HeldBuild:
     """A server whose start-up index build is held after its first batch until `release`."""

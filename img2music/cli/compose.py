@@ -9,13 +9,10 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from img2music.cli.output import build_bar, console, count, errors, image_paths, live_progress
-from img2music.settings import ExplainMode, Settings, get_settings
+from img2music.cli.index import build_first_use_index
+from img2music.cli.output import console, count, errors, image_paths, live_progress
+from img2music.settings import ExplainMode, get_settings
 from img2music.tools.files import UniqueNames
-
-BUILDING = ("Retrieval searches the {source} corpus, and its index for CLIP {model} "
-            "({weights}) is not built yet: building it now, before the first run. This happens "
-            "once: the index is kept in {folder}, and later runs use it at once.")
 
 
 def compose_command(
@@ -48,7 +45,7 @@ def compose_command(
         errors.print(Text(help_text))
         raise typer.Exit(1)
     if first_use_source(settings, rag=not no_rag, rag_k=k) is not None:
-        _build_index_first(settings)
+        build_first_use_index(settings)
     folders = _output_folders(paths, out or runs_root(settings))
     overrides: dict[str, Any] = {"rag_k": k, "repairs": repairs, "refine_rounds": refine_rounds,
                  "rag": False if no_rag else None, "refine": False if no_refine else None,
@@ -76,31 +73,6 @@ def compose_command(
     for result in results:
         (console if result.ok else errors).print(Text(result.summary()))
     raise typer.Exit(0 if all(result.ok for result in results) else 1)
-
-
-def _build_index_first(settings: Settings) -> None:
-    """The index the runs search, built now, with a bar, when it is not complete: inside a run
-    it would be built too, but under a display that shows only "retrieve" for minutes. When
-    CLIP cannot be loaded, the runs say why, each in its line."""
-    from img2music.pipeline.index_build import IndexBuild
-    from img2music.tools.retrieval.embedder import EmbedderUnavailable
-
-    build = IndexBuild(settings)
-    try:
-        if not build.needed():
-            return
-    except EmbedderUnavailable:
-        return
-    console.print(Text(BUILDING.format(source=build.source, model=settings.clip_model,
-                                       weights=settings.clip_pretrained,
-                                       folder=settings.chroma_url or settings.index_dir)))
-    try:
-        with build_bar(f"indexing {build.source}") as show:
-            build.after_batch = show
-            build.run()
-    except Exception as error:
-        errors.print(Text(f"error: the {build.source} index could not be built: {build.error}"))
-        raise typer.Exit(1) from error
 
 
 def _output_folders(paths: list[Path], out: Path) -> dict[Path, Path]:
