@@ -14,8 +14,11 @@ from typing import Any
 from matplotlib import cbook
 from PIL import Image, ImageDraw
 
+from img2music.settings import Settings
 from img2music.tools.abc.check import check_abc
 from img2music.tools.corpus.music21_corpus import iter_corpus_tunes
+from img2music.tools.retrieval.embedder import load_embedder
+from img2music.tools.retrieval.index import build_index
 from tests.openai_server import last_user_text, scripted_server
 from tests.realworld import papers_tune
 from tests.test_graph import REFINED, TUNE, answer
@@ -59,10 +62,11 @@ def test_compose_writes_every_file_and_names_each_failure(tmp_path: Path) -> Non
     drawing.save(images / "sunset.png")
     (images / "notes.jpg").write_text("not an image", encoding="utf-8")
     (images / "empty.png").write_bytes(b"")
+    settings = Settings(data_dir=tmp_path / "data", clip_model="img2music-tiny",
+                        clip_pretrained="none")  # as img2music() sets them for the command
+    built = build_index("abc-dir", load_embedder(settings), path=tunes, settings=settings)
+    assert built.added > 0
     with scripted_server(respond) as server:
-        built = img2music(tmp_path, server.url, "index", "build", "--source", "abc-dir",
-                          "--path", str(tunes))
-        assert built.returncode == 0, built.stderr
         result = img2music(tmp_path, server.url, "compose", str(images), "--out",
                            str(tmp_path / "out"), "--note", "solemn", "-k", "2",
                            "--explain", "none", "--concurrency", "2")
