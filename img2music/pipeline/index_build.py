@@ -187,6 +187,7 @@ class BuildPace:
 _PACES: dict[tuple[str, str, str, int], BuildPace] = {}  # measured once per process and space
 _PACES_LOCK = threading.Lock()
 
+
 def measure_pace(settings: Settings, source: SourceName = FIRST_USE_SOURCE,
                  sample: int = SAMPLE_TUNES) -> BuildPace:
     """Measure the first `sample` tunes of the source as a build handles them, once per process

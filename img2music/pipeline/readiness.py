@@ -167,12 +167,11 @@ def index(settings: Settings, *, build: IndexBuild | None = None,
 def _first_use_index(settings: Settings, built: list[CollectionInfo], build: IndexBuild | None,
                      estimate: bool) -> Check:
     """The first-use index while it is not complete: how far it is, and (for `doctor`) how long
-    the rest takes to build here."""
+    a whole build takes here."""
+    from img2music.tools.corpus.ingest import count_tunes
     from img2music.tools.retrieval.index import writer_busy
 
     name = f"index {FIRST_USE_SOURCE}"
-    from img2music.tools.corpus.ingest import count_tunes
-
     if build is not None and build.state == "checking":
         return Check(name, "warning", "checking it (loading CLIP)")
     if build is not None and build.state == "building":
