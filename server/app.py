@@ -28,6 +28,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException
 
 from img2music.graph.nodes import ModelFor, RetrieverFor
+from img2music.pipeline.index_build import IndexBuild, progress_line
 from img2music.pipeline.readiness import Check, health_checks
 from img2music.pipeline.report import read_report
 from img2music.server.completions import (
@@ -71,15 +72,24 @@ FILE_HEADERS = {
 
 
 def create_app(settings: Settings | None = None, *, model_for: ModelFor | None = None,
-               retriever_for: RetrieverFor | None = None) -> FastAPI:
-    """The app; `model_for` and `retriever_for` replace the configured model and index (tests)."""
+               retriever_for: RetrieverFor | None = None,
+               index_build: IndexBuild | None = None) -> FastAPI:
+    """The app; `model_for` and `retriever_for` replace the configured model and index (tests).
+
+    With `index_build` (as `img2music serve` gives it), the index runs will search is built in
+    the background as the server starts, and `/health` says how far it is.
+    """
     settings = settings or get_settings()
     pool = RunPool(settings, model_for=model_for, retriever_for=retriever_for)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(pool.prune)
+        if index_build is not None:
+            index_build.start()
         yield
+        if index_build is not None:
+            await asyncio.to_thread(index_build.stop)
         await pool.shutdown()
 
     app = FastAPI(title="img2music", version="0.1.0", lifespan=lifespan,
@@ -88,15 +98,19 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
     app.add_middleware(HostCheck, settings=settings)
     _add_error_handlers(app)
     authorised = [Depends(authorisation(settings))]
-    health = _HealthCache(settings)
+    health = _HealthCache(settings, index_build)
 
     @app.get("/health")
     async def get_health(request: Request) -> JSONResponse:
-        """Readiness, 200 or 503, for anyone; what was checked only for those with the key
-        (endpoints, paths and load are nobody else's business)."""
+        """Readiness, 200 or 503, for anyone, with the progress of the index build while one
+        runs (the page shows it); what was checked only for those with the key (endpoints,
+        paths and load are nobody else's business)."""
         checks = await health.get()
         ready = all(check.ok for check in checks)
         body: dict[str, Any] = {"status": "ready" if ready else "unavailable"}
+        building = _build_status(index_build)
+        if building is not None:
+            body["index_build"] = building
         if bearer_matches(request.headers.get("authorization"), settings):
             body.update(runs=pool.admitted, checks=[asdict(check) for check in checks])
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -205,20 +219,36 @@ def _require_json(request: Request) -> None:
 
 
 class _HealthCache:
-    """Probes at most every few seconds, however often a load balancer asks."""
+    """Probes at most every few seconds, however often a load balancer asks, and again at once
+    when the index build moves on (starts building, ends)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, build: IndexBuild | None) -> None:
         self.settings = settings
+        self.build = build
         self.checked_at = -HEALTH_CACHE_S
+        self.build_state = build.state if build else None
         self.checks: list[Check] = []
         self.lock = asyncio.Lock()
 
     async def get(self) -> list[Check]:
         async with self.lock:
-            if time.monotonic() - self.checked_at >= HEALTH_CACHE_S:
-                self.checks = await asyncio.to_thread(health_checks, self.settings)
-                self.checked_at = time.monotonic()
+            state = self.build.state if self.build else None
+            if time.monotonic() - self.checked_at >= HEALTH_CACHE_S or state != self.build_state:
+                self.checks = await asyncio.to_thread(health_checks, self.settings, self.build)
+                self.checked_at, self.build_state = time.monotonic(), state
             return self.checks
+
+
+def _build_status(build: IndexBuild | None) -> dict[str, Any] | None:
+    """The index build's progress while it runs (or why it failed); None otherwise."""
+    if build is None or build.state not in ("building", "failed"):
+        return None
+    status: dict[str, Any] = {"source": build.source, "state": build.state}
+    progress = build.progress
+    if progress is not None:
+        status.update(done=progress.done, total=progress.total, rate_per_s=progress.rate,
+                      seconds_left=progress.seconds_left, line=progress_line(progress))
+    return status
 
 
 def _model_card() -> dict[str, Any]:

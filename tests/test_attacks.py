@@ -29,12 +29,12 @@ from img2music.pipeline.runs import compose
 from img2music.settings import Settings
 from img2music.tools.abc.check import compile_abc
 from tests.needs import needs_chromium, needs_langgraph_cli, needs_programs
-from tests.openai_server import Behaviour, ScriptedServer, last_user_text, scripted_server
+from tests.openai_server import ScriptedServer, last_user_text, scripted_server
 from tests.scripted import ScriptedChatModel
 from tests.test_compose_cli import PHOTO
 from tests.test_graph import DESCRIPTION, TUNE, Examples, answer, reply_for
 from tests.test_page import browser  # noqa: F401 - the shared headless chromium
-from tests.test_server import KEY, PHOTO_URL, image_message, img2music_server, post
+from tests.test_server import KEY, PHOTO_URL, Gate, image_message, img2music_server, post
 from tests.test_studio import langgraph_dev
 
 VLM_KEY = "sk-vlm-never-to-be-seen"
@@ -214,13 +214,15 @@ def test_a_tune_that_would_play_for_minutes_is_a_parse_check_error() -> None:
 
 
 def test_a_full_server_refuses_before_it_decodes_an_image(tmp_path: Path) -> None:
-    with img2music_server(tmp_path, server_max_concurrent_runs=1, server_max_queued_runs=0,
-                          behaviour=Behaviour(sleep_s=2.0)) as server:
+    gate = Gate()  # the first run holds its place inside its model call until the test is done
+    with img2music_server(tmp_path, gate, server_max_concurrent_runs=1,
+                          server_max_queued_runs=0) as server:
         running = server.client.chat.completions.create(
             model="img2music", messages=image_message(), stream=True)
         first = next(iter(running))  # the run has its place
         junk = "data:image/png;base64," + base64.b64encode(b"not an image at all").decode()
         refused = post(server, {"model": "img2music", "messages": image_message(url=junk)})
+        gate.opened.set()
         running.close()
     assert first.model_extra is not None
     assert refused.status_code == 429, refused.text

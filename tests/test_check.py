@@ -65,6 +65,7 @@ def test_a_short_bar_in_the_middle_is_a_fault_pointing_at_it(backend: Backend) -
     assert "bar 4 lasts 4/8 but M:3/4 bars last 6/8 (2/8 short" in fault.message
 
 
+@needs_abc2midi  # music21, the fallback, cannot read the tune at all
 def test_a_long_bar_is_a_fault_and_its_feedback_reads_in_one_line() -> None:
     tune = GOOD.replace("A>B c2 A2", "A>B c2 A2 B")
     result = check_abc(tune)
@@ -94,8 +95,11 @@ def test_a_bar_line_missing_between_two_full_bars_is_a_fault() -> None:
         ("[Am] [ce]2", "error", '[Am] is not a chord of notes (m is not a note); a chord name '
                                 'goes in quotes before a note, e.g. "Am"A2'),
         ("F#2 [ce]2", "error", "F# is not ABC: a sharp goes before its note, ^F"),
-        ("(ce2", "fault", "a slur opened with ( is never closed"),
-        ("G2 ) [ce]2", "fault", "a slur is closed with ) but was never opened"),
+        # music21, the fallback, cannot read these two tunes at all: abc2midi must say it
+        pytest.param("(ce2", "fault", "a slur opened with ( is never closed",
+                     marks=needs_abc2midi),
+        pytest.param("G2 ) [ce]2", "fault", "a slur is closed with ) but was never opened",
+                     marks=needs_abc2midi),
         ("! [ce]2", "fault", "a lone ! is read as an old-style line break"),
         ("[] [ce]2", "fault", "an empty chord [] holds no notes"),
     ],
@@ -249,6 +253,7 @@ def test_real_abc_21_that_abc2midi_plays_cleanly_is_not_an_error() -> None:
         "M:2 gives no note value, so bar lengths are not checked; write e.g. M:2/4 or M:2/2"]
 
 
+@needs_abc2midi  # music21, the fallback, cannot read a continued header line
 def test_continued_header_lines_and_unknown_fields_are_not_errors() -> None:
     tune = GOOD.replace("T:Morning light", "T:Morning \\\nlight\nY:not a field")
     result = check_abc(tune)

@@ -35,7 +35,7 @@ def tune_file(tmp_path: Path) -> Path:
 
 
 def test_check_valid_tune_as_json(tune_file: Path) -> None:
-    result = runner.invoke(app, ["check", str(tune_file), "--json"])
+    result = runner.invoke(app, ["check", str(tune_file), "--json", "--metrics"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["ok"] is True
@@ -51,7 +51,7 @@ def test_check_valid_tune_as_json(tune_file: Path) -> None:
 def test_check_invalid_tune_exits_1_with_the_place(tmp_path: Path) -> None:
     path = tmp_path / "broken.abc"
     path.write_text(TUNE.replace("e3 c2 A", "e3 [c2 A"), encoding="utf-8")
-    result = runner.invoke(app, ["check", str(path), "--json"])
+    result = runner.invoke(app, ["check", str(path), "--json", "--metrics"])
     assert result.exit_code == 1
     payload = json.loads(result.stdout)
     assert payload["ok"] is False
@@ -65,7 +65,7 @@ def test_check_invalid_tune_exits_1_with_the_place(tmp_path: Path) -> None:
 def test_check_lists_faults_as_warnings_and_exits_0_unless_strict(tmp_path: Path) -> None:
     path = tmp_path / "faulty.abc"
     path.write_text(TUNE.replace("e3 c2 A", "e3 c2 A B"), encoding="utf-8")
-    result = runner.invoke(app, ["check", str(path), "--json"])
+    result = runner.invoke(app, ["check", str(path), "--json", "--metrics"])
     assert result.exit_code == 0
     payload = json.loads(result.stdout)
     assert (payload["ok"], payload["clean"], payload["errors"]) == (True, False, [])
@@ -82,10 +82,53 @@ def test_check_lists_faults_as_warnings_and_exits_0_unless_strict(tmp_path: Path
 
 
 def test_check_human_output(tune_file: Path) -> None:
-    result = runner.invoke(app, ["check", str(tune_file)])
+    result = runner.invoke(app, ["check", str(tune_file), "--metrics"])
     assert result.exit_code == 0
     assert "valid" in result.stdout and "5 bars" in result.stdout
     assert "Pitch range 12" in result.stdout
+
+
+def test_check_measures_only_when_asked(tune_file: Path) -> None:
+    human = runner.invoke(app, ["check", str(tune_file)])
+    assert human.exit_code == 0 and "5 bars" in human.stdout
+    assert "metrics" not in human.stdout
+    payload = json.loads(runner.invoke(app, ["check", str(tune_file), "--json"]).stdout)
+    assert payload["ok"] is True and payload["metrics"] is None  # not measured, not unmeasurable
+
+
+HEAVY_LIBRARIES = ("torch", "muspy", "open_clip", "chromadb", "transformers", "matplotlib",
+                   "music21", "langgraph", "langchain_core", "scipy", "numpy", "fastapi",
+                   "uvicorn", "PIL")
+LOADED_AFTER = """
+import sys
+from img2music.cli.main import app
+try:
+    app({arguments!r})
+except SystemExit:
+    pass
+print("loaded:", *sorted({{name.split(".")[0] for name in sys.modules}} & {heavy!r}))
+"""
+
+
+def heavy_libraries_loaded(*arguments: str) -> list[str]:
+    """The heavy libraries a fresh process has imported once the command has run."""
+    result = subprocess.run(
+        [sys.executable, "-c", LOADED_AFTER.format(arguments=list(arguments),
+                                                    heavy=set(HEAVY_LIBRARIES))],
+        capture_output=True, text=True, timeout=120, check=False)
+    line = result.stdout.splitlines()[-1]
+    assert line.startswith("loaded:"), result.stdout + result.stderr
+    return line.split()[1:]
+
+
+@needs_programs("abc2midi")
+def test_the_command_line_loads_heavy_libraries_only_for_the_commands_that_need_them(
+    tune_file: Path,
+) -> None:
+    assert heavy_libraries_loaded("--help") == []
+    assert heavy_libraries_loaded("check", str(tune_file)) == []
+    assert heavy_libraries_loaded("check", "--json", str(tune_file)) == []
+    assert "muspy" in heavy_libraries_loaded("check", "--metrics", str(tune_file))
 
 
 def test_check_missing_file_exits_2(tmp_path: Path) -> None:

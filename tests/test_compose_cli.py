@@ -8,14 +8,22 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from matplotlib import cbook
 from PIL import Image, ImageDraw
+from typer.testing import CliRunner, Result
 
+from img2music.cli.main import app
+from img2music.cli.output import console
+from img2music.settings import Settings, get_settings
 from img2music.tools.abc.check import check_abc
 from img2music.tools.corpus.music21_corpus import iter_corpus_tunes
+from img2music.tools.retrieval.embedder import load_embedder
+from img2music.tools.retrieval.index import build_index
 from tests.openai_server import last_user_text, scripted_server
 from tests.realworld import papers_tune
 from tests.test_graph import REFINED, TUNE, answer
@@ -45,6 +53,26 @@ def img2music(tmp_path: Path, url: str, *arguments: str,
                           check=False)
 
 
+@pytest.fixture
+def compose_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """`img2music` in this process, with `img2music()`'s settings: the commands' own code, with
+    no new interpreter to import torch and transformers again (`compose` as its own process is
+    tested above and below)."""
+    monkeypatch.setattr(console, "width", 200)
+
+    def invoke(url: str, *arguments: str, **settings: str) -> Result:
+        for name, value in {"IMG2MUSIC_DATA_DIR": str(tmp_path / "data"),
+                            "IMG2MUSIC_CLIP_MODEL": "img2music-tiny",
+                            "IMG2MUSIC_CLIP_PRETRAINED": "none", "IMG2MUSIC_VLM_BASE_URL": url,
+                            "IMG2MUSIC_VLM_MODEL": "scripted-vlm",
+                            "IMG2MUSIC_RAG_SOURCES": "abc-dir", **settings}.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        return CliRunner().invoke(app, list(arguments))
+
+    return invoke
+
+
 def test_compose_writes_every_file_and_names_each_failure(tmp_path: Path) -> None:
     tunes = tmp_path / "tunes"
     tunes.mkdir()
@@ -59,10 +87,11 @@ def test_compose_writes_every_file_and_names_each_failure(tmp_path: Path) -> Non
     drawing.save(images / "sunset.png")
     (images / "notes.jpg").write_text("not an image", encoding="utf-8")
     (images / "empty.png").write_bytes(b"")
+    settings = Settings(data_dir=tmp_path / "data", clip_model="img2music-tiny",
+                        clip_pretrained="none")  # as img2music() sets them for the command
+    built = build_index("abc-dir", load_embedder(settings), path=tunes, settings=settings)
+    assert built.added > 0
     with scripted_server(respond) as server:
-        built = img2music(tmp_path, server.url, "index", "build", "--source", "abc-dir",
-                          "--path", str(tunes))
-        assert built.returncode == 0, built.stderr
         result = img2music(tmp_path, server.url, "compose", str(images), "--out",
                            str(tmp_path / "out"), "--note", "solemn", "-k", "2",
                            "--explain", "none", "--concurrency", "2")
@@ -96,17 +125,19 @@ def test_compose_writes_every_file_and_names_each_failure(tmp_path: Path) -> Non
     assert all(request["model"] == "scripted-vlm" for request in server.requests)
 
 
-def test_attention_maps_from_a_local_copy_while_composing_remotely(tmp_path: Path) -> None:
+def test_attention_maps_from_a_local_copy_while_composing_remotely(
+    tmp_path: Path, compose_here: Callable[..., Result]
+) -> None:
     from tests.tiny_vlm import build_tiny_vlm
 
     model, processor = build_tiny_vlm(eager=True)
     model.save_pretrained(tmp_path / "tiny-vlm")
     processor.save_pretrained(tmp_path / "tiny-vlm")
     with scripted_server(respond) as server:
-        result = img2music(tmp_path, server.url, "compose", str(PHOTO), "--out",
-                           str(tmp_path / "out"), "--no-rag", "--explain", "attention",
-                           IMG2MUSIC_ATTENTION_MODEL=str(tmp_path / "tiny-vlm"))
-    assert result.returncode == 0, result.stdout + result.stderr
+        result = compose_here(server.url, "compose", str(PHOTO), "--out",
+                              str(tmp_path / "out"), "--no-rag", "--explain", "attention",
+                              IMG2MUSIC_ATTENTION_MODEL=str(tmp_path / "tiny-vlm"))
+    assert result.exit_code == 0, result.output
     folder = tmp_path / "out" / "grace_hopper"
     report = json.loads((folder / "report.json").read_text())
     assert report["explanation"]["method"] == "attention"
@@ -181,7 +212,7 @@ def test_a_batch_killed_midway_keeps_every_image_it_finished(tmp_path: Path) -> 
 
 
 def test_the_papers_tune_is_delivered_and_its_faults_summed_up_in_one_line(
-    tmp_path: Path,
+    tmp_path: Path, compose_here: Callable[..., Result]
 ) -> None:
     """Keye-VL-8B's tune from the paper (Fig. 2a), from a model that never fixes it: every bar
     is short, yet it plays, so it is written out with what a musician would correct."""
@@ -189,9 +220,9 @@ def test_the_papers_tune_is_delivered_and_its_faults_summed_up_in_one_line(
         return respond(body) if "Describe this image" in last_user_text(body) else papers_tune()
 
     with scripted_server(never_fixes) as server:
-        result = img2music(tmp_path, server.url, "compose", str(PHOTO), "--out",
-                           str(tmp_path / "out"), "--no-rag", "--explain", "none")
-    assert result.returncode == 0, result.stdout + result.stderr
+        result = compose_here(server.url, "compose", str(PHOTO), "--out",
+                              str(tmp_path / "out"), "--no-rag", "--explain", "none")
+    assert result.exit_code == 0, result.output
     folder = tmp_path / "out" / "grace_hopper"
     summary = [line for line in result.stdout.splitlines() if "tune.abc" in line]
     assert len(summary) == 1

@@ -24,11 +24,20 @@ from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 import img2music.server.page as page_module
 from img2music.server.page import ABCJS
+from img2music.settings import get_settings
 from tests.needs import CHROMIUM, needs_abcjs, needs_chromium
 from tests.openai_server import Behaviour, last_user_text
 from tests.serving import within
 from tests.test_compose_cli import PHOTO
 from tests.test_graph import DESCRIPTION, REFINED, answer
+from tests.test_retrieval_in_a_run import (  # noqa: F401 - fixtures, shared
+    HeldBuild,
+    serving_while_building,
+    small_batches,
+    small_corpus,
+    tiny_clip,
+    vlm,
+)
 from tests.test_server import KEY, Served, img2music_server, never_fixes_the_papers_tune
 
 PHONE = {"width": 375, "height": 740}
@@ -62,7 +71,8 @@ class Visit:
 
 
 @contextmanager
-def visit(browser: Browser, server: Served, tmp_path: Path, **options: Any) -> Iterator[Visit]:
+def visit(browser: Browser, server: Served | HeldBuild, tmp_path: Path,
+          **options: Any) -> Iterator[Visit]:
     """The page in a fresh browser context; every request counted, none let off loopback."""
     context = browser.new_context(accept_downloads=True, **options)
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
@@ -543,3 +553,20 @@ def test_a_tune_drawn_on_the_page_runs_no_script(browser: Browser, tmp_path: Pat
         expect(page.locator("#follow")).to_contain_text("script>window.pwned=2</script>")
         assert page.evaluate("() => window.pwned") is None
         assert page.locator("#follow script, #follow img, #follow foreignObject").count() == 0
+
+
+@needs_chromium
+def test_the_page_shows_the_index_build_while_the_server_builds_it(
+    browser: Browser, tmp_path: Path, tiny_clip: None, small_corpus: Path,  # noqa: F811
+    small_batches: None, vlm: Any,  # noqa: F811
+) -> None:
+    with serving_while_building(get_settings()) as server, \
+            visit(browser, server, tmp_path) as seen:
+        status = seen.page.locator("#index-status")
+        expect(status).to_contain_text("Building the music index that runs learn from (16 of "
+                                       "50 tunes, ", timeout=WAIT_MS)
+        expect(status).to_contain_text("This happens once, as the server first starts. You can "
+                                       "compose now")
+        seen.shot("10-index-building")
+        server.release()
+        expect(status).to_have_text("The music index is ready.", timeout=WAIT_MS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -39,12 +40,21 @@ from tests.openai_server import (
     last_user_text,
     scripted_server,
 )
+from tests.serving import refusing_port
 from tests.test_eval import composer, judge
 from tests.test_graph import REFINED, Examples, reply_for
 
 PHOTO = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 KEYE = "Kwai-Keye/Keye-VL-8B-Preview"
-DOWN = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
+
+
+@pytest.fixture
+def down() -> Iterator[str]:
+    """An endpoint URL on a loopback port that refuses connections while the test runs."""
+    with refusing_port() as port:
+        yield f"http://127.0.0.1:{port}/v1"
+
+
 SENT_TO = {  # what each kind of endpoint gets, beyond the model and the messages
     "vllm": {"stream", "temperature", "top_p", "max_completion_tokens", "top_k"},
     "openai": {"stream", "temperature", "top_p", "max_completion_tokens"},
@@ -144,7 +154,7 @@ def test_the_endpoint_is_asked_once_per_process_however_many_runs_start(
                                settings=settings)
 
 
-def test_a_chosen_profile_asks_nothing_and_the_host_can_tell(tmp_path: Path) -> None:
+def test_a_chosen_profile_asks_nothing_and_the_host_can_tell(tmp_path: Path, down: str) -> None:
     with scripted_server(reply_for, model="gpt-4o-mini", dialect="openai") as server:
         result = compose_with(server, tmp_path, vlm_profile="openai")
     assert server.gets == []
@@ -152,9 +162,9 @@ def test_a_chosen_profile_asks_nothing_and_the_host_can_tell(tmp_path: Path) -> 
     # OpenAI's own hosts need no question at all (nothing is sent to them here)
     hosted = profiles.profile_for("https://api.openai.com/v1", api_key="sk-x", choice="auto")
     assert (hosted.profile.name, hosted.reason) == ("openai", "the host api.openai.com")
-    down = profiles.profile_for(DOWN, api_key="sk-x", choice="auto")
-    assert down.profile.name == "generic" and "no answer yet" in down.reason
-    assert profiles.known_profile(DOWN, choice="auto") is None  # asked again next time
+    silent = profiles.profile_for(down, api_key="sk-x", choice="auto")
+    assert silent.profile.name == "generic" and "no answer yet" in silent.reason
+    assert profiles.known_profile(down, choice="auto") is None  # asked again next time
 
 
 def test_a_400_naming_a_parameter_is_retried_once_with_the_standard_ones(
@@ -317,9 +327,10 @@ def test_the_judge_uses_the_profile_of_its_own_endpoint(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def no_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
-    monkeypatch.setenv("IMG2MUSIC_VLM_BASE_URL", DOWN)
+def no_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, down: str) -> Any:
+    monkeypatch.setenv("IMG2MUSIC_VLM_BASE_URL", down)
     monkeypatch.setenv("IMG2MUSIC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("IMG2MUSIC_CLIP_MODEL", "img2music-tiny")  # doctor measures a build
     monkeypatch.setenv("IMG2MUSIC_CLIP_PRETRAINED", "none")
     get_settings.cache_clear()
     yield
@@ -327,11 +338,11 @@ def no_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
 
 
 def test_compose_with_no_model_says_the_three_ways_to_get_one(
-    no_model: None, tmp_path: Path,
+    no_model: None, tmp_path: Path, down: str,
 ) -> None:
     result = CliRunner().invoke(app, ["compose", str(PHOTO), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1
-    assert f"No model answered at {DOWN} (ConnectError" in result.stderr
+    assert f"No model answered at {down} (ConnectError" in result.stderr
     for way in THREE_WAYS:
         assert way in result.stderr, way
     assert not (tmp_path / "out").exists()  # nothing was tried that could only fail

@@ -7,21 +7,21 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL.Image import Image
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from img2music.cli.main import app
+from img2music.cli.output import console
 from img2music.settings import Fusion, Settings, get_settings
 from img2music.tools.abc.check import check_abc
 from img2music.tools.corpus.music21_corpus import iter_corpus_tunes
 from img2music.tools.retrieval.embedder import load_embedder
 from img2music.tools.retrieval.index import (
-    INGEST_BATCH,
     IndexMismatch,
     Vector,
     build_index,
@@ -196,12 +196,13 @@ def _count(settings: Settings, name: str) -> int:
 
 
 KILL_AFTER_BATCHES = 2
+KILLED_BATCH = 16  # small batches: the property is the same at any size, and quicker to reach
 # The build killed (SIGKILL, no cleanup) right after its second batch is committed, saying how
 # many records it had committed by then.
 KILLED_BUILD = """
 import os, signal, sys
+from img2music.tools.retrieval import index
 from img2music.tools.retrieval.embedder import load_embedder
-from img2music.tools.retrieval.index import build_index
 
 def after_batch(report):
     after_batch.batches += 1
@@ -210,61 +211,75 @@ def after_batch(report):
         os.kill(os.getpid(), signal.SIGKILL)
 
 after_batch.batches = 0
-build_index("music21", load_embedder(), limit={limit}, on_batch=after_batch)
+index.INGEST_BATCH = {batch}
+index.build_index("music21", load_embedder(), limit={limit}, on_batch=after_batch)
 """
 
 
-def test_an_interrupted_build_loses_nothing_and_resumes(tmp_path: Path) -> None:
+@pytest.fixture
+def index_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+    """`img2music` in this process, with the tiny CLIP and this test's data folder: the commands'
+    own code, without starting Python, torch and Chroma again for each (the installed entry
+    point is tested in test_cli.py)."""
+    monkeypatch.setenv("IMG2MUSIC_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("IMG2MUSIC_CLIP_MODEL", "img2music-tiny")
+    monkeypatch.setenv("IMG2MUSIC_CLIP_PRETRAINED", "none")
+    monkeypatch.setattr(console, "width", 200)
+    get_settings.cache_clear()
+
+    def invoke(*arguments: str) -> Result:
+        return CliRunner().invoke(app, list(arguments))
+
+    return invoke
+
+
+def test_an_interrupted_build_loses_nothing_and_resumes(
+    tmp_path: Path, index_cli: Callable[..., Result]
+) -> None:
     settings = offline_settings(tmp_path)
-    limit = 400
+    limit = 40
     killed = subprocess.run(
-        [sys.executable, "-c", KILLED_BUILD.format(batches=KILL_AFTER_BATCHES, limit=limit)],
-        env=_environment(tmp_path), capture_output=True, text=True, timeout=600, check=False)
+        [sys.executable, "-c", KILLED_BUILD.format(batches=KILL_AFTER_BATCHES,
+                                                   batch=KILLED_BATCH, limit=limit)],
+        env={**os.environ, "IMG2MUSIC_DATA_DIR": str(tmp_path),
+             "IMG2MUSIC_CLIP_MODEL": "img2music-tiny", "IMG2MUSIC_CLIP_PRETRAINED": "none"},
+        capture_output=True, text=True, timeout=600, check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     committed = int(killed.stdout)
-    assert 0 < committed <= KILL_AFTER_BATCHES * INGEST_BATCH
+    assert 0 < committed <= KILL_AFTER_BATCHES * KILLED_BATCH
     stored = _count(settings, load_embedder(settings).name)
     assert stored == committed  # every committed batch survives the kill, and nothing else
-    resumed = _cli(tmp_path, "index", "build", "--source", "music21", "--limit", str(limit))
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = index_cli("index", "build", "--source", "music21", "--limit", str(limit))
+    assert resumed.exit_code == 0, resumed.output
     match = re.search(r"(\d+) added, (\d+) already stored", resumed.stdout)
     assert match is not None, resumed.stdout
     assert (int(match.group(1)), int(match.group(2))) == (limit - stored, stored)
-    info = _cli(tmp_path, "index", "info")
+    info = index_cli("index", "info")
     assert re.search(rf"music21 .* {limit} ", info.stdout), info.stdout
 
 
-def _environment(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "IMG2MUSIC_DATA_DIR": str(tmp_path), "COLUMNS": "200",
-            "IMG2MUSIC_CLIP_MODEL": "img2music-tiny", "IMG2MUSIC_CLIP_PRETRAINED": "none"}
-
-
-def _cli(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(Path(sys.executable).with_name("img2music")), *arguments],
-                          env=_environment(tmp_path), capture_output=True, text=True,
-                          timeout=600, check=False)
-
-
-def test_index_commands_build_inspect_and_query(tmp_path: Path) -> None:
-    built = _cli(tmp_path, "index", "build", "--source", "music21", "--limit", "150")
-    assert built.returncode == 0, built.stderr
+def test_index_commands_build_inspect_and_query(
+    tmp_path: Path, index_cli: Callable[..., Result]
+) -> None:
+    built = index_cli("index", "build", "--source", "music21", "--limit", "150")
+    assert built.exit_code == 0, built.output
     assert "150 added, 0 already stored" in built.stdout
-    info = _cli(tmp_path, "index", "info")
+    info = index_cli("index", "info")
     assert "music21" in info.stdout and "img2music-tiny|none|ctx77" in info.stdout
     assert "150" in info.stdout
     photo = Path(__import__("matplotlib").cbook.get_sample_data("grace_hopper.jpg",
                                                                 asfileobj=False))
-    query = _cli(tmp_path, "index", "query", "a slow German ballad in a minor key",
-                 "--image", str(photo), "-k", "3", "--abc")
-    assert query.returncode == 0, query.stderr
+    query = index_cli("index", "query", "a slow German ballad in a minor key",
+                      "--image", str(photo), "-k", "3", "--abc")
+    assert query.exit_code == 0, query.output
     assert query.stdout.count("\nX:") == 3
-    filtered = _cli(tmp_path, "index", "query", "a song", "--filter", "meter=3/4", "-k", "2",
-                    "--abc")
-    assert filtered.returncode == 0, filtered.stderr
+    filtered = index_cli("index", "query", "a song", "--filter", "meter=3/4", "-k", "2",
+                         "--abc")
+    assert filtered.exit_code == 0, filtered.output
     meters = re.findall(r"^M:\s*(.*)$", filtered.stdout, re.MULTILINE)
     assert meters == ["3/4", "3/4"], filtered.stdout  # two tunes, each in 3/4 by its header
-    bad = _cli(tmp_path, "index", "query", "a song", "--image", str(tmp_path / "none.png"))
-    assert bad.returncode == 2 and "cannot read" in bad.stderr
+    bad = index_cli("index", "query", "a song", "--image", str(tmp_path / "none.png"))
+    assert bad.exit_code == 2 and "cannot read" in bad.stderr
 
 
 def test_query_without_an_index_says_how_to_build_it(monkeypatch: pytest.MonkeyPatch) -> None:

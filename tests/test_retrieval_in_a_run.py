@@ -1,13 +1,19 @@
-"""Retrieval as a run meets it: the index built on first use, several sources searched at once,
-and a Chroma server instead of the embedded index."""
+"""Retrieval as a run meets it: the index built on first use (with its progress shown by
+`compose`, `serve`, `/health` and `doctor`), several sources searched at once, and a Chroma
+server instead of the embedded index."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +22,33 @@ import httpx
 import numpy as np
 import pytest
 from chromadb.config import Settings as ChromaSettings
+from typer.testing import CliRunner
 
+from img2music.cli.main import app
+from img2music.cli.output import console
+from img2music.pipeline.index_build import IndexBuild, progress_line
 from img2music.pipeline.runs import compose
+from img2music.server.app import create_app
 from img2music.settings import Settings, get_settings
 from img2music.tools.corpus import music21_corpus
 from img2music.tools.corpus.ingest import iter_records
 from img2music.tools.corpus.records import MusicRecord
+from img2music.tools.retrieval import index
 from img2music.tools.retrieval.embedder import load_embedder
-from img2music.tools.retrieval.index import build_index, ensure_index, index_info, open_collection
+from img2music.tools.retrieval.index import (
+    BuildReport,
+    build_index,
+    ensure_index,
+    index_complete,
+    index_info,
+    open_collection,
+)
 from img2music.tools.retrieval.retriever import Retriever
 from tests.openai_server import ScriptedServer, last_user_text, scripted_server
-from tests.serving import listening_port
+from tests.serving import listening_port, served
 from tests.test_graph import PHOTO, reply_for
 from tests.test_retrieval import TEXT, Space, meta, unit
+from tests.test_serve_cli import doctor_table
 from tests.test_sources import EVENING, MORNING, WALTZ_LATIN1
 
 CHROMA = Path(sys.executable).with_name("chroma")
@@ -87,6 +107,168 @@ def test_a_run_without_an_index_builds_it_and_retrieves_from_it(
                           if "Compose an original piece" in last_user_text(body))
     assert all(e["caption"] in compose_prompt for e in examples)
     assert ensure_index("music21", load_embedder(settings), settings=settings) is None
+
+
+SMALL_BATCH = 16  # the small corpus's 50 tunes in four batches: 16, 32, 48, 50 done
+TUNES = 50
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(index, "INGEST_BATCH", SMALL_BATCH)
+
+
+def test_a_first_use_build_reports_its_progress_after_every_batch(
+    tiny_clip: None, small_corpus: Path, small_batches: None
+) -> None:
+    seen: list[BuildReport] = []
+    build = IndexBuild(get_settings(), after_batch=seen.append)
+    assert build.needed()
+
+    report = build.run()
+
+    assert report is not None and (report.done, report.total) == (TUNES, TUNES)
+    assert [r.done for r in seen] == [16, 32, 48, 50]
+    assert all(r.total == TUNES and r.rate is not None and r.rate > 0 for r in seen)
+    assert all(r.seconds_left is not None and r.seconds_left > 0 for r in seen[:-1])
+    assert seen[-1].seconds_left == 0
+    assert re.fullmatch(r"16 of 50 tunes, \d+\.\d tunes/s, about \d+ (s|min) left",
+                        progress_line(seen[0])), progress_line(seen[0])
+    assert re.fullmatch(r"50 of 50 tunes, \d+\.\d tunes/s, done in \d+ (s|min)",
+                        progress_line(seen[-1])), progress_line(seen[-1])
+    assert build.state == "done" and not build.needed()
+    assert IndexBuild(get_settings()).run() is None  # complete: nothing more to do
+
+
+def test_compose_builds_the_index_before_the_runs_with_a_bar_and_says_why_once(
+    tmp_path: Path, tiny_clip: None, small_corpus: Path, vlm: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(console, "width", 250)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("first.jpg", "second.jpg"):
+        shutil.copy(PHOTO, images / name)
+    arguments = ["-k", "3", "--no-refine", "--explain", "none"]
+
+    result = CliRunner().invoke(app, ["compose", str(images), "--out", str(tmp_path / "out"),
+                                      *arguments])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("is not built yet: building it now, before the first run. "
+                               "This happens once") == 1
+    assert re.search(r"indexing music21 .* 50 of 50 tunes, \d+\.\d tunes/s, done in \d+ "
+                     r"(s|min)", result.stdout), result.stdout
+    assert result.stdout.index("50 of 50 tunes") < result.stdout.index("first.jpg: done")
+    for name in ("first", "second"):
+        report = json.loads((tmp_path / "out" / name / "report.json").read_text())
+        assert len(report["examples"]) == 3
+        assert all(e["id"].startswith("music21:oneills1850/") for e in report["examples"])
+
+    again = CliRunner().invoke(app, ["compose", str(images / "first.jpg"), "--out",
+                                     str(tmp_path / "again"), *arguments])
+    assert again.exit_code == 0, again.output
+    assert "not built yet" not in again.stdout and "indexing" not in again.stdout
+
+
+def test_eval_builds_the_index_first_when_a_variant_retrieves(
+    tmp_path: Path, tiny_clip: None, small_corpus: Path, vlm: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(console, "width", 250)
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(PHOTO, images / "portrait.jpg")
+    arguments = ["eval", "--images", str(images), "--no-judge", "--no-clip", "--repeats", "1"]
+
+    without = CliRunner().invoke(app, [*arguments, "--variants", "no-rag-no-refine",
+                                       "--out", str(tmp_path / "without")])
+    assert without.exit_code == 0, without.output
+    assert "not built yet" not in without.stdout and index_info(get_settings()) == []
+
+    result = CliRunner().invoke(app, [*arguments, "--variants", "no-refine",
+                                      "--out", str(tmp_path / "with")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("is not built yet: building it now") == 1
+    assert re.search(r"indexing music21 .* 50 of 50 tunes", result.stdout), result.stdout
+    report = json.loads((tmp_path / "with" / "runs" / "no-refine" / "portrait" /
+                         "report.json").read_text())
+    assert len(report["examples"]) == 4
+    assert all(e["id"].startswith("music21:oneills1850/") for e in report["examples"])
+
+
+@dataclass
+class HeldBuild:
+    """A server whose start-up index build is held after its first batch until `release`."""
+
+    url: str
+    build: IndexBuild
+    released: threading.Event
+
+    def release(self) -> None:
+        self.released.set()
+
+
+@contextmanager
+def serving_while_building(settings: Settings) -> Iterator[HeldBuild]:
+    """`create_app` as `serve` calls it, the build held at a known point (after its first
+    committed batch) for as long as the test needs: no sleeps, nothing to race."""
+    held, released = threading.Event(), threading.Event()
+
+    def hold(report: BuildReport) -> None:
+        if report.done == SMALL_BATCH:
+            held.set()
+            if not released.wait(120):
+                raise RuntimeError("the test never released the build")
+
+    build = IndexBuild(settings, after_batch=hold)
+    with served(create_app(settings, index_build=build)) as url:
+        try:
+            if not held.wait(120):
+                raise RuntimeError(f"the build never reached its first batch ({build.state}: "
+                                   f"{build.error})")
+            yield HeldBuild(url=url, build=build, released=released)
+        finally:
+            released.set()
+
+
+def test_serve_builds_the_index_at_start_and_health_and_doctor_show_how_far(
+    tiny_clip: None, small_corpus: Path, small_batches: None, vlm: ScriptedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(console, "width", 400)  # each row of the doctor's table on one line
+    settings = get_settings()
+    items = list(iter_records("music21", settings=settings))
+    records = sum(isinstance(item, MusicRecord) for item in items)  # skipped tunes are not stored
+    stored = sum(isinstance(item, MusicRecord) for item in items[:SMALL_BATCH])
+    with serving_while_building(settings) as server:
+        during = httpx.get(f"{server.url}/health", timeout=30).json()
+        doctor = CliRunner().invoke(app, ["doctor"])  # another reader, as from another process
+        server.release()
+        assert server.build.wait(120)
+        after = httpx.get(f"{server.url}/health", timeout=30).json()
+
+    building = during["index_build"]
+    assert (building["source"], building["state"]) == ("music21", "building")
+    assert (building["done"], building["total"]) == (SMALL_BATCH, TUNES)
+    assert building["rate_per_s"] > 0 and building["seconds_left"] > 0
+    assert building["line"].startswith("16 of 50 tunes, ")
+    [check] = [c for c in during["checks"] if c["name"] == "index music21"]
+    assert check["status"] == "warning" and "building now: 16 of 50 tunes" in check["detail"]
+    assert during["status"] == "ready"  # runs are served; retrieval waits for the index
+
+    status, found, _ = doctor_table(doctor.stdout)["index music21"]
+    assert status == "warning", doctor.stdout
+    assert f"partly built: {stored} of 50 tunes stored" in found
+    assert "another process is building it now" in found
+    assert re.search(r"a whole build takes about \d+ (s|min) here with CLIP img2music-tiny "
+                     r"\(none\) \(measured on \d+ tunes\)", found), found
+
+    assert "index_build" not in after and after["status"] == "ready"
+    [check] = [c for c in after["checks"] if c["name"] == "index music21"]
+    assert (check["status"], check["detail"]) == (
+        "ok", f"{records} tunes, img2music-tiny|none|ctx77")
+    assert index_complete("music21", load_embedder(settings), settings=settings)
 
 
 def test_several_sources_are_searched_as_one(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -19,7 +20,7 @@ IMG2MUSIC = str(Path(sys.executable).with_name("img2music"))
 
 
 def run(tmp_path: Path, *arguments: str, **settings: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "COLUMNS": "250", "IMG2MUSIC_DATA_DIR": str(tmp_path / "data"),
+    environment = {**os.environ, "COLUMNS": "400", "IMG2MUSIC_DATA_DIR": str(tmp_path / "data"),
                    **settings}
     return subprocess.run([IMG2MUSIC, *arguments], env=environment, capture_output=True,
                           text=True, timeout=300, check=False)
@@ -44,8 +45,11 @@ def test_doctor_names_what_is_missing_with_the_fix(tmp_path: Path) -> None:
     assert status == "missing" and f"127.0.0.1:{port}" in found and "img2music vlm serve" in fix
     for ready in ("abc2midi", "abcm2ps", "fluidsynth", "SoundFont", "Python packages"):
         assert table[ready][0] == "ok", (ready, table[ready])
-    status, _, fix = table["index music21"]
+    status, found, fix = table["index music21"]
     assert status == "warning" and "img2music index build" in fix
+    assert "not built; it is built once, on first use" in found
+    assert ("its build time is measured once the CLIP ViT-B-32 (laion2b_s34b_b79k) weights "
+            "are downloaded") in found  # measuring would download them
     assert "not ready: VLM endpoint" in down.stderr
 
 
@@ -56,9 +60,13 @@ def test_doctor_passes_when_the_configured_path_can_run(tmp_path: Path) -> None:
                     IMG2MUSIC_CLIP_PRETRAINED="none")
         wrong_model = run(tmp_path, "doctor", IMG2MUSIC_VLM_BASE_URL=vlm.url,
                           IMG2MUSIC_VLM_MODEL="Kwai-Keye/Keye-VL-1_5-8B",
-                          IMG2MUSIC_CLIP_PRETRAINED="none")
+                          IMG2MUSIC_RAG_K="0")  # the model is the question here
     assert ready.returncode == 0, ready.stdout + ready.stderr
     assert "ready" in ready.stdout and "random weights" in ready.stdout
+    status, found, _ = doctor_table(ready.stdout)["index music21"]
+    assert status == "warning" and re.search(
+        r"a whole build takes about \d+ (s|min) here with CLIP img2music-tiny \(none\) "
+        r"\(measured on 16 tunes\)", found), found
     assert wrong_model.returncode == 1
     assert f"serves {vlm.model}, not Kwai-Keye/Keye-VL-1_5-8B" in wrong_model.stdout
 
@@ -66,7 +74,7 @@ def test_doctor_passes_when_the_configured_path_can_run(tmp_path: Path) -> None:
 def test_attention_without_a_local_model_is_missing(tmp_path: Path) -> None:
     with scripted_server(lambda body: "") as vlm:
         result = run(tmp_path, "doctor", IMG2MUSIC_VLM_BASE_URL=vlm.url,
-                     IMG2MUSIC_VLM_MODEL=vlm.model, IMG2MUSIC_CLIP_PRETRAINED="none",
+                     IMG2MUSIC_VLM_MODEL=vlm.model, IMG2MUSIC_RAG_K="0",
                      IMG2MUSIC_EXPLAIN="attention")
     assert result.returncode == 1
     assert "IMG2MUSIC_ATTENTION_MODEL" in next(

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from img2music.cli.index import build_first_use_index
 from img2music.cli.output import console, count, errors, image_paths, live_progress
 from img2music.settings import ExplainMode, get_settings
 from img2music.tools.files import UniqueNames
@@ -32,6 +33,7 @@ def compose_command(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64)] = 4,
 ) -> None:
     """Compose music for each image: tune.abc, MIDI, audio, score, explanation and reports."""
+    from img2music.pipeline.index_build import first_use_source
     from img2music.pipeline.readiness import no_model_answers
     from img2music.pipeline.retention import prune_runs, runs_root
     from img2music.pipeline.runs import Composition, acompose
@@ -42,6 +44,8 @@ def compose_command(
     if help_text is not None:  # every image would fail the same way: say how to get a model
         errors.print(Text(help_text))
         raise typer.Exit(1)
+    if first_use_source(settings, rag=not no_rag, rag_k=k) is not None:
+        build_first_use_index(settings)
     folders = _output_folders(paths, out or runs_root(settings))
     overrides: dict[str, Any] = {"rag_k": k, "repairs": repairs, "refine_rounds": refine_rounds,
                  "rag": False if no_rag else None, "refine": False if no_refine else None,

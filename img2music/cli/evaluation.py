@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
+from img2music.cli.index import build_first_use_index
 from img2music.cli.output import EXIT_USAGE, console, errors, image_paths, live_progress
 from img2music.settings import get_settings
 
@@ -50,6 +51,7 @@ def eval_command(
 
     from img2music.eval.runner import EvalOptions, run_eval
     from img2music.eval.variants import VariantError, parse_prompt_option, resolve_variants
+    from img2music.pipeline.index_build import first_use_source
 
     paths = image_paths(images)
     names = [name.strip() for value in variants or [] for name in value.split(",")
@@ -64,7 +66,11 @@ def eval_command(
         errors.print(Text(f"error: --reference {reference} is not among the variants run "
                           f"({', '.join(v.name for v in chosen)})"))
         raise typer.Exit(EXIT_USAGE)
-    folder = out or get_settings().data_dir / "eval" / (images[0].stem or "images")
+    settings = get_settings()
+    if any(first_use_source(settings, rag=context.rag, rag_k=context.rag_k)
+           for context in (variant.context(settings) for variant in chosen)):
+        build_first_use_index(settings)
+    folder = out or settings.data_dir / "eval" / (images[0].stem or "images")
     options = EvalOptions(images=paths, out=folder, variants=chosen, reference=reference,
                           judge=judge, clip=clip, repeats=repeats, seed=seed,
                           concurrency=concurrency, note=note)

@@ -9,14 +9,17 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from img2music.cli.output import EXIT_USAGE, console, errors, live_progress
-from img2music.settings import Fusion, get_settings
+from img2music.cli.output import EXIT_USAGE, build_bar, console, errors
+from img2music.redaction import redact_url
+from img2music.settings import Fusion, Settings, get_settings
 from img2music.tools.corpus.records import SourceName
-from img2music.tools.retrieval.retriever import shown_similarity
 
 if TYPE_CHECKING:
     from img2music.tools.retrieval.embedder import Embedder
-    from img2music.tools.retrieval.index import BuildReport
+
+BUILDING = ("Retrieval searches the {source} corpus, and its index for CLIP {model} "
+            "({weights}) is not built yet: building it now, before the first run. This happens "
+            "once: the index is kept in {folder}, and later runs use it at once.")
 
 app = typer.Typer(help="Build, inspect and query the music memory used for retrieval.",
                   no_args_is_help=True)
@@ -38,14 +41,7 @@ def index_build(
         errors.print(f"[red]error:[/red] --source {source} needs --path FOLDER")
         raise typer.Exit(EXIT_USAGE)
     embedder = load_embedder_or_exit()
-    with live_progress(transient=True) as progress:
-        task = progress.add_task(f"indexing {source}", total=None)
-
-        def show(report: BuildReport) -> None:
-            progress.update(task, description=(
-                f"indexing {source}: {report.added} added, {report.already_there} already "
-                f"stored, {len(report.skipped)} skipped"))
-
+    with build_bar(f"indexing {source}", transient=True) as show:
         report = build_index(source, embedder, path=path, limit=limit, on_batch=show)
     console.print(
         f"{report.collection}: {report.added} added, {report.already_there} already stored, "
@@ -84,7 +80,7 @@ def index_query(
 ) -> None:
     """Find the tunes whose captions best match a description, an image, or both."""
     from img2music.tools.images import BadImage, open_image
-    from img2music.tools.retrieval.retriever import NoIndex, Retriever
+    from img2music.tools.retrieval.retriever import NoIndex, Retriever, shown_similarity
 
     if text is None and image is None:
         errors.print("[red]error:[/red] give a description, --image, or both")
@@ -125,6 +121,33 @@ def _parse_filters(pairs: list[str]) -> dict[str, str]:
             raise typer.Exit(EXIT_USAGE)
         filters[name.strip()] = value.strip()
     return filters
+
+
+def build_first_use_index(settings: Settings) -> None:
+    """The index runs search (`compose`, `eval`), built before the first run, with a bar, when
+    it is not complete: inside a run it would be built too, but under a display that shows
+    only "retrieve" for minutes. When CLIP cannot be loaded, the runs say why, each in its
+    line."""
+    from img2music.pipeline.index_build import IndexBuild
+    from img2music.tools.retrieval.embedder import EmbedderUnavailable
+
+    build = IndexBuild(settings)
+    try:
+        if not build.needed():
+            return
+    except EmbedderUnavailable:
+        return
+    console.print(Text(BUILDING.format(source=build.source, model=settings.clip_model,
+                                       weights=settings.clip_pretrained,
+                                       folder=redact_url(settings.chroma_url) if
+                                       settings.chroma_url else settings.index_dir)))
+    try:
+        with build_bar(f"indexing {build.source}") as show:
+            build.after_batch = show
+            build.run()
+    except Exception as error:
+        errors.print(Text(f"error: the {build.source} index could not be built: {build.error}"))
+        raise typer.Exit(1) from error
 
 
 def load_embedder_or_exit() -> Embedder:

@@ -1,13 +1,19 @@
 """What every command shares: where it prints, its usage exit status, counted nouns, the images
-it is given, and the progress display."""
+it is given, and the progress displays (of runs, and of an index build)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:
+    from img2music.tools.retrieval.index import BuildReport
 
 console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
@@ -37,3 +43,22 @@ def live_progress(*, counts: bool = False, transient: bool = False) -> Progress:
     if counts:
         columns.append(TextColumn("{task.completed}/{task.total}"))
     return Progress(*columns, TimeElapsedColumn(), console=console, transient=transient)
+
+
+@contextmanager
+def build_bar(description: str, *, transient: bool = False
+              ) -> Iterator[Callable[[BuildReport], None]]:
+    """A bar for an index build, with tunes done of all, the pace and the time left; yields the
+    callback to give the build (called after each batch)."""
+    from img2music.pipeline.index_build import progress_line
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.fields[line]}"))
+    with Progress(*columns, console=console, transient=transient) as progress:
+        task = progress.add_task(description, total=None, line="counting the tunes")
+
+        def show(report: BuildReport) -> None:
+            progress.update(task, completed=report.done, total=report.total,
+                            line=progress_line(report))
+
+        yield show

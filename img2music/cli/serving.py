@@ -23,7 +23,8 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=0, max=65535,
                                       help="0 takes a free port (printed).")] = 8000,
 ) -> None:
-    """Serve the web page, the OpenAI-compatible endpoint (model `img2music`) and runs' files."""
+    """Serve the web page, the OpenAI-compatible endpoint (model `img2music`) and runs' files;
+    the index runs search is built in the background as it starts, when it is not yet."""
     import uvicorn
 
     from img2music.pipeline.readiness import no_model_answers
@@ -38,8 +39,11 @@ def serve(
     help_text = no_model_answers(settings)
     if help_text is not None:  # serve anyway: the model may come up later, /health says when
         errors.print(Text.assemble(("warning: ", "yellow"), help_text))
-    from img2music.server.app import app as server  # built from these same settings
+    from img2music.pipeline.index_build import IndexBuild, first_use_source
+    from img2music.server.app import create_app
 
+    source = first_use_source(settings)
+    server = create_app(settings, index_build=IndexBuild(settings, source) if source else None)
     config = uvicorn.Config(server, host=host, port=port, log_level=settings.log_level.lower(),
                             timeout_graceful_shutdown=5)
     listening = config.bind_socket()  # bound first, so the port printed is the one served

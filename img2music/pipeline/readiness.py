@@ -12,7 +12,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import httpx
 
@@ -23,9 +23,19 @@ from img2music.graph.profiles import (
     profile_for,
     vllm_version,
 )
+from img2music.pipeline.index_build import (
+    FIRST_USE_SOURCE,
+    IndexBuild,
+    duration,
+    measure_pace,
+    progress_line,
+)
 from img2music.redaction import redact_url, scrub
 from img2music.settings import Settings
 from img2music.tools.programs import which
+
+if TYPE_CHECKING:
+    from img2music.tools.retrieval.index import CollectionInfo
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +140,12 @@ def clip_weights(settings: Settings) -> Check:
                  "builds the index)")
 
 
-def index(settings: Settings) -> list[Check]:
-    """A retrieval index per configured source; music21's is built on first use."""
+def index(settings: Settings, *, build: IndexBuild | None = None,
+          estimate: bool = False) -> list[Check]:
+    """A retrieval index per configured source. music21's is built on first use: until a whole
+    build has finished it is a warning that says how far a build is (this process's `build`,
+    or another process's, seen by its lock and what it stored) and, with `estimate`, how long a
+    whole build takes here."""
     from img2music.tools.retrieval.index import index_info
 
     if settings.rag_k == 0:
@@ -145,16 +159,62 @@ def index(settings: Settings) -> list[Check]:
     checks = []
     for source in settings.rag_source_list:
         built = [c for c in collections if c.source == source and c.records]
-        if built:
+        if source == FIRST_USE_SOURCE and not any(c.complete for c in built):
+            checks.append(_first_use_index(settings, built, build, estimate))
+        elif built:
             detail = "; ".join(f"{c.records:,} tunes, {c.embedder}" for c in built)
             checks.append(Check(f"index {source}", "ok", detail))
-        elif source == "music21":
-            checks.append(Check(f"index {source}", "warning", "not built: it is built on "
-                                "first use (minutes on a CPU)", "img2music index build"))
         else:
             checks.append(Check(f"index {source}", "missing", f"not built in {where}",
                                 f"img2music index build --source {source} --path ..."))
     return checks
+
+
+def _first_use_index(settings: Settings, built: list[CollectionInfo], build: IndexBuild | None,
+                     estimate: bool) -> Check:
+    """The first-use index while it is not complete: how far it is, and (for `doctor`) how long
+    a whole build takes here."""
+    from img2music.tools.corpus.ingest import count_tunes
+    from img2music.tools.retrieval.index import writer_busy
+
+    name = f"index {FIRST_USE_SOURCE}"
+    if build is not None and build.state == "checking":
+        return Check(name, "warning", "checking it (loading CLIP)")
+    if build is not None and build.state == "building":
+        progress = build.progress
+        return Check(name, "warning", "building now: " + (
+            progress_line(progress) if progress else "counting the tunes") + "; runs wait for it")
+    if build is not None and build.state == "failed":
+        return Check(name, "warning", f"the build at start failed ({build.error}); runs try "
+                     "again", "img2music index build shows the whole error")
+    stored = max((c.records for c in built), default=0)
+    tunes = count_tunes(FIRST_USE_SOURCE, settings=settings) if estimate else None
+    of_all = f" of {tunes:,}" if tunes else ""
+    parts = [f"partly built: {stored:,}{of_all} tunes stored" if stored else "not built"]
+    if writer_busy(settings):
+        parts.append("another process is building it now")
+    else:
+        parts.append("it is built once, on first use")
+    if tunes:
+        parts.append(build_time(settings, tunes))
+    return Check(name, "warning", "; ".join(parts), "img2music index build (or the first "
+                 "compose, or serve) builds it")
+
+
+def build_time(settings: Settings, tunes: int) -> str:
+    """How long a whole build of the first-use index (`tunes` tunes) takes here, from a sample
+    measured now; or why it cannot be measured yet (the CLIP weights are not downloaded). A
+    partly built index takes less: its stored tunes are read again but not embedded."""
+    model = f"CLIP {settings.clip_model} ({settings.clip_pretrained})"
+    if clip_weights(settings).status != "ok":
+        return f"its build time is measured once the {model} weights are downloaded"
+    try:
+        measured = measure_pace(settings)
+    except Exception as error:  # the estimate is advice: never a reason for doctor to fail
+        logger.warning("the index build time could not be measured: %s", error)
+        return f"its build time could not be measured ({type(error).__name__})"
+    return (f"a whole build takes about {duration(tunes * measured.seconds_per_tune)} here "
+            f"with {model} (measured on {measured.sampled} tunes)")
 
 
 def vlm_endpoint(settings: Settings) -> Check:
@@ -274,9 +334,10 @@ def _in_hub_cache(repo: str, filenames: tuple[str, ...]) -> bool:
         return False
 
 
-def health_checks(settings: Settings) -> list[Check]:
-    """What a serving process depends on between runs: the model, the index, the renderers."""
-    return [vlm_endpoint(settings), abc_parser(settings), *index(settings),
+def health_checks(settings: Settings, build: IndexBuild | None = None) -> list[Check]:
+    """What a serving process depends on between runs: the model, the index (and the build
+    this process runs), the renderers."""
+    return [vlm_endpoint(settings), abc_parser(settings), *index(settings, build=build),
             *renderers(settings)]
 
 
@@ -286,7 +347,7 @@ def doctor_checks(settings: Settings) -> list[Check]:
     checks = [python_packages(), abc_parser(settings), *renderers(settings)]
     if uses_clip:
         checks.append(clip_weights(settings))
-    checks.extend(index(settings))
+    checks.extend(index(settings, estimate=True))
     endpoint = vlm_endpoint(settings)
     checks += [endpoint, abc_grammar(settings, endpoint)]
     attention = attention_model(settings)

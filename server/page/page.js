@@ -17,6 +17,7 @@ const SIZES = {length_seconds: "Length (s)", length_beats: "Length (beats)", bar
                voices: "Voices", notes: "Notes"};
 const KEY_STORE = "img2music.key";
 const QUARTER = 0.25;  // abcjs measures note lengths in whole notes
+const INDEX_POLL_MS = 2000;  // how often the page asks how far the server's index build is
 
 const $ = (id) => document.getElementById(id);
 // The run in progress (null when none) and the last run, whose results are on screen.
@@ -94,6 +95,34 @@ async function start() {
   // Enabled only now: a click before the handlers are attached would submit the form as a
   // plain page load and lose the image.
   $("compose").disabled = false;
+  watchIndex();
+}
+
+// ---- the music index, while the server builds it (once, as it first starts) ----------------
+
+async function watchIndex() {
+  let building = null;
+  try {
+    const response = await fetch("health");
+    building = (await response.json()).index_build || null;
+  } catch (error) {
+    return;  // the page works without it; a run says what is wrong
+  }
+  const status = $("index-status");
+  if (!building) {
+    if (!status.hidden) status.textContent = "The music index is ready.";
+    return;
+  }
+  status.hidden = false;
+  if (building.state === "failed") {
+    status.textContent = "The music index could not be built as the server started; runs " +
+      "will try again.";
+    return;
+  }
+  const progress = building.line ? ` (${building.line})` : "";
+  status.textContent = `Building the music index that runs learn from${progress}. This ` +
+    "happens once, as the server first starts. You can compose now: retrieval waits for it.";
+  setTimeout(watchIndex, INDEX_POLL_MS);
 }
 
 function chooseFile(file) {

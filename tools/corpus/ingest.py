@@ -46,21 +46,31 @@ def iter_records(
     settings = settings or get_settings()
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be 0 or more, not {limit}")
-    jobs: Iterator[Job]
+    jobs = _jobs(source, path, settings)
+    workers = 1 if select_backend(settings) == "music21" else MAX_WORKERS
+    return _counted(jobs, workers, source, limit)
+
+
+def count_tunes(
+    source: SourceName, *, path: Path | None = None, settings: Settings | None = None
+) -> int:
+    """How many items `iter_records` yields for the whole source (records and skips), found
+    without checking or captioning any tune: a build's progress is measured against it."""
+    return sum(1 for _ in _jobs(source, path, settings or get_settings()))
+
+
+def _jobs(source: SourceName, path: Path | None, settings: Settings) -> Iterator[Job]:
     if source == "music21":
         if path is not None:
             raise ValueError("the music21 source ships with music21 and takes no path")
-        jobs = music21_jobs(settings)
-    elif path is None or not path.is_dir():
+        return music21_jobs(settings)
+    if path is None or not path.is_dir():
         raise NotADirectoryError(f"the {source} source needs a folder; {path} is not one")
-    elif source == "midicaps":
-        jobs = midicaps_jobs(path, find_captions_files(path), settings)
-    elif source == "abc-dir":
-        jobs = abc_folder_jobs(path, load_sidecar_captions(path), settings)
-    else:
-        raise ValueError(f"unknown source {source!r}; use music21, midicaps or abc-dir")
-    workers = 1 if select_backend(settings) == "music21" else MAX_WORKERS
-    return _counted(jobs, workers, source, limit)
+    if source == "midicaps":
+        return midicaps_jobs(path, find_captions_files(path), settings)
+    if source == "abc-dir":
+        return abc_folder_jobs(path, load_sidecar_captions(path), settings)
+    raise ValueError(f"unknown source {source!r}; use music21, midicaps or abc-dir")
 
 
 def _counted(

@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
@@ -21,7 +21,7 @@ import numpy.typing as npt
 from filelock import FileLock, Timeout
 
 from img2music.settings import Settings, get_settings
-from img2music.tools.corpus.ingest import iter_records
+from img2music.tools.corpus.ingest import count_tunes, iter_records
 from img2music.tools.corpus.records import MusicRecord, Skipped, SourceName
 
 if TYPE_CHECKING:
@@ -85,12 +85,40 @@ def index_writer(settings: Settings, *, wait_s: float | None = None) -> Iterator
 
 @dataclass
 class BuildReport:
+    """What a build has done so far; after each batch, and at the end.
+
+    `total` is the number of tunes the source offers (None for a build with a limit), so that
+    `done` of `total` is the build's progress.
+    """
+
     source: str
     collection: str
     added: int = 0
     already_there: int = 0
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    total: int | None = None
+
+    def snapshot(self) -> BuildReport:
+        """A copy that stays as it is while the build goes on."""
+        return replace(self, skipped=list(self.skipped))
+
+    @property
+    def done(self) -> int:
+        """Tunes handled: embedded, found stored, or skipped."""
+        return self.added + self.already_there + len(self.skipped)
+
+    @property
+    def rate(self) -> float | None:
+        """Tunes handled per second so far; None before the first batch."""
+        return self.done / self.seconds if self.done and self.seconds > 0 else None
+
+    @property
+    def seconds_left(self) -> float | None:
+        """At the pace so far; None while the total or the pace is unknown."""
+        if self.total is None or self.rate is None:
+            return None
+        return max(0, self.total - self.done) / self.rate
 
 
 @dataclass(frozen=True)
@@ -99,6 +127,7 @@ class CollectionInfo:
     source: str
     embedder: str
     records: int
+    complete: bool = False  # a whole build finished (not one with a limit, not interrupted)
 
 
 @lru_cache(maxsize=4)
@@ -191,7 +220,8 @@ def _build(source: SourceName, embedder: EmbeddingSpace, *, path: Path | None,
            on_batch: Callable[[BuildReport], None] | None) -> BuildReport:
     collection = open_collection(source, embedder.name, settings=settings, create=True)
     assert collection is not None
-    report = BuildReport(source=source, collection=collection.name)
+    report = BuildReport(source=source, collection=collection.name, total=(
+        count_tunes(source, path=path, settings=settings) if limit is None else None))
     started = time.perf_counter()
     records = iter_records(source, path=path, limit=limit, settings=settings)
     for batch in _batches(records, report.skipped, INGEST_BATCH):
@@ -232,18 +262,35 @@ def ensure_index(
     another process is building it, this one waits for it and then finds it complete.
     """
     settings = settings or get_settings()
-    if _complete(source, embedder, settings):
+    if index_complete(source, embedder, settings=settings):
         return None
     with index_writer(settings, wait_s=wait_s):
-        if _complete(source, embedder, settings):
+        if index_complete(source, embedder, settings=settings):
             return None
         return _build(source, embedder, path=path, limit=None, settings=settings,
                       on_batch=on_batch)
 
 
-def _complete(source: SourceName, embedder: EmbeddingSpace, settings: Settings) -> bool:
+def index_complete(source: SourceName, embedder: EmbeddingSpace, *,
+                   settings: Settings | None = None) -> bool:
+    """Whether a whole build of the source finished in this embedder's space."""
     collection = open_collection(source, embedder.name, settings=settings)
     return collection is not None and bool((collection.metadata or {}).get("complete"))
+
+
+def writer_busy(settings: Settings | None = None) -> bool:
+    """Whether a process (this one too) is writing the embedded index now: its writer lock is
+    held. Always False with a Chroma server, which orders its writers itself."""
+    settings = settings or get_settings()
+    if settings.chroma_url or not (settings.index_dir / WRITER_LOCK).exists():
+        return False
+    lock = FileLock(settings.index_dir / WRITER_LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
 
 
 def _batches(
@@ -280,5 +327,6 @@ def index_info(settings: Settings | None = None) -> list[CollectionInfo]:
         infos.append(CollectionInfo(
             name=collection.name, source=str(metadata.get("source", "?")),
             embedder=str(metadata.get("embedder", "?")), records=collection.count(),
+            complete=bool(metadata.get("complete")),
         ))
     return sorted(infos, key=lambda info: info.name)
