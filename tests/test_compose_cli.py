@@ -105,10 +105,12 @@ def test_attention_maps_from_a_local_copy_while_composing_remotely(tmp_path: Pat
     with scripted_server(respond) as server:
         result = img2music(tmp_path, server.url, "compose", str(PHOTO), "--out",
                            str(tmp_path / "out"), "--no-rag", "--explain", "attention",
-                           IMG2MUSIC_ATTENTION_MODEL=str(tmp_path / "tiny-vlm"))
+                           "--seed", "7", IMG2MUSIC_ATTENTION_MODEL=str(tmp_path / "tiny-vlm"))
     assert result.returncode == 0, result.stdout + result.stderr
     folder = tmp_path / "out" / "grace_hopper"
     report = json.loads((folder / "report.json").read_text())
+    assert report["settings"]["seed"] == 7
+    assert all(isinstance(request.get("seed"), int) for request in server.requests)
     assert report["explanation"]["method"] == "attention"
     assert set(report["explanation"]["sections"]) == {"theme", "close"}
     assert (folder / "attention.png").read_bytes().startswith(b"\x89PNG")
