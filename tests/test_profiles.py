@@ -46,10 +46,10 @@ PHOTO = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
 KEYE = "Kwai-Keye/Keye-VL-8B-Preview"
 DOWN = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
 SENT_TO = {  # what each kind of endpoint gets, beyond the model and the messages
-    "vllm": {"stream", "temperature", "top_p", "max_completion_tokens", "top_k"},
-    "openai": {"stream", "temperature", "top_p", "max_completion_tokens"},
-    "ollama": {"stream", "temperature", "top_p", "max_tokens"},
-    "generic": {"stream", "temperature", "top_p", "max_tokens"},
+    "vllm": {"stream", "temperature", "top_p", "max_completion_tokens", "top_k", "seed"},
+    "openai": {"stream", "temperature", "top_p", "max_completion_tokens", "seed"},
+    "ollama": {"stream", "temperature", "top_p", "max_tokens", "seed"},
+    "generic": {"stream", "temperature", "top_p", "max_tokens", "seed"},
 }
 OLLAMA_FIELDS = {"model", "messages", "stream", "stream_options", "max_tokens", "seed", "stop",
                  "temperature", "frequency_penalty", "presence_penalty", "top_p",
