@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -10,7 +12,14 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from img2music.settings import ExplainMode, Fusion, GrammarMode, Settings, get_settings
+from img2music.settings import (
+    MAX_SEED,
+    ExplainMode,
+    Fusion,
+    GrammarMode,
+    Settings,
+    get_settings,
+)
 
 # Each field that has an IMG2MUSIC_* setting, and that setting's name.
 SETTING_FOR = {
@@ -18,7 +27,7 @@ SETTING_FOR = {
     "top_p": "vlm_top_p", "top_k": "vlm_top_k", "max_tokens": "vlm_max_tokens",
     "thinking": "vlm_thinking", "grammar": "vlm_grammar", "rag_k": "rag_k", "fusion": "rag_fusion",
     "repairs": "max_repairs", "refine_rounds": "refine_rounds", "explain": "explain",
-    "prompts_dir": "prompts_dir",
+    "prompts_dir": "prompts_dir", "seed": "seed",
 }
 
 
@@ -129,6 +138,11 @@ class Context:
     explain: Annotated[ExplainMode, Field(
         description="Image explanation: attention (local model), clip (patch relevance) or none.",
     )] = field(default_factory=_setting("explain"))
+    seed: Annotated[int | None, Field(
+        description="Seed of this run's sampling: the same seed and settings give the same tune "
+        "with a deterministic model; empty chooses one, which the report records.",
+        ge=0, le=MAX_SEED,
+    )] = field(default_factory=_setting("seed"))
     prompts_dir: Annotated[str, Field(
         description="A prompt folder of your own; empty for the shipped prompts.")] = field(
         default_factory=_setting("prompts_dir"))
@@ -139,8 +153,12 @@ class Context:
     refine_prompt: Annotated[str, _prompt_field("refine.j2", "compose")] = ""
 
     def __post_init__(self) -> None:
-        """A context made from a request (LangGraph's API builds `Context(**context)`) keeps the
-        operator's endpoint, model and prompt folder; `from_settings` is the operator's door."""
+        """Every run has a seed: one is chosen here when none was given, so the report can
+        name it. A context made from a request (LangGraph's API builds `Context(**context)`)
+        keeps the operator's endpoint, model and prompt folder; `from_settings` is the
+        operator's door."""
+        if self.seed is None:
+            self.seed = random.randint(0, MAX_SEED)
         if _FROM_OPERATOR.get():
             return
         settings = get_settings()
@@ -153,6 +171,13 @@ class Context:
                 f"a run may not set {', '.join(changed)}: the operator's settings decide where "
                 "the model lives and which files are read (IMG2MUSIC_ALLOW_RUN_OVERRIDES=true "
                 "allows it)")
+
+    def call_seed(self, position: int) -> int:
+        """The seed of this run's model call at `position` (0 the description, then one per
+        compose attempt): each call samples differently, so a repair is not the first answer
+        again, yet the whole run comes back from the run's seed alone."""
+        digest = hashlib.blake2b(f"{self.seed}/{position}".encode(), digest_size=4).digest()
+        return int.from_bytes(digest, "big") & MAX_SEED
 
     def prompt_edits(self) -> dict[str, str]:
         """Prompt templates this run replaces, by file name (edited in LangGraph Studio)."""

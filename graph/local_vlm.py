@@ -44,7 +44,7 @@ from img2music.tools.images import image_from_data_url
 logger = logging.getLogger(__name__)
 
 ROLES = {"system": "system", "human": "user", "ai": "assistant"}
-CALL_KEYS = frozenset({"temperature", "top_p", "top_k", "max_new_tokens", "grammar"})
+CALL_KEYS = frozenset({"temperature", "top_p", "top_k", "max_new_tokens", "grammar", "seed"})
 # Placeholders the processor inserts for pictures; a model that wrote one would break the
 # attention pass (image features no longer match image tokens), so generation never does.
 VISION_TOKEN_FIELDS = (
@@ -161,11 +161,13 @@ class LocalVLM:
         max_new_tokens: int,
         stop: Sequence[str] | None = None,
         grammar: str | None = None,
+        seed: int | None = None,
     ) -> LocalTurn:
         """Sample an answer; temperature 0 is greedy, top_k 0 or -1 switches top-k off.
 
         With `grammar`, the answer matches it (the grammar's `root`), or starts to when it is cut
-        at `max_new_tokens`.
+        at `max_new_tokens`. With `seed`, torch's generators are seeded for this call alone (the
+        process's random state is put back after), so the same call samples the same answer.
         """
         options: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": temperature > 0}
         if temperature > 0:
@@ -178,7 +180,11 @@ class LocalVLM:
             options["suppress_tokens"] = suppressed
         if stop:
             options.update(stop_strings=list(stop), tokenizer=self.tokenizer)
-        with self._lock, torch.inference_mode():
+        device = self.model.device
+        with self._lock, torch.inference_mode(), torch.random.fork_rng(
+                devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
             inputs = self.prompt_inputs(conversation)
             prompt_tokens = int(inputs["input_ids"].shape[1])
             masker = None
@@ -288,6 +294,7 @@ class LocalChatModel(BaseChatModel):
             max_new_tokens=kwargs.get("max_new_tokens", self.max_new_tokens),
             stop=stop,
             grammar=kwargs.get("grammar"),
+            seed=kwargs.get("seed"),
         )
         self._last_turn = turn
         message = AIMessage(

@@ -358,12 +358,13 @@ def _local_model(model_id: str, temperature: float, top_p: float, top_k: int,
 def call_model(model: BaseChatModel, messages: Sequence[MessageLikeRepresentation], *,
                endpoint: str, max_chars: int = MAX_REPLY_CHARS, role: EndpointRole = "VLM",
                extra_body: Mapping[str, Any] | None = None,
-               constraint: AnswerConstraint | None = None) -> ModelReply:
+               constraint: AnswerConstraint | None = None,
+               seed: int | None = None) -> ModelReply:
     """One model call from synchronous code (the evaluation judge, the benchmarks);
     `acall_model` says what it returns and raises."""
     started = time.monotonic()
     with _failures_named(model, Endpoint(role, endpoint)):
-        message = model.invoke(list(messages), **_options(extra_body, constraint))
+        message = model.invoke(list(messages), **_options(extra_body, constraint, seed))
     return _reply(model, message, endpoint, time.monotonic() - started, max_chars, constraint)
 
 
@@ -371,27 +372,31 @@ async def acall_model(model: BaseChatModel, messages: Sequence[MessageLikeRepres
                       endpoint: str, max_chars: int = MAX_REPLY_CHARS,
                       role: EndpointRole = "VLM",
                       extra_body: Mapping[str, Any] | None = None,
-                      constraint: AnswerConstraint | None = None) -> ModelReply:
+                      constraint: AnswerConstraint | None = None,
+                      seed: int | None = None) -> ModelReply:
     """One model call: its text (capped, as model output is untrusted), tokens and time.
 
     Awaited, so a cancelled run closes the request at once and the model server stops
     generating for nobody. `extra_body` holds this call's own fields beyond OpenAI's, for an
     endpoint whose profile reads them (check `EndpointChatModel.profile`); an endpoint that
     refuses one gets the call again without them. A `constraint` asks the backend to write
-    under its grammar; the reply says whether it did. Raises `VLMUnavailable` with one line
+    under its grammar; the reply says whether it did. A `seed` makes the sampling
+    reproducible: an endpoint gets OpenAI's `seed` field, the local model seeds its generator.
+    Raises `VLMUnavailable` with one line
     naming the endpoint (the composer's VLM, or the evaluation judge) when the call fails for
     any reason the openai client reports: down, refused, timed out, 5xx after the retries, 4xx.
     """
     started = time.monotonic()
     with _failures_named(model, Endpoint(role, endpoint)):
-        message = await model.ainvoke(list(messages), **_options(extra_body, constraint))
+        message = await model.ainvoke(list(messages), **_options(extra_body, constraint, seed))
     return _reply(model, message, endpoint, time.monotonic() - started, max_chars, constraint)
 
 
-def _options(extra_body: Mapping[str, Any] | None,
-             constraint: AnswerConstraint | None) -> dict[str, Any]:
-    """The call's options: its extra fields, and the grammar where the backend takes it (an
-    endpoint as vLLM's `structured_outputs`, the local model as an option of its own)."""
+def _options(extra_body: Mapping[str, Any] | None, constraint: AnswerConstraint | None,
+             seed: int | None) -> dict[str, Any]:
+    """The call's options: its extra fields, the grammar where the backend takes it (an
+    endpoint as vLLM's `structured_outputs`, the local model as an option of its own), and
+    its seed (a standard field, which every backend takes under that name)."""
     body = dict(extra_body or {})
     options: dict[str, Any] = {}
     if constraint is not None and constraint.via == "structured_outputs":
@@ -400,6 +405,8 @@ def _options(extra_body: Mapping[str, Any] | None,
         options = {"grammar": constraint.grammar}
     if body:
         options["extra_body"] = body
+    if seed is not None:
+        options["seed"] = seed
     return options
 
 

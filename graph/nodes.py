@@ -77,7 +77,7 @@ async def describe(
                      thinking=prompt_switch(False, context.vlm_model))
     messages = [_system(context), _image_message(state["image"], prompt)]
     reply = await acall_model(await _model(model_for, context), to_langchain(messages),
-                              endpoint=context.vlm_base_url)
+                              endpoint=context.vlm_base_url, seed=context.call_seed(0))
     description = strip_reasoning(reply.text)[:MAX_DESCRIPTION_CHARS]
     return {
         "description": description, "status": "running",
@@ -200,7 +200,7 @@ async def compose(
     # The grammar is read from its file once per process: off the event loop.
     constraint = await asyncio.to_thread(answer_constraint, context, model)
     reply = await acall_model(model, to_langchain(conversation), endpoint=context.vlm_base_url,
-                              constraint=constraint)
+                              constraint=constraint, seed=context.call_seed(len(attempts) + 1))
     extraction = extract_abc(reply.text)
     repaired = repair_abc(extraction.abc, cut_off=extraction.cut_off) if extraction.abc else None
     attempt: Attempt = {

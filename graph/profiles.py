@@ -4,8 +4,10 @@ Every chat endpoint takes OpenAI's standard fields; beyond them they differ. vLL
 and `structured_outputs` at the top level of the request; OpenAI's API answers 400 to any field
 it does not know and caps replies with `max_completion_tokens`; Ollama's OpenAI route reads
 `max_tokens` and silently drops what it does not know. A profile says which of these an
-endpoint gets. `auto` asks the endpoint once per process (per URL): its host, the `owned_by` of
-its `/models` list, then Ollama's `/api/version` and vLLM's `/version` routes.
+endpoint gets. A call's `seed` is one of OpenAI's standard fields, which vLLM, OpenAI, Ollama
+and the other local servers all read, so every profile sends it. `auto` asks the endpoint once
+per process (per URL): its host, the `owned_by` of its `/models` list, then Ollama's
+`/api/version` and vLLM's `/version` routes.
 
 An endpoint that still refuses a parameter (a 400 or 422 naming it) is sent the standard parameters
 only from then on; what it refused is remembered here per endpoint and model, so later calls do

@@ -15,6 +15,9 @@ ProfileSetting = Literal["auto", "vllm", "openai", "ollama", "generic"]
 Fusion = Literal["rrf", "weighted"]
 ExplainMode = Literal["attention", "clip", "none"]
 GrammarMode = Literal["auto", "on", "off"]
+MAX_SEED = 2**31 - 1
+"""Largest seed: one every backend takes (llama.cpp's seeds are 32-bit, JSON clients' ints
+are safe far beyond it)."""
 SOUNDFONT_CANDIDATES = (
     Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
     Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),
@@ -189,6 +192,12 @@ class Settings(BaseSettings):
         description="Constrain the composer's answers with the ABC grammar (prompts/abc.ebnf), so "
         "broken ABC cannot be written: `auto` where the backend applies it (the local backend, "
         "a vLLM endpoint), `on` always, `off` never. Reasoning in think mode stays free.",
+    )
+    seed: int | None = Field(
+        default=None, ge=0, le=MAX_SEED,
+        description="Seed of a run's sampling, so the same seed and settings give the same tune "
+        "with a deterministic model; unset, each run chooses one, and its report records it.",
+        json_schema_extra={"shown_default": "a new one per run"},
     )
     vlm_timeout_s: float = Field(default=300, gt=0, description="Seconds one model call may take.")
     vlm_retries: int = Field(

@@ -77,6 +77,7 @@ def run_summary(folder: Path, report: dict[str, Any], base: str) -> dict[str, An
         "examples": [{"id": e.get("id"), "caption": e.get("caption"), "score": e.get("score")}
                      for e in report.get("examples", [])],
         "prompt_set": report.get("prompt_set"),
+        "seed": report.get("settings", {}).get("seed"),
         "wall_seconds": report.get("wall_seconds"),
         "usage": usage_of(report),
         "attention_maps": report.get("attention_maps"),

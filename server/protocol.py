@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Send
 
-from img2music.settings import ExplainMode, Fusion
+from img2music.settings import MAX_SEED, ExplainMode, Fusion
 from img2music.tools.images import BadDataUrl, DataUrlProblem, data_url_bytes
 
 MODEL_ID = "img2music"
@@ -58,6 +58,8 @@ class Options(BaseModel):
     explain: ExplainMode | None = None
     thinking: bool | None = None
     fusion: Fusion | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED,
+                             description="Seed of the run's sampling; unset, one is chosen.")
 
 
 class ChatRequest(BaseModel):
@@ -74,6 +76,7 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(default=None, gt=0)
     max_completion_tokens: int | None = Field(default=None, gt=0)
     n: int = Field(default=1, ge=1, le=1)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)  # OpenAI's; `img2music.seed` wins
     img2music: Options = Field(default_factory=Options)
 
     def context_overrides(self) -> dict[str, Any]:
@@ -85,6 +88,7 @@ class ChatRequest(BaseModel):
             "rag_k": options.k, "rag": options.rag, "refine": options.refine,
             "refine_rounds": options.refine_rounds, "repairs": options.repairs,
             "explain": options.explain, "thinking": options.thinking, "fusion": options.fusion,
+            "seed": self.seed if options.seed is None else options.seed,
         }
         return {name: value for name, value in overrides.items() if value is not None}
 

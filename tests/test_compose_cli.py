@@ -136,10 +136,13 @@ def test_attention_maps_from_a_local_copy_while_composing_remotely(
     with scripted_server(respond) as server:
         result = compose_here(server.url, "compose", str(PHOTO), "--out",
                               str(tmp_path / "out"), "--no-rag", "--explain", "attention",
+                              "--seed", "7",
                               IMG2MUSIC_ATTENTION_MODEL=str(tmp_path / "tiny-vlm"))
     assert result.exit_code == 0, result.output
     folder = tmp_path / "out" / "grace_hopper"
     report = json.loads((folder / "report.json").read_text())
+    assert report["settings"]["seed"] == 7
+    assert all(isinstance(request.get("seed"), int) for request in server.requests)
     assert report["explanation"]["method"] == "attention"
     assert set(report["explanation"]["sections"]) == {"theme", "close"}
     assert (folder / "attention.png").read_bytes().startswith(b"\x89PNG")

@@ -56,10 +56,10 @@ def down() -> Iterator[str]:
 
 
 SENT_TO = {  # what each kind of endpoint gets, beyond the model and the messages
-    "vllm": {"stream", "temperature", "top_p", "max_completion_tokens", "top_k"},
-    "openai": {"stream", "temperature", "top_p", "max_completion_tokens"},
-    "ollama": {"stream", "temperature", "top_p", "max_tokens"},
-    "generic": {"stream", "temperature", "top_p", "max_tokens"},
+    "vllm": {"stream", "temperature", "top_p", "max_completion_tokens", "top_k", "seed"},
+    "openai": {"stream", "temperature", "top_p", "max_completion_tokens", "seed"},
+    "ollama": {"stream", "temperature", "top_p", "max_tokens", "seed"},
+    "generic": {"stream", "temperature", "top_p", "max_tokens", "seed"},
 }
 OLLAMA_FIELDS = {"model", "messages", "stream", "stream_options", "max_tokens", "seed", "stop",
                  "temperature", "frequency_penalty", "presence_penalty", "top_p",

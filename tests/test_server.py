@@ -139,8 +139,14 @@ def test_a_composition_answers_with_the_tune_its_measures_and_its_files(tmp_path
         assert "tune.wav" not in files  # an intermediate, not kept unless asked
         assert fetched["score.svg"].text.lstrip().startswith(("<?xml", "<svg"))
         assert fetched["attention.png"].content.startswith(b"\x89PNG")
-        assert json.loads(fetched["report.json"].text)["final_abc"] == extension["abc"]
+        report = json.loads(fetched["report.json"].text)
+        assert report["final_abc"] == extension["abc"]
         assert "default-src 'none'" in fetched["report.html"].headers["content-security-policy"]
+        # No seed was asked for: the run chose one, and its report and answer name it.
+        seed = extension["seed"]
+        assert isinstance(seed, int) and report["settings"]["seed"] == seed
+        assert f"seed {seed}" in fetched["report.html"].text
+        assert all(isinstance(body.get("seed"), int) for body in server.vlm.requests)
         run = server.runs / extension["run_id"]
         assert (run / "tune.abc").read_text(encoding="utf-8") == extension["abc"]
 
@@ -201,6 +207,29 @@ def test_request_fields_and_the_extension_set_the_run(tmp_path: Path) -> None:
     assert len(extension["examples"]) == 1
     assert {body["temperature"] for body in server.vlm.requests} == {0.2}
     assert {body["max_completion_tokens"] for body in server.vlm.requests} == {900}
+
+
+def test_a_seed_is_sent_to_the_vlm_and_the_same_seed_sends_the_same_seeds(
+    tmp_path: Path,
+) -> None:
+    """OpenAI's own `seed` field sets the run's seed, `img2music.seed` wins over it; each model
+    call of a run gets a seed of its own, the same ones again for the same seed."""
+    def sent_seeds(server: Served, **body: Any) -> tuple[int, list[Any]]:
+        before = len(server.vlm.requests)
+        completion = server.client.chat.completions.create(
+            model="img2music", messages=image_message(), extra_body=body)
+        extension: dict[str, Any] = completion.model_extra["img2music"]  # type: ignore[index]
+        return extension["seed"], [request.get("seed")
+                                   for request in server.vlm.requests[before:]]
+
+    with img2music_server(tmp_path) as server:
+        seed, seeds = sent_seeds(server, seed=7, img2music={"refine_rounds": 0})
+        assert seed == 7 and len(seeds) == 2  # describe, compose
+        assert all(isinstance(sent, int) for sent in seeds) and seeds[0] != seeds[1]
+        assert sent_seeds(server, seed=8, img2music={"refine_rounds": 0, "seed": 7}) == (
+            7, seeds)
+        other, others = sent_seeds(server, img2music={"refine_rounds": 0, "seed": 8})
+        assert other == 8 and set(others).isdisjoint(seeds)
 
 
 def test_without_rag_nothing_is_retrieved(tmp_path: Path) -> None:

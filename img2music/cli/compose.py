@@ -11,7 +11,7 @@ from rich.text import Text
 
 from img2music.cli.index import build_first_use_index
 from img2music.cli.output import console, count, errors, image_paths, live_progress
-from img2music.settings import ExplainMode, get_settings
+from img2music.settings import MAX_SEED, ExplainMode, get_settings
 from img2music.tools.files import UniqueNames
 
 
@@ -30,6 +30,10 @@ def compose_command(
     no_refine: Annotated[bool, typer.Option("--no-refine", help="Skip metric feedback.")] = (
         False),
     explain: Annotated[ExplainMode | None, typer.Option("--explain")] = None,
+    seed: Annotated[int | None, typer.Option(
+        "--seed", min=0, max=MAX_SEED, help="Seed of the sampling: the same seed and settings "
+        "give the same tune with a deterministic model. Default: IMG2MUSIC_SEED, else one per "
+        "run, named in its report.")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64)] = 4,
 ) -> None:
     """Compose music for each image: tune.abc, MIDI, audio, score, explanation and reports."""
@@ -49,7 +53,7 @@ def compose_command(
     folders = _output_folders(paths, out or runs_root(settings))
     overrides: dict[str, Any] = {"rag_k": k, "repairs": repairs, "refine_rounds": refine_rounds,
                  "rag": False if no_rag else None, "refine": False if no_refine else None,
-                 "explain": explain}
+                 "explain": explain, "seed": seed}
     results: list[Composition] = []
     with live_progress() as progress:
         tasks = {str(path): progress.add_task(f"{path.name}: waiting", total=None)
