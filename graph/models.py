@@ -12,6 +12,7 @@ parameters only.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
@@ -389,7 +390,12 @@ async def acall_model(model: BaseChatModel, messages: Sequence[MessageLikeRepres
     started = time.monotonic()
     with _failures_named(model, Endpoint(role, endpoint)):
         message = await model.ainvoke(list(messages), **_options(extra_body, constraint, seed))
-    return _reply(model, message, endpoint, time.monotonic() - started, max_chars, constraint)
+    seconds = time.monotonic() - started
+    if constraint is None:
+        return _reply(model, message, endpoint, seconds, max_chars, constraint)
+    # Checking the answer against its grammar compiles it (xgrammar): off the event loop.
+    return await asyncio.to_thread(_reply, model, message, endpoint, seconds, max_chars,
+                                   constraint)
 
 
 def _options(extra_body: Mapping[str, Any] | None, constraint: AnswerConstraint | None,
