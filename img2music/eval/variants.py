@@ -27,6 +27,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
     # Mozart's Touch, symbolic: the composer writes from the VLM's caption alone.
     "caption-only": {"rag": False, "refine": False, "see_image": False},
 }
+EVAL_SEED = 0
 EVAL_DEFAULTS: dict[str, Any] = {"explain": "none", "grammar": "off"}
 """Explanations are not measured, so an evaluation does not spend time drawing them; every
 variant composes as the method does, checking afterwards, unless it asks for the grammar."""
@@ -48,7 +49,10 @@ class Variant:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def context(self, settings: Settings) -> Context:
-        return Context.from_settings(settings, **{**EVAL_DEFAULTS, **self.overrides})
+        # A fixed seed (IMG2MUSIC_SEED, else 0), not one drawn per run: the same run of a
+        # variant composes the same way again, so a rerun resumes instead of starting over.
+        seed = settings.seed if settings.seed is not None else EVAL_SEED
+        return Context.from_settings(settings, **{"seed": seed, **EVAL_DEFAULTS, **self.overrides})
 
     def prompts(self, settings: Settings) -> PromptSet:
         return prompt_set(self.context(settings).prompts_dir or None)
