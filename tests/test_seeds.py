@@ -5,35 +5,19 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
 import torch
 from langgraph.runtime import Runtime
-from matplotlib import cbook
-from PIL import Image
 
 from img2music.graph.context import Context
 from img2music.graph.local_vlm import LocalChatModel, LocalVLM
 from img2music.graph.nodes import compose, describe
 from img2music.graph.state import State
-from img2music.tools.images import image_data_url
-from tests.tiny_vlm import build_tiny_vlm
+from tests.test_constrained import image_url, one_thread, vlm  # noqa: F401 - fixtures, shared
 
 TOKENS = 24  # enough for two random answers to differ, few enough to be quick
 
 
-@pytest.fixture(scope="module")
-def vlm() -> LocalVLM:
-    model, processor = build_tiny_vlm()
-    return LocalVLM(model, processor, name="tiny")
-
-
-@pytest.fixture(scope="module")
-def image_url() -> str:
-    with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
-        return image_data_url(image.convert("RGB"), max_pixels=96 * 96)
-
-
-def describe_and_compose(vlm: LocalVLM, image_url: str, seed: int) -> tuple[str, str]:
+def describe_and_compose(vlm: LocalVLM, image_url: str, seed: int) -> tuple[str, str]:  # noqa: F811
     """What the describe node and the first compose attempt wrote, with this run seed; the
     process's own random state is moved first, so only the run's seed can repeat the answers."""
     torch.manual_seed(torch.seed())
@@ -50,7 +34,7 @@ def describe_and_compose(vlm: LocalVLM, image_url: str, seed: int) -> tuple[str,
 
 
 def test_the_same_seed_gives_the_same_tune_and_another_seed_another(
-    vlm: LocalVLM, image_url: str
+    vlm: LocalVLM, image_url: str,  # noqa: F811
 ) -> None:
     first = describe_and_compose(vlm, image_url, seed=7)
     assert describe_and_compose(vlm, image_url, seed=7) == first
