@@ -425,12 +425,16 @@ def test_a_silent_server_does_not_leave_the_page_waiting(
     browser: Browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The page gives up by itself when nothing comes back in time, and stops the run (the
-    page waits 0.5 s here, less than the server's limit: the server stays silent)."""
+    page waits 0.5 s here, less than the server's limit: the server stays silent). The page's
+    clock is the test's: it moves past the wait once the run is under way, not before."""
     monkeypatch.setattr(page_module, "CLIENT_MARGIN_S", -9.5)
     with img2music_server(tmp_path, behaviour=Behaviour(sleep_s=5.0),
                           server_run_timeout_s=10) as server, \
             visit(browser, server, tmp_path) as seen:
+        seen.page.clock.install()
         compose_with(seen.page, PHOTO)
+        within(60, "the describe call in flight", lambda: server.vlm.in_flight == 1)
+        seen.page.clock.run_for(1_000)
         expect(seen.page.locator("#failure")).to_have_text(
             "No answer within 0.5 s, so the run was stopped")
         expect(seen.page.get_by_role("button", name="Compose")).to_be_enabled()
