@@ -324,9 +324,13 @@ def test_hooks_are_removed_after_the_pass_and_after_a_failure(
     fresh_vlm.image_attention(_turn(photo, SECTIONS_ABC))
     assert hook_count(model) == 0
 
-    model.set_attn_implementation("sdpa")  # returns no weights
+    # `LocalVLM` switches its model to eager attention for the pass; the pass itself, given a
+    # model on attention that returns no weights, fails and leaves no hook behind.
+    model.set_attn_implementation("sdpa")
+    inputs = fresh_vlm.prompt_inputs(conversation(photo))
+    ids = fresh_vlm.tokenizer(SECTIONS_ABC, add_special_tokens=False)["input_ids"]
     with pytest.raises(AttentionUnavailable, match="eager attention"):
-        fresh_vlm.image_attention(_turn(photo, SECTIONS_ABC))
+        image_attention(model, inputs, ids, fresh_vlm.image_token_id)
     assert hook_count(model) == 0
 
 
