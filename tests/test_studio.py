@@ -206,3 +206,20 @@ def test_a_delete_cancels_the_langgraph_run_and_closes_its_model_request(
         vlm.behaviour = Behaviour()
     assert (summary["status"], summary["failure_kind"]) == ("failed", "cancelled")
     assert [run["status"] for run in runs] == ["interrupted"]
+
+
+@needs_langgraph_cli
+def test_a_model_failure_in_langgraphs_worker_is_the_same_error_on_the_openai_route(
+    dev: tuple[str, ScriptedServer],
+) -> None:
+    url, vlm = dev
+    vlm.behaviour = Behaviour(status=400, message="this model takes no images")
+    try:
+        response = httpx.post(f"{url}/v1/chat/completions", timeout=120,
+                              json={"model": "img2music", "messages": image_message()})
+    finally:
+        vlm.behaviour = Behaviour()
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["code"] == "vlm_unavailable"
+    assert "this model takes no images" in error["message"]
