@@ -51,12 +51,9 @@ def _attention_vlm(model: BaseChatModel) -> Any:
 
     settings = get_settings()
     if settings.attention_model:
-        return shared_local_vlm(settings.attention_model, trust_remote_code=True, attention=True)
+        return shared_local_vlm(settings.attention_model, trust_remote_code=True)
     if isinstance(model, LocalChatModel):
-        implementation = getattr(model.vlm.model.config, "_attn_implementation", None)
-        if implementation == "eager":
-            return model.vlm
-        return shared_local_vlm(model.vlm.name, trust_remote_code=True, attention=True)
+        return model.vlm  # the composer's own copy: it switches to eager attention for the pass
     return None
 
 

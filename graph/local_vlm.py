@@ -3,8 +3,14 @@
 vLLM cannot return attention weights, so the paper's attention map needs a transformers copy of
 the model anyway; with this backend the same copy also writes the tunes. `LocalChatModel` is a
 LangChain chat model, so graph nodes call it exactly like the OpenAI-compatible one, with the same
-OpenAI-style messages (text parts and `image_url` parts holding data URLs). It keeps the last
-conversation and what the model wrote, for the attention pass over the composed tune.
+OpenAI-style messages (text parts and `image_url` parts holding data URLs). A chat model keeps
+nothing of a call: several runs share one, and the attention pass reads the conversation from
+its own run's state.
+
+One copy of the weights per process, model and placement (`shared_local_vlm`): the composing
+model and the attention pass share it. It is loaded with the fast default attention; the
+attention pass switches it to eager attention (the only one that returns weights) for its own
+forward pass, under the model's lock, and back.
 
 Models are never downloaded here: `LocalVLM.load` reads local files only (a folder or the
 Hugging Face cache) and says so when they are missing.
@@ -20,9 +26,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,12 +41,16 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatResult
 from PIL import Image
-from pydantic import PrivateAttr
 from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor
 
 from img2music.tools.abc.scan import sections_of
 from img2music.tools.devices import resolve_device
-from img2music.tools.explain.attention import ImageAttention, image_attention, token_spans_for
+from img2music.tools.explain.attention import (
+    AttentionUnavailable,
+    ImageAttention,
+    image_attention,
+    token_spans_for,
+)
 from img2music.tools.images import image_from_data_url
 
 logger = logging.getLogger(__name__)
@@ -243,7 +255,7 @@ class LocalVLM:
             logger.info("the written text re-tokenizes differently from the sampled tokens; "
                         "the attention pass reads the re-tokenized text")
         spans = token_spans_for(turn.text, encoded["offset_mapping"], sections_of(turn.text))
-        with self._lock:
+        with self._lock, _eager_attention(self.model):
             inputs = self.prompt_inputs(turn.conversation)
             return image_attention(
                 self.model, inputs, ids, self.image_token_id, token_spans=spans
@@ -258,7 +270,6 @@ class LocalChatModel(BaseChatModel):
     top_p: float = 0.95
     top_k: int = 20
     max_new_tokens: int = 4096
-    _last_turn: LocalTurn | None = PrivateAttr(default=None)
 
     @property
     def _llm_type(self) -> str:
@@ -270,11 +281,6 @@ class LocalChatModel(BaseChatModel):
             "model_name": self.vlm.name, "temperature": self.temperature, "top_p": self.top_p,
             "top_k": self.top_k, "max_new_tokens": self.max_new_tokens,
         }
-
-    @property
-    def last_turn(self) -> LocalTurn | None:
-        """The latest call's conversation and text, for the attention pass."""
-        return self._last_turn
 
     def _generate(
         self,
@@ -296,7 +302,6 @@ class LocalChatModel(BaseChatModel):
             grammar=kwargs.get("grammar"),
             seed=kwargs.get("seed"),
         )
-        self._last_turn = turn
         message = AIMessage(
             content=turn.text,
             usage_metadata=UsageMetadata(
@@ -305,7 +310,8 @@ class LocalChatModel(BaseChatModel):
                 total_tokens=turn.prompt_tokens + turn.output_tokens,
             ),
             response_metadata={"model_name": self.vlm.name, "finish_reason": turn.finish_reason,
-                               "constrained": turn.constrained},
+                               "constrained": turn.constrained,
+                               "mask_seconds": list(turn.mask_seconds)},
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
@@ -334,12 +340,47 @@ class GrammarLogitsProcessor(LogitsProcessor):
         return scores
 
 
-@lru_cache(maxsize=2)
 def shared_local_vlm(
-    name_or_path: str, *, trust_remote_code: bool = False, attention: bool = False
+    name_or_path: str, *, trust_remote_code: bool = False, device: str = "auto"
 ) -> LocalVLM:
-    """One loaded copy per process and setting: loading an 8B model takes a minute and 16 GB."""
-    return LocalVLM.load(name_or_path, trust_remote_code=trust_remote_code, attention=attention)
+    """The process's one loaded copy of a model on a device: loading an 8B model takes a minute
+    and 16 GB, so the composer and the attention pass (and every run) share it."""
+    target = torch.device(resolve_device(device))
+    return load_once(_model_key(name_or_path), str(target), trust_remote_code)
+
+
+@lru_cache(maxsize=2)
+def load_once(name_or_path: str, device: str, trust_remote_code: bool) -> LocalVLM:
+    """The cache behind `shared_local_vlm`: keyed by the model's folder (or hub name), the
+    device and so the dtype (`LocalVLM.load` picks it from the device)."""
+    return LocalVLM.load(name_or_path, trust_remote_code=trust_remote_code, device=device)
+
+
+def _model_key(name_or_path: str) -> str:
+    """A folder by its resolved path (two spellings of one folder are one model); a hub name
+    as it is."""
+    folder = Path(name_or_path).expanduser()
+    return str(folder.resolve()) if folder.is_dir() else name_or_path
+
+
+@contextmanager
+def _eager_attention(model: Any) -> Iterator[None]:
+    """The model with eager attention for the duration of the block (the caller holds the
+    model's lock), then as it was: the one implementation that returns attention weights,
+    too slow and memory-hungry to generate with."""
+    before = model.config._attn_implementation
+    if before == "eager":
+        yield
+        return
+    if not model._can_set_attn_implementation():
+        raise AttentionUnavailable(
+            f"{type(model).__name__} cannot switch to eager attention at run time; load it "
+            "with eager attention (LocalVLM.load(..., attention=True)) to draw attention maps")
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
 
 
 def to_conversation(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Any
@@ -31,6 +31,8 @@ from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.pipeline.index_build import IndexBuild, progress_line
 from img2music.pipeline.readiness import Check, health_checks
 from img2music.pipeline.report import read_report
+from img2music.pipeline.runs import Drive
+from img2music.server import langgraph_runs
 from img2music.server.completions import (
     FAILURE_STATUS,
     completion,
@@ -73,14 +75,18 @@ FILE_HEADERS = {
 
 def create_app(settings: Settings | None = None, *, model_for: ModelFor | None = None,
                retriever_for: RetrieverFor | None = None,
-               index_build: IndexBuild | None = None) -> FastAPI:
+               index_build: IndexBuild | None = None,
+               drive_for: Callable[[str], Drive] | None = None) -> FastAPI:
     """The app; `model_for` and `retriever_for` replace the configured model and index (tests).
+    With `drive_for`, runs go to another engine (a LangGraph server's runs API,
+    `langgraph_runs`); without it they run in this process.
 
     With `index_build` (as `img2music serve` gives it), the index runs will search is built in
     the background as the server starts, and `/health` says how far it is.
     """
     settings = settings or get_settings()
-    pool = RunPool(settings, model_for=model_for, retriever_for=retriever_for)
+    pool = RunPool(settings, model_for=model_for, retriever_for=retriever_for,
+                   drive_for=drive_for)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -320,4 +326,6 @@ def _media_type(name: str) -> str:
         suffix, "application/octet-stream")
 
 
-app = create_app()
+# Mounted into `langgraph dev` or a LangGraph deployment, runs go through its runs API.
+app = create_app(drive_for=langgraph_runs.drive_for if langgraph_runs.under_langgraph_server()
+                 else None)

@@ -19,7 +19,7 @@ import logging
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from img2music.pipeline.retention import prune_runs, runs_root
 from img2music.pipeline.runs import (
     CANCELLED,
     Composition,
+    Drive,
     RunStop,
     StopKind,
     acompose,
@@ -121,13 +122,19 @@ class RunPool:
     """Admits runs up to the limits, runs each as a task on the event loop, finds them by id."""
 
     def __init__(self, settings: Settings, *, model_for: ModelFor | None = None,
-                 retriever_for: RetrieverFor | None = None) -> None:
+                 retriever_for: RetrieverFor | None = None,
+                 drive_for: Callable[[str], Drive] | None = None) -> None:
+        """`drive_for` gives each run (by id) the engine that runs its graph (a LangGraph
+        server's runs API); without it, runs are driven here, on this event loop."""
         self.settings = settings
         self.runs_dir = runs_root(settings)
         self.capacity = settings.server_max_concurrent_runs + settings.server_max_queued_runs
         self._model_for = model_for
         self._retriever_for = retriever_for
-        self._slots = asyncio.Semaphore(settings.server_max_concurrent_runs)
+        self._drive_for = drive_for
+        # A LangGraph server queues the runs it is given itself; the pool only admits them.
+        self._slots = asyncio.Semaphore(self.capacity if drive_for
+                                        else settings.server_max_concurrent_runs)
         self._admitted = 0
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._pruning = threading.Lock()
@@ -214,7 +221,9 @@ class RunPool:
                         image_path, out_dir=job.folder, note=note, settings=self.settings,
                         model_for=self._model_for, retriever_for=self._retriever_for,
                         on_progress=job.on_progress, stop=job.stopper,
-                        files_when_asked=True, **overrides)
+                        files_when_asked=True,
+                        drive=self._drive_for(job.id) if self._drive_for else None,
+                        **overrides)
                 finally:
                     timer.cancel()
         except asyncio.CancelledError:  # stopped while it waited for a slot

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy.typing as npt
 import pytest
 import torch
 from langchain_core.messages import HumanMessage, SystemMessage
+from langgraph.runtime import Runtime
 from matplotlib import cbook
 from PIL import Image
 from transformers import AttentionInterface
@@ -20,8 +22,21 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import (
     eager_attention_forward,
 )
 
-from img2music.graph.local_vlm import LocalChatModel, LocalModelUnavailable, LocalTurn, LocalVLM
+from img2music.graph import local_vlm
+from img2music.graph.context import Context
+from img2music.graph.explain import image_explanation
+from img2music.graph.local_vlm import (
+    LocalChatModel,
+    LocalModelUnavailable,
+    LocalTurn,
+    LocalVLM,
+    to_conversation,
+)
+from img2music.graph.models import chat_model
+from img2music.graph.nodes import explain
+from img2music.graph.state import State
 from img2music.settings import Settings
+from img2music.tools.abc.check import check_abc
 from img2music.tools.abc.scan import sections_of
 from img2music.tools.explain.attention import AttentionUnavailable, image_attention, token_spans_for
 from img2music.tools.explain.relevance import clip_patch_relevance
@@ -32,6 +47,8 @@ from img2music.tools.render.overlays import (
     draw_section_overlays,
 )
 from img2music.tools.retrieval.embedder import load_embedder
+from tests.test_explain import chosen_state
+from tests.test_graph import REFINED
 from tests.tiny_vlm import MERGE_SIZE, build_tiny_vlm, tiny_tokenizer
 
 SECTIONS_ABC = """```abc
@@ -118,17 +135,16 @@ def test_chat_model_answers_text_and_image_with_usage(vlm: LocalVLM, photo: Imag
     assert isinstance(answer.content, str)
     usage = answer.usage_metadata
     assert usage is not None
-    turn = chat.last_turn
-    assert turn is not None
-    grid = vlm.prompt_inputs(turn.conversation)["image_grid_thw"][0]
-    image_tokens = int(grid.prod()) // MERGE_SIZE**2
-    assert usage["input_tokens"] == turn.prompt_tokens > image_tokens
+    read = to_conversation(messages)
+    assert [message["role"] for message in read] == ["system", "user"]
+    assert LocalTurn(read, "", (), 0, 0, "stop").image.size == photo.size  # type: ignore[union-attr]
+    prompt = vlm.prompt_inputs(read)
+    image_tokens = int(prompt["image_grid_thw"][0].prod()) // MERGE_SIZE**2
+    assert usage["input_tokens"] == prompt["input_ids"].shape[1] > image_tokens
     assert 0 < usage["output_tokens"] <= 12
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     assert answer.response_metadata["finish_reason"] in {"stop", "length"}
-    assert turn.text == answer.content
-    assert turn.image is not None and turn.image.size == photo.size
-    assert [message["role"] for message in turn.conversation] == ["system", "user"]
+    assert answer.response_metadata["mask_seconds"] == []  # no grammar, nothing masked
 
 
 def test_greedy_answers_repeat_and_bound_settings_apply(vlm: LocalVLM, photo: Image.Image) -> None:
@@ -308,9 +324,13 @@ def test_hooks_are_removed_after_the_pass_and_after_a_failure(
     fresh_vlm.image_attention(_turn(photo, SECTIONS_ABC))
     assert hook_count(model) == 0
 
-    model.set_attn_implementation("sdpa")  # returns no weights
+    # `LocalVLM` switches its model to eager attention for the pass; the pass itself, given a
+    # model on attention that returns no weights, fails and leaves no hook behind.
+    model.set_attn_implementation("sdpa")
+    inputs = fresh_vlm.prompt_inputs(conversation(photo))
+    ids = fresh_vlm.tokenizer(SECTIONS_ABC, add_special_tokens=False)["input_ids"]
     with pytest.raises(AttentionUnavailable, match="eager attention"):
-        fresh_vlm.image_attention(_turn(photo, SECTIONS_ABC))
+        image_attention(model, inputs, ids, fresh_vlm.image_token_id)
     assert hook_count(model) == 0
 
 
@@ -394,3 +414,88 @@ def _turn(image: Image.Image, text: str) -> LocalTurn:
     """A turn as if the model had written `text`: the attention pass only teacher-forces it."""
     return LocalTurn(conversation=conversation(image), text=text, generated_ids=(),
                      prompt_tokens=0, output_tokens=0, finish_reason="stop")
+
+
+def saved_tiny_vlm(folder: Path) -> Path:
+    """The tiny Qwen2-VL saved as a model folder, with the default (not eager) attention, as
+    the local backend loads it."""
+    model, processor = build_tiny_vlm(eager=False)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def other_run(state: State, image: Image.Image) -> State:
+    """Another run's state: another picture (another grid shape), another tune."""
+    url = data_url(image)
+    conversation = [dict(message) for message in state["conversation"]]
+    conversation[1] = {"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Compose."}]}
+    conversation[2] = {"role": "assistant", "content": f"```abc\n{REFINED}```"}
+    return {**state, "image": url, "conversation": conversation,  # type: ignore[typeddict-item]
+            "attempts": [{**state["attempts"][0], "abc": REFINED}]}
+
+
+def test_the_composer_and_the_attention_pass_share_one_loaded_copy(
+    tmp_path: Path, photo: Image.Image, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = saved_tiny_vlm(tmp_path / "tiny")
+    loads: list[str] = []
+    real_load = LocalVLM.load
+
+    def counted(name_or_path: str, **options: Any) -> LocalVLM:
+        loads.append(name_or_path)
+        return real_load(name_or_path, **options)
+
+    monkeypatch.setattr(LocalVLM, "load", counted)
+    settings = Settings(vlm_backend="local", vlm_model=str(folder), data_dir=tmp_path / "data")
+    context = Context.from_settings(settings, explain="attention", max_tokens=8)
+    try:
+        composer = chat_model(context, settings=settings)
+        assert isinstance(composer, LocalChatModel)
+        composer.invoke([HumanMessage([{"type": "image_url", "image_url": {"url": data_url(
+            photo)}}, {"type": "text", "text": "Compose."}])])
+        picture = image_explanation(chosen_state(), 0, context, composer)
+        again = chat_model(Context.from_settings(settings, temperature=0.1), settings=settings)
+    finally:
+        local_vlm.load_once.cache_clear()
+    assert picture["method"] == "attention" and set(picture["sections"]) == {"theme", "close"}
+    assert loads == [str(folder)]  # compose, attention and other settings: one load
+    assert isinstance(again, LocalChatModel) and again.vlm is composer.vlm
+    # The pass borrowed eager attention and gave it back: composing stays on the fast one.
+    assert composer.vlm.model.config._attn_implementation == "sdpa"
+
+
+def test_concurrent_runs_on_one_model_get_their_own_attention_maps(
+    tmp_path: Path, wide: Image.Image,
+) -> None:
+    folder = saved_tiny_vlm(tmp_path / "tiny")
+    settings = Settings(vlm_backend="local", vlm_model=str(folder), data_dir=tmp_path / "data")
+    context = Context.from_settings(settings, explain="attention")
+    first = chosen_state()
+    second = other_run(first, wide)
+    try:
+        composer = chat_model(context, settings=settings)
+        alone = [image_explanation(state, 0, context, composer) for state in (first, second)]
+        runtime = Runtime(context=context)
+
+        def chosen(state: State) -> State:
+            attempt = state["attempts"][0]
+            check = check_abc(attempt["abc"] or "").model_dump()
+            return {**state, "best": 0,
+                    "attempts": [{**attempt, "check": check}]}  # type: ignore[typeddict-item]
+
+        async def both() -> list[State]:
+            return list(await asyncio.gather(*(
+                explain(chosen(state), runtime, model_for=lambda _: composer)
+                for state in (first, second))))
+
+        together = asyncio.run(both())
+    finally:
+        local_vlm.load_once.cache_clear()
+    assert np.shape(alone[0]["grid"]) != np.shape(alone[1]["grid"])
+    for solo, update in zip(alone, together, strict=True):
+        drawn = update["explanation"]
+        assert drawn["method"] == "attention"
+        assert np.allclose(drawn["grid"], solo["grid"], atol=1e-6)
+        assert drawn["sections"].keys() == solo["sections"].keys()

@@ -3,6 +3,7 @@ intervals, resuming, prompt A/B comparisons and the files a researcher reads."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -12,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 from matplotlib import cbook
 from typer.testing import CliRunner
 
@@ -292,8 +296,8 @@ def test_each_question_is_a_fresh_conversation_with_the_shipped_judge_prompts(
     model = ScriptedChatModel(replies=['{"reason": "x", "score": 3}', "Score: 5"])
     judge_ = Judge(model, "http://judge.invalid/v1")
     first, second = questions()[0], questions()[-1]
-    assert judge_.ask("data:image/png;base64,AAAA", TUNE, first).score.value == 3
-    assert judge_.ask("data:image/png;base64,AAAA", TUNE, second).score.value == 5
+    assert asyncio.run(judge_.ask("data:image/png;base64,AAAA", TUNE, first)).score.value == 3
+    assert asyncio.run(judge_.ask("data:image/png;base64,AAAA", TUNE, second)).score.value == 5
     for call, question in zip(range(2), (first, second), strict=True):
         texts = model.texts(call)
         assert len(texts) == 2 and "Say 7" not in texts[1]
@@ -406,6 +410,56 @@ def test_the_seed_sets_the_judging_order(
     assert orders["again"] == orders["first"]
     assert orders["other"] != orders["first"]
     assert sorted(orders["other"]) == sorted(orders["first"])
+
+
+class GatedJudge(BaseChatModel):
+    """An async judge whose first `width` calls wait for each other, so the evaluation finishes
+    only if it awaits that many judge calls at once; it counts the most ever in flight."""
+
+    width: int
+    in_flight: int = 0
+    most: int = 0
+    gate: Any = None
+
+    @property
+    def _llm_type(self) -> str:
+        return "gated"
+
+    def _generate(self, messages: list[BaseMessage], stop: Sequence[str] | None = None,
+                  run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        raise AssertionError("the judge is awaited, not called from a thread")
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: Sequence[str] | None = None,
+                         run_manager: Any = None, **kwargs: Any) -> ChatResult:
+        self.gate = self.gate or asyncio.Event()
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        if self.in_flight == self.width:
+            self.gate.set()
+        try:
+            await asyncio.wait_for(self.gate.wait(), timeout=30)
+        finally:
+            self.in_flight -= 1
+        reply = json.dumps({"reason": "fine", "score": 5})
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=reply))])
+
+
+def test_the_judge_is_awaited_concurrently_within_the_bound(
+    tmp_path: Path, images: Path, servers: tuple[ScriptedServer, ScriptedServer],
+) -> None:
+    composer_server, judge_server = servers
+    gated = GatedJudge(width=3)
+    settings = Settings(vlm_base_url=composer_server.url, vlm_model=composer_server.model,
+                        judge_base_url=judge_server.url, judge_model=judge_server.model,
+                        vlm_retries=0, data_dir=tmp_path / "data")
+    result = run_eval(EvalOptions(images=[images], out=tmp_path / "results", repeats=1,
+                                  clip=False, concurrency=3,
+                                  variants=resolve_variants(["no-rag-no-refine"])),
+                      settings=settings, retriever_for=lambda _: Examples(),
+                      judge_model=gated)
+    assert result.errors == [] and result.judge_calls == 2 * 8
+    assert gated.most == 3  # three at once, never more
+    assert judge_server.requests == []
 
 
 def test_reference_names_the_variant_the_others_are_compared_with(

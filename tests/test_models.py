@@ -191,7 +191,7 @@ def test_the_local_backend_wraps_one_shared_copy_of_the_weights(tmp_path: Path) 
     saved, processor = build_tiny_vlm(eager=False)
     saved.save_pretrained(tmp_path / "keye")
     processor.save_pretrained(tmp_path / "keye")
-    local_vlm.shared_local_vlm.cache_clear()
+    local_vlm.load_once.cache_clear()
     settings = settings_for(tmp_path, vlm_backend="local", vlm_model=str(tmp_path / "keye"))
     model = model_for("unused", settings, top_k=7, max_tokens=99)
     assert isinstance(model, local_vlm.LocalChatModel)
@@ -201,12 +201,12 @@ def test_the_local_backend_wraps_one_shared_copy_of_the_weights(tmp_path: Path) 
     other = model_for("unused", settings, temperature=0.2, top_k=3, max_tokens=12)
     assert isinstance(other, local_vlm.LocalChatModel) and other is not model
     assert other.vlm is model.vlm  # other sampling, the same loaded weights
-    assert local_vlm.shared_local_vlm.cache_info().misses == 1
+    assert local_vlm.load_once.cache_info().misses == 1
     loaded = model.vlm.model
     assert loaded.name_or_path == str(tmp_path / "keye")
     assert all(torch.equal(mine, saved.state_dict()[name])
                for name, mine in loaded.state_dict().items())
-    local_vlm.shared_local_vlm.cache_clear()
+    local_vlm.load_once.cache_clear()
 
 
 def test_think_switches() -> None:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -16,8 +17,8 @@ import pytest
 
 from img2music.tools.abc.check import check_abc
 from tests.needs import LANGGRAPH, needs_langgraph_cli
-from tests.openai_server import ScriptedServer, scripted_server
-from tests.serving import listening_port
+from tests.openai_server import Behaviour, ScriptedServer, scripted_server
+from tests.serving import listening_port, within
 from tests.test_graph import reply_for
 from tests.test_server import PHOTO_URL, image_message
 
@@ -86,11 +87,30 @@ def langgraph_dev(folder: Path, vlm: ScriptedServer, **settings: str) -> Iterato
 
 
 @pytest.fixture(scope="module")
-def dev_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One `langgraph dev` for the module, on the port the system gave it."""
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, ScriptedServer]]:
+    """One `langgraph dev` for the module, on the port the system gave it, and its VLM."""
     folder = tmp_path_factory.mktemp("studio")
     with scripted_server(reply_for) as vlm, langgraph_dev(folder, vlm) as url:
-        yield url
+        yield url, vlm
+
+
+@pytest.fixture
+def dev_server(dev: tuple[str, ScriptedServer]) -> str:
+    return dev[0]
+
+
+def langgraph_runs_of(studio: httpx.Client, run_id: str) -> tuple[str, list[dict[str, Any]]]:
+    """The LangGraph thread the app's run `run_id` became, and the runs LangGraph lists on it."""
+    [thread] = studio.post("/threads/search",
+                           json={"metadata": {"img2music_run_id": run_id}}).json()
+    runs: list[dict[str, Any]] = studio.get(f"/threads/{thread['thread_id']}/runs").json()
+    return thread["thread_id"], runs
+
+
+def assistant_of(studio: httpx.Client, graph_id: str) -> str:
+    assistants = studio.post("/assistants/search", json={"graph_id": graph_id}).json()
+    found: str = assistants[0]["assistant_id"]
+    return found
 
 
 @needs_langgraph_cli
@@ -137,3 +157,69 @@ def test_the_openai_routes_and_the_page_answer_on_the_same_port(dev_server: str)
     assert httpx.post(f"{dev_server}/assistants/search", json={},
                       headers=foreign).status_code == 400
     assert httpx.get(f"{dev_server}/v1/models", headers=foreign).status_code == 400
+
+
+@needs_langgraph_cli
+def test_a_run_through_the_openai_route_is_run_and_listed_by_langgraphs_runs_api(
+    dev_server: str,
+) -> None:
+    client = openai.OpenAI(base_url=f"{dev_server}/v1", api_key="none", max_retries=0)
+    completion = client.chat.completions.create(
+        model="img2music", messages=image_message(),
+        extra_body={"img2music": {"rag": False, "refine": False}})
+    extension: dict[str, Any] = completion.model_extra["img2music"]  # type: ignore[index]
+    with httpx.Client(base_url=dev_server, timeout=30) as studio:
+        thread_id, runs = langgraph_runs_of(studio, extension["run_id"])
+        assert [(run["status"], run["assistant_id"]) for run in runs] == [
+            ("success", assistant_of(studio, "img2music"))]
+        state = studio.get(f"/threads/{thread_id}/state").json()
+        history = studio.post(f"/threads/{thread_id}/history", json={"limit": 50}).json()
+    # The run's state and checkpoints are LangGraph's; its folder and files are still the app's.
+    assert state["values"]["final_abc"] == extension["abc"]
+    assert check_abc(extension["abc"]).ok
+    assert len(history) > 4  # a checkpoint per step: Studio can step through the run
+    assert httpx.get(extension["files"]["tune.abc"]).text.strip() == extension["abc"].strip()
+
+
+@needs_langgraph_cli
+def test_a_delete_cancels_the_langgraph_run_and_closes_its_model_request(
+    dev: tuple[str, ScriptedServer],
+) -> None:
+    url, vlm = dev
+    vlm.behaviour = Behaviour(sleep_s=30)
+    try:
+        before, hung_up = len(vlm.requests), list(vlm.hung_up)
+        with httpx.Client(base_url=url, timeout=120) as http, http.stream(
+                "POST", "/v1/chat/completions",
+                json={"model": "img2music", "stream": True, "messages": image_message()},
+        ) as response:
+            lines = response.iter_lines()
+            run_id = json.loads(next(lines).removeprefix("data: "))["img2music"]["run_id"]
+            within(60, "the first model call in flight", lambda: vlm.in_flight == 1)
+            assert http.delete(f"/v1/runs/{run_id}").status_code == 200
+            within(2, "the model server saw its request closed",
+                   lambda: vlm.hung_up == [*hung_up, before + 1])
+            http.get(f"/v1/runs/{run_id}/events", timeout=2).raise_for_status()  # it ended
+            summary = http.get(f"/v1/runs/{run_id}").json()
+            _, runs = langgraph_runs_of(http, run_id)
+    finally:
+        vlm.behaviour = Behaviour()
+    assert (summary["status"], summary["failure_kind"]) == ("failed", "cancelled")
+    assert [run["status"] for run in runs] == ["interrupted"]
+
+
+@needs_langgraph_cli
+def test_a_model_failure_in_langgraphs_worker_is_the_same_error_on_the_openai_route(
+    dev: tuple[str, ScriptedServer],
+) -> None:
+    url, vlm = dev
+    vlm.behaviour = Behaviour(status=400, message="this model takes no images")
+    try:
+        response = httpx.post(f"{url}/v1/chat/completions", timeout=120,
+                              json={"model": "img2music", "messages": image_message()})
+    finally:
+        vlm.behaviour = Behaviour()
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["code"] == "vlm_unavailable"
+    assert "this model takes no images" in error["message"]

@@ -17,7 +17,7 @@ from typing import Literal
 
 from langchain_core.language_models import BaseChatModel
 
-from img2music.graph.models import call_model, to_langchain
+from img2music.graph.models import acall_model, to_langchain
 from img2music.graph.state import Message
 from img2music.prompt_files import load_prompt_data, render_prompt, shipped_prompts
 from img2music.settings import Settings
@@ -147,19 +147,21 @@ class JudgeReply:
 
 @dataclass(frozen=True)
 class Judge:
-    """The judge model at its endpoint; raises `VLMUnavailable` when it cannot answer."""
+    """The judge model at its endpoint, awaited like the composer (an evaluation asks many
+questions at once); raises `VLMUnavailable` when it cannot answer."""
 
     model: BaseChatModel
     endpoint: str
 
-    def ask(self, image_url: str, abc: str, question: Question) -> JudgeReply:
-        reply = call_model(self.model, to_langchain(question_messages(image_url, abc, question)),
-                           endpoint=self.endpoint, max_chars=20_000, role="judge")
+    async def ask(self, image_url: str, abc: str, question: Question) -> JudgeReply:
+        messages = to_langchain(question_messages(image_url, abc, question))
+        reply = await acall_model(self.model, messages, endpoint=self.endpoint,
+                                  max_chars=20_000, role="judge")
         return JudgeReply(parse_score(reply.text), reply.text[:MAX_KEPT_CHARS],
                           reply.input_tokens + reply.output_tokens)
 
-    def caption(self, abc: str) -> JudgeReply:
-        reply = call_model(self.model, to_langchain(caption_messages(abc)),
-                           endpoint=self.endpoint, max_chars=20_000, role="judge")
+    async def caption(self, abc: str) -> JudgeReply:
+        reply = await acall_model(self.model, to_langchain(caption_messages(abc)),
+                                 endpoint=self.endpoint, max_chars=20_000, role="judge")
         text = strip_reasoning(reply.text).strip()[:MAX_CAPTION_CHARS]
         return JudgeReply(Score(None, "", None), text, reply.input_tokens + reply.output_tokens)

@@ -19,7 +19,6 @@ import random
 import re
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -332,22 +331,27 @@ def _judge_all(
             for key in {job.run["image_key"] for job in jobs}}
     failed: dict[str, str] = {}
 
-    def one(job: _Job) -> JudgeReply | None:
-        if job.run["run_id"] in failed:
-            return None
-        if job.question is None:
-            return judge.caption(job.run["abc"])
-        return judge.ask(urls[job.run["image_key"]], job.run["abc"], job.question)
-
-    progress("judging", 0, len(jobs))
-    calls = 0
-    with ThreadPoolExecutor(max_workers=options.concurrency) as pool:
-        futures: dict[Future[JudgeReply | None], _Job] = {pool.submit(one, j): j for j in jobs}
-        for finished, future in enumerate(as_completed(futures), 1):
-            job = futures[future]
+    async def one(job: _Job, slots: asyncio.Semaphore) -> tuple[
+            _Job, JudgeReply | None, VLMUnavailable | None]:
+        """A judge call in its turn: at most `concurrency` are awaited at once."""
+        async with slots:
+            if job.run["run_id"] in failed:
+                return job, None, None
             try:
-                reply = future.result()
+                if job.question is None:
+                    return job, await judge.caption(job.run["abc"]), None
+                return job, await judge.ask(urls[job.run["image_key"]], job.run["abc"],
+                                            job.question), None
             except VLMUnavailable as error:
+                return job, None, error
+
+    async def every() -> int:
+        calls = 0
+        slots = asyncio.Semaphore(options.concurrency)
+        asking = [one(job, slots) for job in jobs]
+        for finished, next_done in enumerate(asyncio.as_completed(asking), 1):
+            job, reply, error = await next_done
+            if error is not None:
                 if job.run["run_id"] not in failed:
                     failed[job.run["run_id"]] = str(error)
                     errors.append(f"judge · {job.run['variant']} · {job.run['image_name']}: "
@@ -364,7 +368,10 @@ def _judge_all(
                 "reason": reply.score.reason, "reply": reply.text, "tokens": reply.tokens,
             })
             progress("judging", finished, len(jobs))
-    return calls
+        return calls
+
+    progress("judging", 0, len(jobs))
+    return asyncio.run(every())
 
 
 def _clip_all(

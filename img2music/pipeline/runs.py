@@ -6,18 +6,20 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
+from langgraph.graph.state import CompiledStateGraph
+
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
 from img2music.graph.models import VLMUnavailable, chat_model, endpoint_report
 from img2music.graph.nodes import ModelFor, RetrieverFor
-from img2music.graph.state import Input, State
+from img2music.graph.state import Input, Output, State
 from img2music.pipeline.report import write_run
 from img2music.prompt_files import prompt_set
 from img2music.redaction import redact_url, scrub
@@ -35,6 +37,19 @@ FailureKind = Literal["bad_image", "bad_prompt", "vlm_unavailable", "no_tune", "
 StopKind = Literal["cancelled", "timeout"]
 CANCELLED = "cancelled by request"
 STATE_KEYS = list(State.__annotations__)
+# How a run's graph is driven: given the input and the context, it yields ("updates",
+# {node: update}) after each step and last ("values", the whole final state). `in_process` runs
+# the graph here; under a LangGraph server, `server.langgraph_runs` goes through its runs API.
+Drive = Callable[[Input, Context], AsyncIterator[tuple[str, Any]]]
+
+
+class GraphFailed(RuntimeError):
+    """A graph that ran elsewhere (a LangGraph server's worker) failed: why, and what kind of
+    failure it was, as `acompose` would have named the exception."""
+
+    def __init__(self, reason: str, kind: FailureKind) -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 class RunStop:
@@ -113,6 +128,7 @@ async def acompose(
     on_progress: Progress | None = None,
     stop: RunStop | None = None,
     files_when_asked: bool = False,
+    drive: Drive | None = None,
     **overrides: Any,
 ) -> Composition:
     """Compose music for one image; `overrides` are `Context` fields (rag_k, refine_rounds, …).
@@ -136,22 +152,20 @@ async def acompose(
                                        "bad_image", settings)
     state: Input = {"image": image_data_url(picture, max_pixels=settings.vlm_image_pixels),
                     "note": note}
-    # The model is built from these settings too (profile, key, timeouts), not the process's.
-    graph = build_graph(model_for=model_for or partial(chat_model, settings=settings),
-                        retriever_for=retriever_for)
+    if drive is None:
+        # The model is built from these settings too (profile, key, timeouts), not the process's.
+        model = model_for or partial(chat_model, settings=settings)
+        drive = in_process(build_graph(model_for=model, retriever_for=retriever_for))
 
     async def run_graph() -> State:
         final: State = {}
-        # The whole state, not only the graph's output: the run's report shows every attempt.
-        async for mode, chunk in graph.astream(state, context=context,
-                                               stream_mode=["updates", "values"],
-                                               output_keys=STATE_KEYS):
+        async for mode, chunk in drive(state, context):
             if mode == "updates" and on_progress is not None:
-                updates: dict[str, State | None] = chunk  # type: ignore[assignment]
+                updates: dict[str, State | None] = chunk
                 for node, update in updates.items():
                     on_progress(str(image), node, update or {})
             elif mode == "values":
-                final = chunk  # type: ignore[assignment]
+                final = chunk
         return final
 
     graph_task = asyncio.create_task(run_graph())
@@ -170,6 +184,8 @@ async def acompose(
         reason, kind = str(error), "vlm_unavailable"
     except TemplateRefused as error:
         reason, kind = str(error), "bad_prompt"
+    except GraphFailed as error:
+        reason, kind = str(error), error.kind
     except Exception as error:  # one image's fault must not stop the batch
         logger.exception("composing for %s failed", image)
         reason, kind = f"{type(error).__name__}: {error}", "internal"
@@ -204,6 +220,19 @@ async def acompose(
         failure_kind=None if done else "no_tune",
         faults=final.get("faults", []), fault_count=final.get("fault_count", 0),
     )
+
+
+def in_process(graph: CompiledStateGraph[State, Context, Input, Output]) -> Drive:
+    """The graph driven here, on this event loop (the CLI, Python, eval, `img2music serve`)."""
+
+    async def drive(state: Input, context: Context) -> AsyncIterator[tuple[str, Any]]:
+        # The whole state, not only the graph's output: the run's report shows every attempt.
+        async for mode, chunk in graph.astream(state, context=context,
+                                               stream_mode=["updates", "values"],
+                                               output_keys=STATE_KEYS):
+            yield mode, chunk
+
+    return drive
 
 
 def _shown_settings(context: Context) -> dict[str, Any]:
