@@ -68,11 +68,8 @@ async def describe(
     """The model looks at the image first; retrieval matches its words to real tunes.
 
     Prompts a run replaced are tried first, so a template that breaks the sandbox's rules ends
-    the run before any model call. A description the run was given (the takes of one run share
-    the first one's) is not asked for again.
+    the run before any model call.
     """
-    if "description" in state:
-        return {"status": "running"}
     context = runtime.context
     edits = context.prompt_edits()
     check_prompt_edits(edits, {name: edit_label(name) for name in edits})
@@ -93,10 +90,7 @@ async def retrieve(
     state: State, runtime: Runtime[Context], *, retriever_for: RetrieverFor | None = None
 ) -> State:
     """The k real tunes whose captions best match both the image and its description (CLIP
-    and the index work in a thread: the event loop serves other runs meanwhile); none when the
-    run was given its examples (the takes of one run share them)."""
-    if "examples" in state:
-        return {}
+    and the index work in a thread: the event loop serves other runs meanwhile)."""
     context = runtime.context
     started = time.perf_counter()
 

@@ -201,14 +201,10 @@ def usage_totals(usage: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
 
 
 class Input(TypedDict):
-    """What a run is given (Studio's input form): the image and, if any, a note; and, when they
-    are known already, the image's description and the retrieved examples."""
+    """What a run is given (Studio's input form): the image and, if any, a note."""
 
     image: str  # data URL of the image, downscaled to the model's pixel budget
     note: NotRequired[str]  # the user's line about the mood they want
-    # Known already (the takes of one run share them): the run makes no call for them again.
-    description: NotRequired[str]
-    examples: NotRequired[list[Example]]
 
 
 class Output(TypedDict, total=False):

@@ -12,6 +12,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.memory import InMemorySaver
+
 from img2music.graph.context import Context, as_operator
 from img2music.graph.graph import build_graph
 from img2music.graph.models import VLMUnavailable, chat_model, endpoint_report
@@ -19,7 +22,9 @@ from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import Input, State
 from img2music.pipeline.report import write_run
 from img2music.pipeline.takes import (
-    SHARED_NODES,
+    FIRST_TAKE_NODE,
+    LAST_SHARED_NODE,
+    SHARED_KEYS,
     check_takes,
     take_folder,
     write_takes_report,
@@ -146,10 +151,15 @@ async def acompose(
     the HTML report are made when first asked for (`pipeline.report.make_when_asked`).
 
     With `takes` above one, the run composes that many candidates at once, each in a folder of
-    its own (`pipeline.takes`): the image is described and the examples retrieved once, then
-    the graph runs once per take from there, each take with its own seed (`Context.take_seed`).
-    Each take is the graph as a run of one take runs it, so its state, report and files have
-    the same shape; only the run's `report.json` above them is new (every take, and the pick).
+    its own (`pipeline.takes`). The graph runs until it would compose (describe, retrieve), then
+    each take forks that state on a thread of its own in an in-memory checkpointer, as if it
+    had just retrieved, and goes on from compose with its own seed (`Context.take_seed`): one
+    description and one retrieval for every take, and each take is the graph as a run of one
+    take runs it, so its state, report and files have the same shape; only the run's
+    `report.json` above them is new (every take, and the pick). Why not fan out inside the
+    graph (`Send` to a subgraph per take): the graph and its diagram, Studio's runs and a
+    run's progress would all change shape for every run, while forking its checkpoints leaves
+    them as they are and a run of one take exactly as it was.
     """
     settings = settings or get_settings()
     image = Path(image)
@@ -166,20 +176,26 @@ async def acompose(
                     "note": note}
     # The model is built from these settings too (profile, key, timeouts), not the process's.
     graph = build_graph(model_for=model_for or partial(chat_model, settings=settings),
-                        retriever_for=retriever_for)
+                        retriever_for=retriever_for,
+                        checkpointer=InMemorySaver() if takes > 1 else None)
 
-    async def run_graph(given: Input, run_context: Context, take: int | None = None,
-                        shared_only: bool = False) -> State:
+    async def run_graph(given: Input | None, run_context: Context, take: int | None = None,
+                        thread: str | None = None) -> State:
+        """The graph on `given` (None: on from the thread's checkpoint); on a thread, it pauses
+        before composing when it starts there from `given`."""
         final: State = {}
+        config: RunnableConfig | None = (
+            {"configurable": {"thread_id": thread}} if thread is not None else None)
         # The whole state, not only the graph's output: the run's report shows every attempt.
         async for mode, chunk in graph.astream(
-                given, context=run_context, stream_mode=["updates", "values"],
-                output_keys=STATE_KEYS, interrupt_before=["compose"] if shared_only else None):
+                given, config, context=run_context, stream_mode=["updates", "values"],
+                output_keys=STATE_KEYS,
+                interrupt_before=[FIRST_TAKE_NODE] if given is not None and thread else None):
             if mode == "updates" and on_progress is not None:
                 updates: dict[str, State | None] = chunk  # type: ignore[assignment]
                 for node, update in updates.items():
-                    if node.startswith("__") or (take is not None and node in SHARED_NODES):
-                        continue  # the pause before the takes; a take's skipped shared steps
+                    if node == "__interrupt__":
+                        continue  # the pause before the takes
                     if take is None:
                         on_progress(str(image), node, update or {})
                     else:
@@ -190,12 +206,14 @@ async def acompose(
 
     async def run_takes() -> tuple[State, list[State | BaseException]]:
         """The shared steps once, then every take at once; a take that fails ends alone."""
-        shared = await run_graph(state, context, shared_only=True)
-        known: Input = {**state, "description": shared.get("description", "")}
-        if "examples" in shared:
-            known["examples"] = shared["examples"]
+        shared = await run_graph(state, context, thread="shared")
+        known = {key: shared[key] for key in SHARED_KEYS if key in shared}  # type: ignore[literal-required]
+        for number in range(takes):
+            await graph.aupdate_state({"configurable": {"thread_id": take_folder(number)}},
+                                      known, as_node=LAST_SHARED_NODE)
         finals = await asyncio.gather(
-            *(run_graph(known, take_contexts[n], take=n) for n in range(takes)),
+            *(run_graph(None, take_contexts[n], take=n, thread=take_folder(n))
+              for n in range(takes)),
             return_exceptions=True)
         for final in finals:
             if isinstance(final, asyncio.CancelledError):

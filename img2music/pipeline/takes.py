@@ -2,7 +2,8 @@
 take the user picks.
 
 A run of N takes describes the image and retrieves its examples once, then runs the graph N
-times from there, each take with its own seed (`pipeline.runs.acompose`). Each take writes
+times from there (forking the state it had before composing), each take with its own seed
+(`pipeline.runs.acompose`). Each take writes
 the files and the report a run of one take writes, in `take-1/`, `take-2/`, … of the run's
 folder; the run's own `report.json` lists every take (seed, status, tune, faults, metrics,
 files), what they shared (the description, the examples, the model calls they spent) and which
@@ -22,8 +23,11 @@ from img2music.redaction import scrub
 from img2music.settings import MAX_TAKES, Settings
 from img2music.tools.files import write_atomic
 
-# The steps the takes of a run share: each take starts with their answers and skips them.
-SHARED_NODES = ("describe", "retrieve")
+# The takes of a run share what the graph knows before it composes: each take starts from
+# these keys as if the last shared step had just run, and composes from there.
+SHARED_KEYS = ("image", "note", "description", "examples", "status")
+LAST_SHARED_NODE = "retrieve"
+FIRST_TAKE_NODE = "compose"
 
 
 class PickRefused(ValueError):
