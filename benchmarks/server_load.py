@@ -194,7 +194,7 @@ def composition_cpu(compositions: int, data: Path, *, when_asked: bool = True,
         async def one(index: int) -> None:
             mark = cpu_now()
 
-            def progress(_: str, node: str, __: Any) -> None:
+            def progress(_: str, node: str, __: Any, take: int | None = None) -> None:
                 nonlocal mark
                 now = cpu_now()
                 steps.setdefault(f"node: {node}", []).append(now - mark)

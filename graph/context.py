@@ -179,6 +179,16 @@ class Context:
         digest = hashlib.blake2b(f"{self.seed}/{position}".encode(), digest_size=4).digest()
         return int.from_bytes(digest, "big") & MAX_SEED
 
+    def take_seed(self, take: int) -> int:
+        """The seed of take `take` (0 the first) of a run of several takes: the first take is
+        the run's own seed, so it is the tune a run of one take gives; each other take gets
+        its own, derived from the run's seed, so the same seed gives the same takes."""
+        if take == 0:
+            assert self.seed is not None, "every context has a seed"
+            return self.seed
+        digest = hashlib.blake2b(f"{self.seed}/take/{take}".encode(), digest_size=4).digest()
+        return int.from_bytes(digest, "big") & MAX_SEED
+
     def prompt_edits(self) -> dict[str, str]:
         """Prompt templates this run replaces, by file name (edited in LangGraph Studio)."""
         return {name: getattr(self, attribute) for name, attribute in PROMPT_FIELDS.items()

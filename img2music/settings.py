@@ -18,6 +18,8 @@ GrammarMode = Literal["auto", "on", "off"]
 MAX_SEED = 2**31 - 1
 """Largest seed: one every backend takes (llama.cpp's seeds are 32-bit, JSON clients' ints
 are safe far beyond it)."""
+MAX_TAKES = 8
+"""Most candidates one run composes at once (`--takes`, OpenAI's `n`)."""
 SOUNDFONT_CANDIDATES = (
     Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"),
     Path("/usr/share/sounds/sf2/TimGM6mb.sf2"),

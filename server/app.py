@@ -14,6 +14,7 @@ may say is `protocol`, and what the server answers is `completions`; the runs th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -32,6 +33,7 @@ from img2music.pipeline.index_build import IndexBuild, progress_line
 from img2music.pipeline.readiness import Check, health_checks
 from img2music.pipeline.report import read_report
 from img2music.pipeline.runs import Drive
+from img2music.pipeline.takes import PickRefused, take_folder
 from img2music.server import langgraph_runs
 from img2music.server.completions import (
     FAILURE_STATUS,
@@ -177,20 +179,68 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
         job.stop()
         return {"run_id": run_id, "status": "finished" if job.finished else "cancelling"}
 
+    @app.post("/v1/runs/{run_id}/pick", dependencies=authorised)
+    async def pick(run_id: str, request: Request) -> dict[str, Any]:
+        """Record the take the user picked (`{"take": 2}`, 1 the first) in the run's report;
+        answers the run as `GET /v1/runs/{id}` does."""
+        _require_json(request)
+        take = _picked_take(await request.body())
+        job = pool.get(_checked_id(run_id))
+        if job is not None and not job.finished:
+            raise ApiError(409, f"run {run_id} is still composing; pick once it has finished",
+                           code="run_not_finished")
+        await asyncio.to_thread(_report, pool, run_id)
+        try:
+            report = await pool.pick(run_id, take)
+        except PickRefused as error:
+            raise ApiError(400, str(error), param="take", code="invalid_take") from None
+        return await asyncio.to_thread(run_summary, pool.runs_dir / run_id, report,
+                                       _base_url(request))
+
+    @app.get("/v1/runs/{run_id}/takes/{take}/{name}", dependencies=authorised,
+             response_model=None)
+    async def take_file(run_id: str, take: int, name: str) -> FileResponse:
+        """A file of one take of a run of several."""
+        report = await asyncio.to_thread(_report, pool, _checked_id(run_id))
+        if not 1 <= take <= len(report.get("takes") or []):
+            raise ApiError(404, f"run {run_id} has no take {take}", type="not_found_error",
+                           code="file_not_found")
+        return await _run_file(pool, run_id, name, take)
+
     @app.get("/v1/runs/{run_id}/{name}", dependencies=authorised, response_model=None)
     async def run_file(run_id: str, name: str) -> FileResponse:
-        report = await asyncio.to_thread(_report, pool, _checked_id(run_id))
-        path = pool.runs_dir / run_id / name
-        listed = FILE_NAME.match(name) and name in report.get("files", [])
-        if listed and name in report.get("when_asked", []):
-            await pool.make_when_asked(run_id, name)
-        if not listed or not await asyncio.to_thread(path.is_file):
-            raise ApiError(404, f"run {run_id} has no file {name!r}", type="not_found_error",
-                           code="file_not_found")
-        return FileResponse(path, media_type=_media_type(name), headers=FILE_HEADERS)
+        return await _run_file(pool, _checked_id(run_id), name, None)
 
     mount_page(app, settings)
     return app
+
+
+async def _run_file(pool: RunPool, run_id: str, name: str, take: int | None) -> FileResponse:
+    """A file the run (or its take) lists, made first if it waits until asked for."""
+    folder = pool.runs_dir / run_id
+    if take is not None:
+        folder = folder / take_folder(take - 1)
+    report = await asyncio.to_thread(read_report, folder)
+    path = folder / name
+    listed = FILE_NAME.match(name) and name in report.get("files", [])
+    if listed and name in report.get("when_asked", []):
+        await pool.make_when_asked(run_id, name, take)
+    if not listed or not await asyncio.to_thread(path.is_file):
+        raise ApiError(404, f"run {run_id} has no file {name!r}", type="not_found_error",
+                       code="file_not_found")
+    return FileResponse(path, media_type=_media_type(name), headers=FILE_HEADERS)
+
+
+def _picked_take(body: bytes) -> int:
+    """The take a pick names: `{"take": N}`, N a whole number."""
+    try:
+        take = json.loads(body).get("take")
+    except (ValueError, AttributeError):
+        take = None
+    if not isinstance(take, int) or isinstance(take, bool):
+        raise ApiError(400, 'send the take to pick as {"take": N}, N from 1', param="take",
+                       code="invalid_take")
+    return take
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -264,7 +314,7 @@ def _model_card() -> dict[str, Any]:
 async def _start(chat: ChatRequest, pool: RunPool, settings: Settings) -> Job:
     """Take a place in the pool (or 429) before any image is decoded or fetched, check the
     image, then hand the run to the pool; the place is given back if anything fails first."""
-    pool.reserve()
+    pool.reserve(chat.takes)
     try:
         given = image_input(chat)
         data = given.data if given.data is not None else await _fetch_image(given, settings)
@@ -277,9 +327,10 @@ async def _start(chat: ChatRequest, pool: RunPool, settings: Settings) -> Job:
                            code="invalid_image") from None
         # Stored re-encoded: the photo's metadata (location, camera) does not reach the run.
         stored = await asyncio.to_thread(jpeg_bytes, image, quality=STORED_JPEG_QUALITY)
-        return await pool.submit(stored, ".jpg", given.note, chat.context_overrides())
+        return await pool.submit(stored, ".jpg", given.note, chat.context_overrides(),
+                                 takes=chat.takes)
     except BaseException:
-        pool.unreserve()
+        pool.unreserve(chat.takes)
         raise
 
 

@@ -54,12 +54,16 @@ def usage_of(report: dict[str, Any]) -> dict[str, int]:
             "total_tokens": prompt + completion}
 
 
-def run_summary(folder: Path, report: dict[str, Any], base: str) -> dict[str, Any]:
-    """The `img2music` extension object: the run, its tune and measures, and its files' URLs."""
-    run_id = folder.name
+def run_summary(folder: Path, report: dict[str, Any], base: str, *, run_id: str | None = None,
+                files_under: str = "") -> dict[str, Any]:
+    """The `img2music` extension object: the run, its tune and measures, and its files' URLs;
+    a run of several takes has no tune of its own but a summary per take (`takes`, each with
+    its `take` number and its files under `/v1/runs/{id}/takes/{take}/`) and the take the
+    user picked (`picked`, None until one is)."""
+    run_id = run_id or folder.name
     attempts = report.get("attempts", [])
     rounds, repairs = rounds_and_repairs(attempts)
-    return {
+    summary: dict[str, Any] = {
         "run_id": run_id,
         "status": report.get("status", "failed"),
         "failure": report.get("failure"),
@@ -81,9 +85,22 @@ def run_summary(folder: Path, report: dict[str, Any], base: str) -> dict[str, An
         "wall_seconds": report.get("wall_seconds"),
         "usage": usage_of(report),
         "attention_maps": report.get("attention_maps"),
-        "files": {name: f"{base}v1/runs/{run_id}/{name}" for name in report.get("files", [])
+        "files": {name: f"{base}v1/runs/{run_id}/{files_under}{name}"
+                  for name in report.get("files", [])
                   if name in report.get("when_asked", []) or (folder / name).is_file()},
     }
+    if "takes" in report:
+        summary["takes"] = [take_summary(folder, take, base, run_id) for take in report["takes"]]
+        summary["picked"] = report.get("picked")
+    return summary
+
+
+def take_summary(folder: Path, take: dict[str, Any], base: str, run_id: str) -> dict[str, Any]:
+    """One take's summary, from the report in its folder, with its number and seed."""
+    take_dir = folder / take["folder"]
+    return {**run_summary(take_dir, read_report(take_dir), base, run_id=run_id,
+                          files_under=f"takes/{take['take']}/"),
+            "take": take["take"], "seed": take["seed"]}
 
 
 def finished_summary(job: Job, base: str) -> dict[str, Any]:
@@ -91,49 +108,63 @@ def finished_summary(job: Job, base: str) -> dict[str, Any]:
     return run_summary(job.folder, read_report(job.folder), base)
 
 
+def choices_of(result: Composition) -> list[Composition]:
+    """The answer's choices: one per take (OpenAI's `n`), the run itself when it has one."""
+    return result.takes or [result]
+
+
 def completion(job: Job, result: Composition, base: str) -> dict[str, Any]:
     summary = finished_summary(job, base)
     return {
         "id": f"chatcmpl-{job.id}", "object": "chat.completion", "created": int(time.time()),
         "model": MODEL_ID,
-        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                     "message": {"role": "assistant", "content": answer_text(result)}}],
+        "choices": [{"index": index, "finish_reason": "stop", "logprobs": None,
+                     "message": {"role": "assistant", "content": answer_text(take)}}
+                    for index, take in enumerate(choices_of(result))],
         "usage": summary["usage"],
         "img2music": summary,
     }
 
 
 async def stream(job: Job, chat: ChatRequest, base: str) -> AsyncIterator[str]:
-    """Progress in `img2music` extension fields; `delta.content` only carries the answer."""
+    """Progress in `img2music` extension fields; `delta.content` only carries the answer. With
+    several takes, each choice's chunks carry its `index` (a take's progress too); the shared
+    steps' progress is choice 0's, and the last chunk's extension holds every take."""
     created = int(time.time())
+    begun: set[int] = set()
 
     def chunk(delta: dict[str, Any], finish: str | None = None,
-              extension: dict[str, Any] | None = None) -> str:
+              extension: dict[str, Any] | None = None, index: int = 0) -> str:
+        if index not in begun:  # each choice's first chunk names its role, as OpenAI's do
+            begun.add(index)
+            delta = {"role": "assistant", "content": "", **delta}
         body: dict[str, Any] = {
             "id": f"chatcmpl-{job.id}", "object": "chat.completion.chunk", "created": created,
             "model": MODEL_ID,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish,
+                         "logprobs": None}],
         }
         if extension is not None:
             body["img2music"] = extension
         return sse(body)
 
-    first = True
     try:
         async for event in job.feed():
             if event["type"] in ("done", "failed"):
                 break
-            delta = {"role": "assistant", "content": ""} if first else {}
-            first = False
-            yield chunk(delta, extension=event)
+            yield chunk({}, extension=event, index=event.get("take", 1) - 1)
         result = result_of(job)
         if result.failure_kind in FAILURE_STATUS:
             yield sse(failure_error(job, result).body())
             yield "data: [DONE]\n\n"
             return
         summary = await asyncio.to_thread(finished_summary, job, base)
-        yield chunk({"content": answer_text(result)})
-        yield chunk({}, "stop", {"type": "result", **summary})
+        choices = choices_of(result)
+        for index, take in enumerate(choices):
+            yield chunk({"content": answer_text(take)}, index=index)
+        for index in range(len(choices) - 1):
+            yield chunk({}, "stop", index=index)
+        yield chunk({}, "stop", {"type": "result", **summary}, index=len(choices) - 1)
         if chat.include_usage:
             yield sse({"id": f"chatcmpl-{job.id}", "object": "chat.completion.chunk",
                         "created": created, "model": MODEL_ID, "choices": [],

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Send
 
-from img2music.settings import MAX_SEED, ExplainMode, Fusion
+from img2music.settings import MAX_SEED, MAX_TAKES, ExplainMode, Fusion
 from img2music.tools.images import BadDataUrl, DataUrlProblem, data_url_bytes
 
 MODEL_ID = "img2music"
@@ -60,6 +60,9 @@ class Options(BaseModel):
     fusion: Fusion | None = None
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED,
                              description="Seed of the run's sampling; unset, one is chosen.")
+    takes: int | None = Field(default=None, ge=1, le=MAX_TAKES,
+                              description="Candidates composed at once (OpenAI's `n`), one "
+                              "choice each.")
 
 
 class ChatRequest(BaseModel):
@@ -75,7 +78,7 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(default=None, gt=0, le=1)
     max_tokens: int | None = Field(default=None, gt=0)
     max_completion_tokens: int | None = Field(default=None, gt=0)
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=MAX_TAKES)  # takes: one choice per take
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)  # OpenAI's; `img2music.seed` wins
     img2music: Options = Field(default_factory=Options)
 
@@ -91,6 +94,11 @@ class ChatRequest(BaseModel):
             "seed": self.seed if options.seed is None else options.seed,
         }
         return {name: value for name, value in overrides.items() if value is not None}
+
+    @property
+    def takes(self) -> int:
+        """Candidates to compose: `img2music.takes`, else OpenAI's `n`."""
+        return self.img2music.takes or self.n
 
     @property
     def include_usage(self) -> bool:

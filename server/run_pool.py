@@ -10,6 +10,11 @@ the page, a streaming client that went away) or the run time limit cancels the r
 task, which closes the model request in flight within the moment, so the model server stops
 generating for nobody. After each run, and when the server starts, run folders past the
 retention limits are deleted (`img2music.pipeline.retention`).
+
+A run of several takes counts as that many runs, against both limits: it takes as many places
+when admitted and as many slots before it starts (all at once, one run gathering slots at a
+time, so two such runs never each hold part of what they need), and its takes then compose
+at once. A run may not ask for more takes than there are slots.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,7 @@ from img2music.pipeline.runs import (
     acompose,
     failed_run,
 )
+from img2music.pipeline.takes import pick_take, take_folder
 from img2music.server.protocol import ApiError
 from img2music.settings import Settings
 from img2music.tools.files import write_atomic
@@ -63,6 +70,7 @@ class Job:
     stopper: RunStop = field(default_factory=RunStop)
     task: asyncio.Task[None] | None = None
     started: bool = False
+    takes: int = 1
     _listeners: list[asyncio.Event] = field(default_factory=list)
 
     @property
@@ -101,9 +109,15 @@ class Job:
             if not self.started and self.task is not None:
                 self.task.cancel()
 
-    def on_progress(self, image: str, node: str, update: State) -> None:
-        self.publish({"type": "node", "run_id": self.id, "node": node,
-                      "update": public_update(update)})
+    def on_progress(self, image: str, node: str, update: State,
+                    take: int | None = None) -> None:
+        """A node's update; in a run of several takes, with the take's number (1 the first)
+        when the node was one take's."""
+        event: dict[str, Any] = {"type": "node", "run_id": self.id, "node": node,
+                 "update": public_update(update)}
+        if take is not None:
+            event["take"] = take + 1
+        self.publish(event)
 
 
 def public_update(update: State) -> dict[str, Any]:
@@ -135,6 +149,7 @@ class RunPool:
         # A LangGraph server queues the runs it is given itself; the pool only admits them.
         self._slots = asyncio.Semaphore(self.capacity if drive_for
                                         else settings.server_max_concurrent_runs)
+        self._gathering = asyncio.Lock()  # one run at a time takes its slots
         self._admitted = 0
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._pruning = threading.Lock()
@@ -145,24 +160,29 @@ class RunPool:
         """Runs running or waiting now."""
         return self._admitted
 
-    def reserve(self) -> None:
-        """Take a place for a run, or refuse with 429 at once: before the request's image is
-        fetched or decoded, so a full server spends nothing on it. `submit` uses the place;
-        `unreserve` gives it back when the request fails first."""
-        if self._admitted >= self.capacity:
+    def reserve(self, takes: int = 1) -> None:
+        """Take a place for a run (one per take), or refuse at once: before the request's image
+        is fetched or decoded, so a full server spends nothing on it. `submit` uses the places;
+        `unreserve` gives them back when the request fails first."""
+        slots = self.settings.server_max_concurrent_runs
+        if takes > slots:
+            raise ApiError(400, f"{takes} takes: this server composes at most {slots} at once "
+                           "(IMG2MUSIC_SERVER_MAX_CONCURRENT_RUNS)", param="n",
+                           code="too_many_takes")
+        if self._admitted + takes > self.capacity:
             raise ApiError(429, f"the server is busy: {self.capacity} compositions are running "
                            "or waiting; try again shortly", type="rate_limit_error",
                            code="rate_limit_exceeded")
-        self._admitted += 1
+        self._admitted += takes
 
-    def unreserve(self) -> None:
-        self._admitted -= 1
+    def unreserve(self, takes: int = 1) -> None:
+        self._admitted -= takes
 
     async def submit(self, image: bytes, suffix: str, note: str,
-                     overrides: dict[str, Any]) -> Job:
-        """Start a run in the place `reserve` took; the image was checked by the caller."""
+                     overrides: dict[str, Any], takes: int = 1) -> Job:
+        """Start a run in the places `reserve` took; the image was checked by the caller."""
         run_id = secrets.token_hex(RUN_ID_BYTES)
-        job = Job(id=run_id, folder=self.runs_dir / run_id)
+        job = Job(id=run_id, folder=self.runs_dir / run_id, takes=takes)
         image_path = job.folder / f"image{suffix}"
         await asyncio.to_thread(_write_new, image_path, image)
         self._remember(job)
@@ -174,14 +194,27 @@ class RunPool:
     def get(self, run_id: str) -> Job | None:
         return self._jobs.get(run_id)
 
-    async def make_when_asked(self, run_id: str, name: str) -> None:
-        """Make a run's file that waits until asked for (its audio, its HTML report), once:
-        requests for a run's files wait for each other."""
+    async def make_when_asked(self, run_id: str, name: str, take: int | None = None) -> None:
+        """Make a run's (or its take's) file that waits until asked for (its audio, its HTML
+        report), once: requests for a run's files wait for each other."""
+        folder = self.runs_dir / run_id
+        if take is not None:
+            folder = folder / take_folder(take - 1)
+        async with self.one_at_a_time(run_id):
+            await asyncio.to_thread(make_when_asked, folder, name, self.settings)
+
+    async def pick(self, run_id: str, take: int) -> dict[str, Any]:
+        """Record the take the user picked in the run's report; returns the report."""
+        async with self.one_at_a_time(run_id):
+            return await asyncio.to_thread(pick_take, self.runs_dir / run_id, take)
+
+    @asynccontextmanager
+    async def one_at_a_time(self, run_id: str) -> AsyncIterator[None]:
+        """What writes a run's files (making them when asked, a pick) waits for each other."""
         lock = self._making.setdefault(run_id, asyncio.Lock())
         try:
             async with lock:
-                await asyncio.to_thread(make_when_asked, self.runs_dir / run_id, name,
-                                        self.settings)
+                yield
         finally:
             if not lock.locked() and self._making.get(run_id) is lock:
                 del self._making[run_id]
@@ -210,7 +243,7 @@ class RunPool:
                    overrides: dict[str, Any]) -> None:
         limit_s = self.settings.server_run_timeout_s
         try:
-            async with self._slots:
+            async with self._slots_for(job.takes):
                 job.started = True
                 job.publish({"type": "started", "run_id": job.id})
                 timer = asyncio.get_running_loop().call_later(
@@ -221,7 +254,7 @@ class RunPool:
                         image_path, out_dir=job.folder, note=note, settings=self.settings,
                         model_for=self._model_for, retriever_for=self._retriever_for,
                         on_progress=job.on_progress, stop=job.stopper,
-                        files_when_asked=True,
+                        files_when_asked=True, takes=job.takes,
                         drive=self._drive_for(job.id) if self._drive_for else None,
                         **overrides)
                 finally:
@@ -236,9 +269,23 @@ class RunPool:
                                      motivation="", error=f"{type(error).__name__}: {error}",
                                      failure_kind="internal")
         finally:
-            self.unreserve()
+            self.unreserve(job.takes)
         job.publish({"type": "done" if job.result.ok else "failed", "run_id": job.id})
         await asyncio.to_thread(self.prune)
+
+    @asynccontextmanager
+    async def _slots_for(self, takes: int) -> AsyncIterator[None]:
+        """A slot per take, all taken before the run starts."""
+        taken = 0
+        try:
+            async with self._gathering:
+                while taken < takes:
+                    await self._slots.acquire()
+                    taken += 1
+            yield
+        finally:
+            for _ in range(taken):
+                self._slots.release()
 
     def _remember(self, job: Job) -> None:
         self._jobs[job.id] = job

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from img2music.cli.index import build_first_use_index
 from img2music.cli.output import console, count, errors, image_paths, live_progress
-from img2music.settings import MAX_SEED, ExplainMode, get_settings
+from img2music.settings import MAX_SEED, MAX_TAKES, ExplainMode, get_settings
 from img2music.tools.files import UniqueNames
 
 
@@ -34,6 +34,11 @@ def compose_command(
         "--seed", min=0, max=MAX_SEED, help="Seed of the sampling: the same seed and settings "
         "give the same tune with a deterministic model. Default: IMG2MUSIC_SEED, else one per "
         "run, named in its report.")] = None,
+    takes: Annotated[int, typer.Option(
+        "--takes", min=1, max=MAX_TAKES, help="Candidates to compose for each image, at once: "
+        "the image is described and examples retrieved once, each take has its own seed (the "
+        "first is --seed's), and each writes its files in take-1/, take-2/, …; pick one with "
+        "`img2music pick`.")] = 1,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64)] = 4,
 ) -> None:
     """Compose music for each image: tune.abc, MIDI, audio, score, explanation and reports."""
@@ -59,13 +64,14 @@ def compose_command(
         tasks = {str(path): progress.add_task(f"{path.name}: waiting", total=None)
                  for path in paths}
 
-        def show(image: str, node: str, update: object) -> None:
-            progress.update(tasks[image], description=f"{Path(image).name}: {node}")
+        def show(image: str, node: str, update: object, take: int | None = None) -> None:
+            step = node if take is None else f"take {take + 1}: {node}"
+            progress.update(tasks[image], description=f"{Path(image).name}: {step}")
 
         async def one(path: Path, slots: asyncio.Semaphore) -> Composition:
             async with slots:
                 result = await acompose(path, out_dir=folders[path], note=note,
-                                        on_progress=show, **overrides)
+                                        on_progress=show, takes=takes, **overrides)
             verdict = f"no tune: {result.error}" if not result.ok else (
                 f"done, {count(result.fault_count, 'fault')}" if result.fault_count else "done")
             progress.update(tasks[str(path)], description=f"{path.name}: {verdict}")
@@ -87,3 +93,19 @@ def _output_folders(paths: list[Path], out: Path) -> dict[Path, Path]:
     """One folder per image, named after it; a repeated name gets a number."""
     names = UniqueNames()
     return {path: out / names.take(path) for path in paths}
+
+
+def pick_command(
+    run_dir: Annotated[Path, typer.Argument(help="The folder of a run of several takes.")],
+    take: Annotated[int, typer.Argument(min=1, help="The take to keep: 1 is the first.")],
+) -> None:
+    """Record which take of a run you picked, in its report.json (`picked`)."""
+    from img2music.pipeline.takes import PickRefused, pick_take
+
+    try:
+        report = pick_take(run_dir, take)
+    except PickRefused as error:
+        errors.print(Text(str(error)))
+        raise typer.Exit(1) from None
+    chosen = report["takes"][take - 1]
+    console.print(Text(f"picked take {take} of {run_dir}: {run_dir / chosen['folder']}"))

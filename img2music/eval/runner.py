@@ -224,7 +224,8 @@ def _compose_all(
         result = await acompose(
             image.path, out_dir=options.out / "runs" / _safe(variant.name) / image.name,
             note=options.note, settings=settings, model_for=model_for,
-            retriever_for=retriever_for, on_progress=lambda _, node, __: nodes.append(node),
+            retriever_for=retriever_for,
+            on_progress=lambda _, node, __, take=None: nodes.append(node),
             **{**EVAL_DEFAULTS, **variant.overrides})
         if "attempts" not in result.report:  # it never ran: the endpoint, the image
             return f"{variant.name} · {image.name}: {result.error}"

@@ -151,7 +151,10 @@ def make_when_asked(folder: Path, name: str, settings: Settings) -> bool:
     if name == "report.html":
         files = {file: folder / file for file in report.get("files", [])
                  if (folder / file).is_file()}
-        with Image.open(folder / Path(str(report.get("image_file"))).name) as opened:
+        image = Path(str(report.get("image_file"))).name
+        # A take's folder is inside its run's, which holds the image the takes share.
+        found = folder / image if (folder / image).is_file() else folder.parent / image
+        with Image.open(found) as opened:
             picture = opened.convert("RGB")
         write_atomic(folder / "report.html", _html(cast(State, report), picture, files, report))
     return True

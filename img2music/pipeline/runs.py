@@ -8,19 +8,29 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph.state import CompiledStateGraph
 
-from img2music.graph.context import Context
+from img2music.graph.context import Context, as_operator
 from img2music.graph.graph import build_graph
 from img2music.graph.models import VLMUnavailable, chat_model, endpoint_report
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import Input, Output, State
 from img2music.pipeline.report import write_run
+from img2music.pipeline.takes import (
+    FIRST_TAKE_NODE,
+    LAST_SHARED_NODE,
+    SHARED_KEYS,
+    check_takes,
+    take_folder,
+    write_takes_report,
+)
 from img2music.prompt_files import prompt_set
 from img2music.redaction import redact_url, scrub
 from img2music.settings import Settings, get_settings
@@ -30,8 +40,16 @@ from img2music.tools.images import BadImage, image_data_url, open_image
 
 logger = logging.getLogger(__name__)
 
-# Called after each node with the image, the node's name and what the node changed.
-Progress = Callable[[str, str, State], None]
+
+
+class Progress(Protocol):
+    """Called after each node with the image, the node's name and what the node changed; in a
+    run of several takes, with the take (0 the first) when the node was one take's."""
+
+    def __call__(self, image: str, node: str, update: State, /,
+                 take: int | None = None) -> None: ...
+
+
 FailureKind = Literal["bad_image", "bad_prompt", "vlm_unavailable", "no_tune", "cancelled",
                       "timeout", "internal"]
 StopKind = Literal["cancelled", "timeout"]
@@ -90,13 +108,20 @@ class Composition:
     failure_kind: FailureKind | None = None
     faults: list[str] = field(default_factory=list)
     fault_count: int = 0
+    # A run of several takes: each take's composition (in its own folder); the run's own
+    # tune, motivation and faults are its first playable take's.
+    takes: list[Composition] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.abc is not None and self.error is None
 
     def summary(self) -> str:
-        """One line: where the tune is and what is left to correct, or why there is none."""
+        """One line: where the tune is and what is left to correct, or why there is none (a
+        line per take in a run of several)."""
+        if self.takes:
+            return "\n".join(f"take {number}: {take.summary()}"
+                             for number, take in enumerate(self.takes, 1))
         if not self.ok:
             return f"{self.image}: {self.error}"
         line = f"{self.image}: {self.out_dir / 'tune.abc'}"
@@ -128,6 +153,7 @@ async def acompose(
     on_progress: Progress | None = None,
     stop: RunStop | None = None,
     files_when_asked: bool = False,
+    takes: int = 1,
     drive: Drive | None = None,
     **overrides: Any,
 ) -> Composition:
@@ -139,10 +165,23 @@ async def acompose(
     goes on. Once the graph has finished, its files are written whatever happens: a tune that
     was made is never lost to a late cancel. With `files_when_asked` (the server) the audio and
     the HTML report are made when first asked for (`pipeline.report.make_when_asked`).
+
+    With `takes` above one, the run composes that many candidates at once, each in a folder of
+    its own (`pipeline.takes`). The graph runs until it would compose (describe, retrieve), then
+    each take forks that state on a thread of its own in an in-memory checkpointer, as if it
+    had just retrieved, and goes on from compose with its own seed (`Context.take_seed`): one
+    description and one retrieval for every take, and each take is the graph as a run of one
+    take runs it, so its state, report and files have the same shape; only the run's
+    `report.json` above them is new (every take, and the pick). Why not fan out inside the
+    graph (`Send` to a subgraph per take): the graph and its diagram, Studio's runs and a
+    run's progress would all change shape for every run, while forking its checkpoints leaves
+    them as they are and a run of one take exactly as it was. A run of several takes is always
+    driven here, whatever `drive` says: the fork needs the in-memory checkpointer.
     """
     settings = settings or get_settings()
     image = Path(image)
     out = Path(out_dir) if out_dir else settings.data_dir / "runs" / image.stem
+    check_takes(takes)
     context = Context.from_settings(settings, **overrides)
     started = time.perf_counter()
     try:
@@ -152,66 +191,131 @@ async def acompose(
                                        "bad_image", settings)
     state: Input = {"image": image_data_url(picture, max_pixels=settings.vlm_image_pixels),
                     "note": note}
-    if drive is None:
-        # The model is built from these settings too (profile, key, timeouts), not the process's.
-        model = model_for or partial(chat_model, settings=settings)
-        drive = in_process(build_graph(model_for=model, retriever_for=retriever_for))
+    # The model is built from these settings too (profile, key, timeouts), not the process's.
+    model = model_for or partial(chat_model, settings=settings)
+    graph = build_graph(model_for=model, retriever_for=retriever_for,
+                        checkpointer=InMemorySaver() if takes > 1 else None)
+    if drive is None or takes > 1:
+        drive = in_process(graph)
 
-    async def run_graph() -> State:
+    def on_thread(given: Input | None, run_context: Context,
+                  thread: str) -> AsyncIterator[tuple[str, Any]]:
+        """The graph on a thread of the checkpointer: from `given` it pauses before composing;
+        from None it goes on from the thread's checkpoint."""
+        config: RunnableConfig = {"configurable": {"thread_id": thread}}
+        return graph.astream(  # type: ignore[return-value]
+            given, config, context=run_context, stream_mode=["updates", "values"],
+            output_keys=STATE_KEYS,
+            interrupt_before=[FIRST_TAKE_NODE] if given is not None else None)
+
+    async def run_graph(stream: AsyncIterator[tuple[str, Any]], take: int | None = None) -> State:
+        """Follows a run's stream: its progress to `on_progress`, and its final state."""
         final: State = {}
-        async for mode, chunk in drive(state, context):
+        async for mode, chunk in stream:
             if mode == "updates" and on_progress is not None:
                 updates: dict[str, State | None] = chunk
                 for node, update in updates.items():
-                    on_progress(str(image), node, update or {})
+                    if node == "__interrupt__":
+                        continue  # the pause before the takes
+                    if take is None:
+                        on_progress(str(image), node, update or {})
+                    else:
+                        on_progress(str(image), node, update or {}, take=take)
             elif mode == "values":
                 final = chunk
         return final
 
-    graph_task = asyncio.create_task(run_graph())
+    async def run_takes() -> tuple[State, list[State | BaseException]]:
+        """The shared steps once, then every take at once; a take that fails ends alone."""
+        shared = await run_graph(on_thread(state, context, "shared"))
+        known = {key: shared[key] for key in SHARED_KEYS if key in shared}  # type: ignore[literal-required]
+        for number in range(takes):
+            await graph.aupdate_state({"configurable": {"thread_id": take_folder(number)}},
+                                      known, as_node=LAST_SHARED_NODE)
+        finals = await asyncio.gather(
+            *(run_graph(on_thread(None, take_contexts[n], take_folder(n)), take=n)
+              for n in range(takes)),
+            return_exceptions=True)
+        for final in finals:
+            if isinstance(final, asyncio.CancelledError):
+                raise final
+        return shared, finals
+
+    with as_operator():  # the run's own context, a seed apart
+        take_contexts = [replace(context, seed=context.take_seed(n)) for n in range(takes)]
+    graph_task: asyncio.Task[Any] = asyncio.create_task(
+        run_graph(drive(state, context)) if takes == 1 else run_takes())
     if stop is not None:
         stop._attach(graph_task)
-    kind: FailureKind | None = None
-    reason = ""
     try:
-        final = await graph_task
+        outcome = await graph_task
     except asyncio.CancelledError:
         current = asyncio.current_task()
         if stop is None or stop.reason is None or (current and current.cancelling()):
             raise  # this caller was cancelled, not the run
-        reason, kind = stop.reason, stop.kind
-    except VLMUnavailable as error:
-        reason, kind = str(error), "vlm_unavailable"
-    except TemplateRefused as error:
-        reason, kind = str(error), "bad_prompt"
-    except GraphFailed as error:
-        reason, kind = str(error), error.kind
+        return await asyncio.to_thread(failed_run, image, out, stop.reason, stop.kind,
+                                       settings)
     except Exception as error:  # one image's fault must not stop the batch
-        logger.exception("composing for %s failed", image)
-        reason, kind = f"{type(error).__name__}: {error}", "internal"
-    if kind is not None:
-        return await asyncio.to_thread(failed_run, image, out, reason, kind, settings)
+        return await asyncio.to_thread(failed_run, image, out, *_failure(error, image),
+                                       settings)
 
-    def write() -> tuple[dict[str, Path], dict[str, Any]]:
+    def report_of(run_context: Context) -> dict[str, Any]:
         prompts = prompt_set(context.prompts_dir or None, context.prompt_edits())
-        report = {
+        return {
             "image": image.name,
             "image_file": image.name,  # kept: the state's "image" (a data URL) replaces "image"
-            "settings": _shown_settings(context),
+            "settings": _shown_settings(run_context),
             "prompt_set": {"name": prompts.name, "hash": prompts.hash},
             "vlm_endpoint": None if settings.vlm_backend == "local" else endpoint_report(
                 context.vlm_base_url, context.vlm_model, choice=settings.vlm_profile),
             "wall_seconds": time.perf_counter() - started,
         }
-        return write_run(out, final, picture, report, settings=settings,
-                         when_asked=files_when_asked)
 
-    writing = asyncio.ensure_future(asyncio.to_thread(write))  # files and prompts: no IO here
+    def write_one(folder: Path, final: State, run_context: Context,
+                  **extra: Any) -> Composition:
+        files, report = write_run(folder, final, picture, {**report_of(run_context), **extra},
+                                  settings=settings, when_asked=files_when_asked)
+        return _composition(image, folder, final, files, report)
+
+    def write() -> Composition:
+        if takes == 1:
+            return write_one(out, outcome, context)
+        shared, finals = outcome
+        compositions = []
+        for number, final in enumerate(finals):
+            folder = out / take_folder(number)
+            if isinstance(final, BaseException):
+                compositions.append(failed_run(image, folder, *_failure(final, image),
+                                               settings))
+            else:
+                compositions.append(write_one(folder, final, take_contexts[number],
+                                              take=number + 1))
+        report = write_takes_report(out, shared, [take.report for take in compositions],
+                                    [run.seed or 0 for run in take_contexts],
+                                    report_of(context), settings=settings)
+        first = next((take for take in compositions if take.ok), None)
+        return Composition(
+            image=image, out_dir=out, abc=first.abc if first else None,
+            motivation=first.motivation if first else "",
+            files={"report.json": out / "report.json"}, report=report,
+            error=None if first else report["failure"],
+            failure_kind=None if first else report["failure_kind"],
+            faults=first.faults if first else [], fault_count=first.fault_count if first else 0,
+            takes=compositions)
+
+    # Files and prompts: no IO on the event loop, and the files of a finished tune are written
+    # before the caller stops.
+    writing = asyncio.ensure_future(asyncio.to_thread(write))
     try:
-        files, report = await asyncio.shield(writing)
+        return await asyncio.shield(writing)
     except asyncio.CancelledError:
-        await writing  # the files of a finished tune are written before the caller stops
+        await writing
         raise
+
+
+def _composition(image: Path, out: Path, final: State, files: dict[str, Path],
+                 report: dict[str, Any]) -> Composition:
+    """What a finished graph run gave, once its files are written."""
     done = final.get("status") == "done"
     return Composition(
         image=image, out_dir=out, abc=final.get("final_abc"),
@@ -220,6 +324,18 @@ async def acompose(
         failure_kind=None if done else "no_tune",
         faults=final.get("faults", []), fault_count=final.get("fault_count", 0),
     )
+
+
+def _failure(error: BaseException, image: Path) -> tuple[str, FailureKind]:
+    """Why a graph run stopped, in one line, and what kind of failure that is."""
+    if isinstance(error, VLMUnavailable):
+        return str(error), "vlm_unavailable"
+    if isinstance(error, TemplateRefused):
+        return str(error), "bad_prompt"
+    if isinstance(error, GraphFailed):
+        return str(error), error.kind
+    logger.error("composing for %s failed", image, exc_info=error)
+    return f"{type(error).__name__}: {error}", "internal"
 
 
 def in_process(graph: CompiledStateGraph[State, Context, Input, Output]) -> Drive:

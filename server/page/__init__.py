@@ -86,6 +86,7 @@ def page_settings(settings: Settings) -> dict[str, Any]:
         "max_upload_bytes": min(settings.max_image_bytes,
                                 (settings.server_max_body_bytes - BODY_RESERVE_BYTES) * 3 // 4),
         "max_note_chars": MAX_NOTE_CHARS,
+        "max_takes": settings.server_max_concurrent_runs,  # a run's takes each hold a slot
         "defaults": {"k": settings.rag_k, "rag": True, "refine_rounds": settings.refine_rounds,
                      "repairs": settings.max_repairs, "explain": settings.explain},
     }

@@ -68,6 +68,7 @@ async function start() {
   page.abcjs = loadAbcjs();
   const {defaults, auth} = page.config;
   $("k").value = defaults.k;
+  $("takes").max = page.config.max_takes;
   $("rounds").value = defaults.refine_rounds;
   $("rag").checked = defaults.rag;
   $("explain").value = defaults.explain;
@@ -160,8 +161,14 @@ function options() {
   if (!Number.isInteger(rounds) || rounds < 0 || rounds > 10) {
     return "Refinement rounds must be 0 to 10.";
   }
-  return {k, rag: $("rag").checked, refine: rounds > 0, refine_rounds: rounds,
-          explain: $("explain").value};
+  const takes = Number($("takes").value), most = page.config.max_takes;
+  if (!Number.isInteger(takes) || takes < 1 || takes > most) {
+    return `Takes must be 1 to ${most}.`;
+  }
+  const chosen = {k, rag: $("rag").checked, refine: rounds > 0, refine_rounds: rounds,
+                  explain: $("explain").value};
+  if (takes > 1) chosen.takes = takes;
+  return chosen;
 }
 
 function readAsDataUrl(file) {
@@ -243,12 +250,12 @@ function beginRun(chosen) {
   armTimer(run);
   for (const id of ["description", "motivation", "abc", "copy-status", "log", "examples",
                     "attempts", "metrics", "downloads", "map-label", "map-section", "faults",
-                    "faults-note"]) {
+                    "faults-note", "takes-list", "takes-status"]) {
     $(id).replaceChildren();
   }
   for (const id of ["result", "story", "description-box", "examples-box", "attempts-box",
                     "metrics-box", "failure", "map-box", "score-box", "faults-box",
-                    "follow-box"]) {
+                    "follow-box", "takes-box"]) {
     $(id).hidden = true;
   }
   $("audio").removeAttribute("src");
@@ -349,6 +356,8 @@ async function onChunk(chunk, run) {
     armTimer(run);
     say("Started.");
     setStep("describe", "active");
+  } else if (event.type === "node" && event.take) {
+    onTakeNode(event.take, event.node, event.update || {});
   } else if (event.type === "node") {
     onNode(event.node, event.update || {}, run);
   } else if (event.type === "result") {
@@ -448,6 +457,20 @@ function onNode(node, update, run) {
     say(`${STEP_NAMES[node] || node} done; writing the files…`);
   }
   showMetrics(run);
+}
+
+// A take's steps: each take has its own attempts, so the page logs them and shows the takes
+// side by side once the run is done.
+function onTakeNode(take, node, update) {
+  const attempts = update.attempts || [];
+  const last = attempts[attempts.length - 1];
+  let line = `Take ${take}: ${STEP_NAMES[node] || node} done`;
+  if (node === "parse_check" && last) {
+    line += last.valid ? ` (attempt ${last.n + 1} plays)` : ` (attempt ${last.n + 1} rejected)`;
+  }
+  log(`${line}.`);
+  setStep(node, "done");
+  say(`Take ${take}: ${STEP_NAMES[node] || node} done…`);
 }
 
 function showText(id, text) {
@@ -558,6 +581,7 @@ function metricText(metric) {
 // ---- the result ------------------------------------------------------------------------------
 
 async function showResult(result, run) {
+  if (result.takes) return showTakes(result, run);
   const files = Object.keys(result.files || {});
   showText("description", result.description);
   showDownloads(run, files, result.attention_maps);
@@ -586,6 +610,81 @@ async function showResult(result, run) {
   const outcomes = await Promise.allSettled(loads);
   const failed = outcomes.find((outcome) => outcome.status === "rejected");
   if (failed) log(`Some files could not be shown: ${failed.reason.message}`);
+}
+
+// ---- several takes, side by side, one to pick -----------------------------------------------
+
+async function showTakes(result, run) {
+  showText("description", result.description);
+  $("takes-box").hidden = false;
+  const loads = [];
+  const cards = result.takes.map((take) => {
+    const card = element("li", null, {"data-take": take.take});
+    const title = /^T:\s*(.+)$/m.exec(take.abc || "");
+    card.append(element("h3", `Take ${take.take}${title ? `: ${title[1].trim()}` : ""}`),
+                element("p", `Seed ${take.seed}`, {class: "muted"}));
+    if (take.status !== "done") {
+      card.append(element("p", oneLine(take.failure || "no tune"), {class: "error"}));
+      return card;
+    }
+    const faults = take.fault_count || 0;
+    card.append(element("p", faults ? `Plays, ${faults} fault${faults > 1 ? "s" : ""} to correct`
+                                    : "Plays, nothing to correct"));
+    const names = Object.keys(take.files || {});
+    const audioName = names.includes("tune.wav") ? "tune.wav" : names.find((f) => f === "tune.ogg");
+    if (audioName) {
+      const audio = element("audio", null, {controls: "", preload: "metadata",
+                                            "aria-label": `Take ${take.take}, played`});
+      card.append(audio);
+      loads.push(takeBlob(run, take, audioName).then((url) => { audio.src = url; }));
+    }
+    if (names.includes("score.svg")) {
+      const score = element("img", null, {alt: `The score of take ${take.take}`, class: "score"});
+      card.append(score);
+      loads.push(takeBlob(run, take, "score.svg").then((url) => { score.src = url; }));
+    }
+    card.append(element("p", take.motivation || "", {class: "prose"}));
+    const abc = element("details");
+    abc.append(element("summary", "ABC"), element("pre", take.abc || ""));
+    const pick = element("button", "Pick this take", {type: "button", class: "pick"});
+    pick.addEventListener("click", () => {
+      pickTake(run, take.take).catch((error) => say(`The pick was not recorded: ${error.message}`));
+    });
+    card.append(abc, pick);
+    return card;
+  });
+  $("takes-list").replaceChildren(...cards);
+  showPicked(result.picked);
+  const outcomes = await Promise.allSettled(loads);
+  const failed = outcomes.find((outcome) => outcome.status === "rejected");
+  if (failed) log(`Some files could not be shown: ${failed.reason.message}`);
+}
+
+async function takeBlob(run, take, name) {
+  const response = await fetch(take.files[name], {headers: authHeaders()});
+  if (!response.ok) throw new Error(`${name}: ${(await errorOf(response)).message}`);
+  const url = URL.createObjectURL(await response.blob());
+  run.blobs.push(url);
+  return url;
+}
+
+async function pickTake(run, number) {
+  const response = await fetch(`${runUrl(run)}/pick`, {
+    method: "POST", body: JSON.stringify({take: number}),
+    headers: authHeaders({"Content-Type": "application/json"})});
+  if (!response.ok) throw new Error((await errorOf(response)).message);
+  showPicked((await response.json()).picked);
+}
+
+function showPicked(picked) {
+  for (const card of $("takes-list").children) {
+    const chosen = Number(card.dataset.take) === picked;
+    card.toggleAttribute("data-picked", chosen);
+    const button = card.querySelector("button.pick");
+    if (button) button.textContent = chosen ? "Picked" : "Pick this take";
+  }
+  $("takes-status").textContent = picked ? `You picked take ${picked}; it is recorded in the ` +
+    "run's report." : "Listen to each take and pick the one you keep.";
 }
 
 // ---- the score that follows the audio -------------------------------------------------------
