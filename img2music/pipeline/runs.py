@@ -54,7 +54,7 @@ class RunStop:
         if self._task is not None:
             self._task.cancel()
 
-    def _attach(self, task: asyncio.Task[Any]) -> None:
+    def attach(self, task: asyncio.Task[Any]) -> None:
         self._task = task
         if self.reason is not None:
             task.cancel()
@@ -156,7 +156,7 @@ async def acompose(
 
     graph_task = asyncio.create_task(run_graph())
     if stop is not None:
-        stop._attach(graph_task)
+        stop.attach(graph_task)
     kind: FailureKind | None = None
     reason = ""
     try:
@@ -181,7 +181,7 @@ async def acompose(
         report = {
             "image": image.name,
             "image_file": image.name,  # kept: the state's "image" (a data URL) replaces "image"
-            "settings": _shown_settings(context),
+            "settings": shown_settings(context),
             "prompt_set": {"name": prompts.name, "hash": prompts.hash},
             "vlm_endpoint": None if settings.vlm_backend == "local" else endpoint_report(
                 context.vlm_base_url, context.vlm_model, choice=settings.vlm_profile),
@@ -206,7 +206,7 @@ async def acompose(
     )
 
 
-def _shown_settings(context: Context) -> dict[str, Any]:
+def shown_settings(context: Context) -> dict[str, Any]:
     """The run's settings as a report shows them: the endpoint without credentials, folders by
     their names."""
     shown = dict(context.__dict__)
