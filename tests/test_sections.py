@@ -5,11 +5,13 @@ new run that names its source; real programs (abc2midi, midi2abc, the renderers)
 from __future__ import annotations
 
 import asyncio
+import base64
 import difflib
 import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -31,10 +33,12 @@ from img2music.tools.abc.sections import (
     replace_section,
     section_names,
 )
+from tests.openai_server import last_user_text
 from tests.oracles import ABC2MIDI_ERROR, abc2midi_output, sounding_notes
 from tests.realworld import llm_replies
 from tests.scripted import ScriptedChatModel
-from tests.test_graph import DESCRIPTION, PHOTO, TUNE, answer
+from tests.test_graph import DESCRIPTION, PHOTO, TUNE, answer, reply_for
+from tests.test_server import KEY, Served, image_message, img2music_server
 
 HEADER = "X:1\nT:Dignity\nM:4/4\nL:1/8\nQ:1/4=72\nK:D\n"
 NEW_THEME = "% [theme]\nA2 d2 f2 a2 | g2 f2 e4 | f2 e2 d2 B2 | A8 |\n"
@@ -285,3 +289,99 @@ def test_the_continue_command_continues_a_file(cli: Any, tmp_path: Path) -> None
     assert (folder / "tune.abc").read_text().endswith(NEW_BARS)
     missing = cli([], "continue", str(tmp_path / "nothing.mid"), "--bars", "4")
     assert missing.exit_code == 2 and "nothing.mid cannot be read" in missing.output
+
+
+# ---- over HTTP ---------------------------------------------------------------------------------
+
+def tune_header(prompt: str) -> str:
+    """The header of the tune a prompt shows (its X: line to its K: line)."""
+    lines = prompt.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith("X:"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("K:") and i > start)
+    return "\n".join(lines[start:end + 1]) + "\n"
+
+
+def reworking(body: dict[str, Any]) -> str:
+    """The scripted VLM: a composition as in the graph's tests, then new music as asked."""
+    text = last_user_text(body)
+    if "Compose the section" in text:
+        return answer(tune_header(text) + NEW_THEME)
+    if "Continue it for" in text:
+        return answer(tune_header(text) + NEW_BARS)
+    return reply_for(body)
+
+
+def followed(server: Served, accepted: httpx.Response) -> tuple[list[dict[str, Any]],
+                                                                dict[str, Any]]:
+    """The new run's events until it ends, and its summary, as a client follows a run."""
+    assert accepted.status_code == 202, accepted.text
+    run = accepted.json()
+    events: list[dict[str, Any]] = []
+    with httpx.stream("GET", run["events"], timeout=120) as stream:
+        events = [json.loads(line[6:]) for line in stream.iter_lines()
+                  if line.startswith("data: ")]
+    return events, httpx.get(run["run"], timeout=30).json()
+
+
+def test_a_section_again_and_a_continuation_over_http(tmp_path: Path) -> None:
+    with img2music_server(tmp_path, responder=reworking) as server:
+        completion = server.client.chat.completions.create(model="img2music",
+                                                           messages=image_message())
+        composed = completion.model_extra["img2music"]  # type: ignore[index]
+        assert composed["sections"] == ["theme", "close"]
+        url = f"{server.url}/v1/runs/{composed['run_id']}/sections"
+        calls = len(server.vlm.requests)
+
+        events, summary = followed(server, httpx.post(url, json={"section": "theme",
+                                                                  "seed": 7}))
+        assert [e["type"] for e in events][:2] == ["queued", "started"]
+        assert [e["node"] for e in events if e["type"] == "node"] == [
+            "compose", "parse_check", "evaluate"]
+        assert events[-1]["type"] == "done"
+        assert summary["status"] == "done" and summary["seed"] == 7
+        assert summary["source"] == {"kind": "section", "run": composed["run_id"],
+                                     "section": "theme", "image": "image.jpg", "seed": 7}
+        assert changed_lines(composed["abc"], summary["abc"]) == [
+            "D2 F2 A2 d2 | c2 B2 A4 | B2 A2 F2 D2 | E8 |"]
+        assert summary["sections"] == ["theme", "close"] and summary["metrics"]["bars"] == 8
+        files = summary["files"]
+        assert httpx.get(files["tune.abc"]).text == summary["abc"]
+        assert httpx.get(files["tune.mid"]).content.startswith(b"MThd")
+        assert b"<html" in httpx.get(files["report.html"], timeout=120).content
+        assert len(server.vlm.requests) == calls + 1  # one call for the section
+
+        unknown = httpx.post(url, json={"section": "bridge"})
+        assert unknown.status_code == 400
+        assert unknown.json()["error"]["message"] == (
+            "the tune has no section 'bridge'; its sections are: theme, close")
+        assert httpx.post(url, content=b"section=theme").status_code == 415
+        assert httpx.post(f"{server.url}/v1/runs/{'0' * 20}/sections",
+                          json={"section": "theme"}).status_code == 404
+        assert len(server.vlm.requests) == calls + 1  # no call for a refusal
+
+        continuations = f"{server.url}/v1/continuations"
+        _, continued = followed(server, httpx.post(continuations, json={
+            "abc": "%%abc-include /etc/passwd\n" + TUNE, "bars": 4, "name": "dignity.abc"}))
+        assert continued["status"] == "done", continued["failure"]
+        assert continued["abc"].endswith(NEW_BARS)
+        assert "passwd" not in last_user_text(server.vlm.requests[-1])  # filtered first
+        assert continued["source"]["bars_added"] == 4
+
+        midi = base64.b64encode(abc_to_midi(TUNE)).decode()
+        _, from_midi = followed(server, httpx.post(continuations, json={
+            "midi": midi, "bars": 4, "name": "dignity.mid"}))
+        assert from_midi["status"] == "done" and from_midi["source"]["from_midi"]
+        assert from_midi["abc"].endswith(NEW_BARS)
+
+        for body, said in (({"bars": 4}, "send the tune as `abc`"),
+                           ({"midi": "not base64!", "bars": 4}, "midi is not base64"),
+                           ({"abc": TUNE, "bars": 0}, "bars: Input should be greater"),
+                           ({"abc": "no music here", "bars": 4}, "is not a tune that plays")):
+            refused = httpx.post(continuations, json=body)
+            assert refused.status_code == 400 and said in refused.json()["error"]["message"]
+
+
+def test_with_a_key_the_new_routes_need_it(tmp_path: Path) -> None:
+    with img2music_server(tmp_path, api_key=KEY) as server:
+        for url in (f"{server.url}/v1/runs/{'0' * 20}/sections", f"{server.url}/v1/continuations"):
+            assert httpx.post(url, json={"section": "theme"}).status_code == 401
