@@ -349,6 +349,11 @@ def test_a_section_again_and_a_continuation_over_http(tmp_path: Path) -> None:
         assert httpx.get(files["tune.mid"]).content.startswith(b"MThd")
         assert b"<html" in httpx.get(files["report.html"], timeout=120).content
         assert len(server.vlm.requests) == calls + 1  # one call for the section
+        sent = server.vlm.requests[-1]
+        assert sent["seed"] == Context(seed=7).call_seed(0)
+        assert "grammar" in sent["structured_outputs"]  # the ABC grammar, as for compositions
+        report = httpx.get(files["report.json"]).json()
+        assert report["attempts"][0]["constrained"]  # and the answer was written under it
 
         unknown = httpx.post(url, json={"section": "bridge"})
         assert unknown.status_code == 400
