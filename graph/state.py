@@ -20,7 +20,7 @@ from typing import (
 
 from typing_extensions import TypedDict
 
-AttemptKind = Literal["compose", "repair", "refine"]
+AttemptKind = Literal["compose", "repair", "refine", "section", "continue"]
 Status = Literal["running", "done", "failed"]
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -56,6 +57,7 @@ from img2music.server.protocol import (
     image_input,
     parse_request,
 )
+from img2music.server.rework_routes import mount_rework
 from img2music.server.run_pool import Job, RunPool
 from img2music.settings import Settings, get_settings
 from img2music.tools.images import BadImage, jpeg_bytes, open_image
@@ -211,6 +213,12 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
     async def run_file(run_id: str, name: str) -> FileResponse:
         return await _run_file(pool, _checked_id(run_id), name, None)
 
+    def finished_run(run_id: str) -> Path:
+        _report(pool, run_id)  # a 404 when there is no such run
+        return pool.runs_dir / run_id
+
+    mount_rework(app, pool, settings, dependencies=authorised, require_json=_require_json,
+                 run_folder=finished_run)
     mount_page(app, settings)
     return app
 

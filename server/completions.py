@@ -16,6 +16,7 @@ from img2music.pipeline.report import chosen_metrics, read_report
 from img2music.pipeline.runs import Composition
 from img2music.server.protocol import MODEL_ID, ApiError, ChatRequest, ErrorType
 from img2music.server.run_pool import Job
+from img2music.tools.abc.sections import section_names
 
 # Failures that are the server's or the model's fault, not a musical outcome: they are HTTP errors.
 FAILURE_STATUS: dict[str, tuple[int, ErrorType]] = {
@@ -85,6 +86,8 @@ def run_summary(folder: Path, report: dict[str, Any], base: str, *, run_id: str 
         "wall_seconds": report.get("wall_seconds"),
         "usage": usage_of(report),
         "attention_maps": report.get("attention_maps"),
+        "sections": section_names(report.get("final_abc")),
+        "source": report.get("source"),
         "files": {name: f"{base}v1/runs/{run_id}/{files_under}{name}"
                   for name in report.get("files", [])
                   if name in report.get("when_asked", []) or (folder / name).is_file()},

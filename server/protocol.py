@@ -4,7 +4,7 @@ strict in what it uses, and every refusal in OpenAI's error shape with one clear
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Send
@@ -18,6 +18,7 @@ DATA_URL_CODES: dict[DataUrlProblem, str] = {
     "not_a_data_url": "invalid_image_url", "damaged": "invalid_base64",
     "not_an_image": "invalid_image",
 }
+Body = TypeVar("Body", bound=BaseModel)
 ErrorType = Literal["invalid_request_error", "authentication_error", "not_found_error",
                     "rate_limit_error", "server_error", "upstream_error", "timeout_error"]
 
@@ -107,8 +108,18 @@ class ChatRequest(BaseModel):
 
 def parse_request(body: bytes) -> ChatRequest:
     """The request, or a 400 that names the first thing wrong with it."""
+    request = parsed_body(ChatRequest, body)
+    if request.model != MODEL_ID:
+        raise ApiError(404, f"the model {request.model!r} does not exist; this server serves "
+                       f"{MODEL_ID!r}", type="not_found_error", code="model_not_found",
+                       param="model")
+    return request
+
+
+def parsed_body(model: type[Body], body: bytes) -> Body:
+    """A JSON body as `model`, or a 400 that names the first thing wrong with it."""
     try:
-        request = ChatRequest.model_validate_json(body)
+        return model.model_validate_json(body)
     except ValidationError as error:
         first = error.errors()[0]
         if first["type"] == "json_invalid":
@@ -116,11 +127,6 @@ def parse_request(body: bytes) -> ChatRequest:
         where = ".".join(str(part) for part in first["loc"]) or "body"
         raise ApiError(400, f"{where}: {first['msg']}", param=where,
                        code="invalid_value") from None
-    if request.model != MODEL_ID:
-        raise ApiError(404, f"the model {request.model!r} does not exist; this server serves "
-                       f"{MODEL_ID!r}", type="not_found_error", code="model_not_found",
-                       param="model")
-    return request
 
 
 class ImageInput(BaseModel):

@@ -24,7 +24,7 @@ import logging
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +132,10 @@ def public_update(update: State) -> dict[str, Any]:
     return shown
 
 
+# What a run does once it has its slot: compose for an image, or work on a tune that exists.
+Work = Callable[[Job], Awaitable[Composition]]
+
+
 class RunPool:
     """Admits runs up to the limits, runs each as a task on the event loop, finds them by id."""
 
@@ -154,6 +158,11 @@ class RunPool:
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._pruning = threading.Lock()
         self._making: dict[str, asyncio.Lock] = {}
+
+    @property
+    def model_for(self) -> ModelFor | None:
+        """The model the pool's runs use in place of the configured one (tests)."""
+        return self._model_for
 
     @property
     def admitted(self) -> int:
@@ -181,14 +190,33 @@ class RunPool:
     async def submit(self, image: bytes, suffix: str, note: str,
                      overrides: dict[str, Any], takes: int = 1) -> Job:
         """Start a run in the places `reserve` took; the image was checked by the caller."""
-        run_id = secrets.token_hex(RUN_ID_BYTES)
-        job = Job(id=run_id, folder=self.runs_dir / run_id, takes=takes)
+        job = self.new_job(takes)
         image_path = job.folder / f"image{suffix}"
         await asyncio.to_thread(_write_new, image_path, image)
+
+        def work(job: Job) -> Awaitable[Composition]:
+            return acompose(image_path, out_dir=job.folder, note=note, settings=self.settings,
+                            model_for=self._model_for, retriever_for=self._retriever_for,
+                            on_progress=job.on_progress, stop=job.stopper,
+                            files_when_asked=True, takes=job.takes,
+                            drive=self._drive_for(job.id) if self._drive_for else None,
+                            **overrides)
+
+        return self.start(job, work, image_path)
+
+    def new_job(self, takes: int = 1) -> Job:
+        """A run (of `takes` takes) with a new id and its folder's place (not made yet)."""
+        run_id = secrets.token_hex(RUN_ID_BYTES)
+        return Job(id=run_id, folder=self.runs_dir / run_id, takes=takes)
+
+    def start(self, job: Job, work: Work, source: Path) -> Job:
+        """Run `work` for the job in the place `reserve` took, as every run goes: queued for a
+        slot, under the time limit, stoppable, its feed live (`source` names it in a report
+        written when it stops before it starts)."""
         self._remember(job)
-        job.publish({"type": "queued", "run_id": run_id})
-        job.task = asyncio.create_task(self._run(job, image_path, note, overrides),
-                                       name=f"img2music-run-{run_id}")
+        job.publish({"type": "queued", "run_id": job.id})
+        job.task = asyncio.create_task(self._run(job, work, source),
+                                       name=f"img2music-run-{job.id}")
         return job
 
     def get(self, run_id: str) -> Job | None:
@@ -239,8 +267,7 @@ class RunPool:
             job.stop(message="the server is shutting down")
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _run(self, job: Job, image_path: Path, note: str,
-                   overrides: dict[str, Any]) -> None:
+    async def _run(self, job: Job, work: Work, source: Path) -> None:
         limit_s = self.settings.server_run_timeout_s
         try:
             async with self._slots_for(job.takes):
@@ -250,22 +277,16 @@ class RunPool:
                     limit_s, job.stop, "timeout",
                     f"stopped after {limit_s:g} s (the server's run time limit)")
                 try:
-                    job.result = await acompose(
-                        image_path, out_dir=job.folder, note=note, settings=self.settings,
-                        model_for=self._model_for, retriever_for=self._retriever_for,
-                        on_progress=job.on_progress, stop=job.stopper,
-                        files_when_asked=True, takes=job.takes,
-                        drive=self._drive_for(job.id) if self._drive_for else None,
-                        **overrides)
+                    job.result = await work(job)
                 finally:
                     timer.cancel()
         except asyncio.CancelledError:  # stopped while it waited for a slot
             job.result = await asyncio.to_thread(
-                failed_run, image_path, job.folder, job.stopper.reason or CANCELLED,
+                failed_run, source, job.folder, job.stopper.reason or CANCELLED,
                 job.stopper.kind, self.settings)
         except Exception as error:  # never lose a run silently: it ends with its reason
             logger.exception("run %s failed", job.id)
-            job.result = Composition(image=image_path, out_dir=job.folder, abc=None,
+            job.result = Composition(image=source, out_dir=job.folder, abc=None,
                                      motivation="", error=f"{type(error).__name__}: {error}",
                                      failure_kind="internal")
         finally:

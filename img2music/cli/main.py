@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from img2music.cli import compose, evaluation, index, serving, toolkit
+from img2music.cli import compose, evaluation, index, rework, serving, toolkit
 from img2music.settings import get_settings
 
 app = typer.Typer(
@@ -26,6 +26,8 @@ app.command()(toolkit.render)
 app.add_typer(index.app, name="index")
 app.command("compose")(compose.compose_command)
 app.command("pick")(compose.pick_command)
+app.command("section")(rework.section_command)
+app.command("continue")(rework.continue_command)
 app.command()(serving.serve)
 app.command()(serving.doctor)
 app.add_typer(serving.vlm_app, name="vlm")

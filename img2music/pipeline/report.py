@@ -64,12 +64,13 @@ ATTENTION_LABELS = {
 
 
 def write_run(
-    out: Path, final: State, picture: Image.Image, report: dict[str, Any], *,
+    out: Path, final: State, picture: Image.Image | None, report: dict[str, Any], *,
     settings: Settings, when_asked: bool = False,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """Files of one run; no `tune.abc` unless a valid tune was made. The WAV is kept only when
     asked (`keep_wav`) or when there is no Ogg made from it. Keys and this machine's paths are
-    scrubbed from both reports; every file is written atomically.
+    scrubbed from both reports; every file is written atomically. A run made from a tune
+    rather than an image (a continuation) has no `picture`.
 
     With `when_asked` (the server), the audio, the MusicXML and the HTML report (which embeds
     the audio) are the run's files all the same but are made by `make_when_asked` the first
@@ -151,11 +152,14 @@ def make_when_asked(folder: Path, name: str, settings: Settings) -> bool:
     if name == "report.html":
         files = {file: folder / file for file in report.get("files", [])
                  if (folder / file).is_file()}
-        image = Path(str(report.get("image_file"))).name
-        # A take's folder is inside its run's, which holds the image the takes share.
+        image = Path(str(report.get("image_file") or "")).name
+        picture = None
+        # A take's folder is inside its run's, which holds the image the takes share; a
+        # continuation has no image.
         found = folder / image if (folder / image).is_file() else folder.parent / image
-        with Image.open(found) as opened:
-            picture = opened.convert("RGB")
+        if image and found.is_file():
+            with Image.open(found) as opened:
+                picture = opened.convert("RGB")
         write_atomic(folder / "report.html", _html(cast(State, report), picture, files, report))
     return True
 
@@ -167,14 +171,15 @@ def _checked_midi(final: State) -> bytes | None:
     return base64.b64decode(midi) if midi else None
 
 
-def _attention_maps(out: Path, final: State, picture: Image.Image) -> dict[str, Any] | None:
+def _attention_maps(out: Path, final: State,
+                    picture: Image.Image | None) -> dict[str, Any] | None:
     """The explanation's overlays: the whole tune's, then one per section when there are any.
 
     Returns what a client needs to offer them: the method, its label, any note, and the file of
     each map (`attention.png`, then `attention-1.png`... in the tune's order of sections).
     """
     explanation = final.get("explanation")
-    if explanation is None or "grid" not in explanation:
+    if explanation is None or "grid" not in explanation or picture is None:
         return None
     grid = explanation["grid"]
     from img2music.tools.render.overlays import draw_overlay
@@ -245,7 +250,7 @@ def _attempt_summary(attempt: dict[str, Any]) -> str:
     return "; ".join(attempt.get("notes", []))
 
 
-def _html(final: State, picture: Image.Image, files: dict[str, Path],
+def _html(final: State, picture: Image.Image | None, files: dict[str, Path],
           report: dict[str, Any]) -> str:
     """The report page: one self-contained file whose Content-Security-Policy lets nothing run
     and loads nothing; everything the model wrote is escaped text, and the score is an image
@@ -267,7 +272,8 @@ def _html(final: State, picture: Image.Image, files: dict[str, Path],
             title=_title(final.get("final_abc") or "") if final.get("final_abc") else "No tune",
             status_line=f"{final.get('status', 'failed')} · {report.get('image', '')}",
             failure=final.get("failure"),
-            image_src=data_url(jpeg_bytes(picture, quality=REPORT_JPEG_QUALITY), "image/jpeg"),
+            image_src=data_url(jpeg_bytes(picture, quality=REPORT_JPEG_QUALITY), "image/jpeg")
+            if picture is not None else None,
             attention_src=data_url(files["attention.png"].read_bytes(), "image/png")
             if "attention.png" in files else None,
             attention_label=ATTENTION_LABELS.get(method, ""),

@@ -87,7 +87,7 @@ class RunStop:
         if self._task is not None:
             self._task.cancel()
 
-    def _attach(self, task: asyncio.Task[Any]) -> None:
+    def attach(self, task: asyncio.Task[Any]) -> None:
         self._task = task
         if self.reason is not None:
             task.cancel()
@@ -246,7 +246,7 @@ async def acompose(
     graph_task: asyncio.Task[Any] = asyncio.create_task(
         run_graph(drive(state, context)) if takes == 1 else run_takes())
     if stop is not None:
-        stop._attach(graph_task)
+        stop.attach(graph_task)
     try:
         outcome = await graph_task
     except asyncio.CancelledError:
@@ -264,7 +264,7 @@ async def acompose(
         return {
             "image": image.name,
             "image_file": image.name,  # kept: the state's "image" (a data URL) replaces "image"
-            "settings": _shown_settings(run_context),
+            "settings": shown_settings(run_context),
             "prompt_set": {"name": prompts.name, "hash": prompts.hash},
             "vlm_endpoint": None if settings.vlm_backend == "local" else endpoint_report(
                 context.vlm_base_url, context.vlm_model, choice=settings.vlm_profile),
@@ -351,7 +351,7 @@ def in_process(graph: CompiledStateGraph[State, Context, Input, Output]) -> Driv
     return drive
 
 
-def _shown_settings(context: Context) -> dict[str, Any]:
+def shown_settings(context: Context) -> dict[str, Any]:
     """The run's settings as a report shows them: the endpoint without credentials, folders by
     their names."""
     shown = dict(context.__dict__)

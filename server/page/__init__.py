@@ -32,7 +32,7 @@ PAGE_HEADERS = {
     "Cache-Control": "no-cache",
 }
 ASSETS = {"page.js": "text/javascript; charset=utf-8", "page.css": "text/css; charset=utf-8",
-          "icon.svg": "image/svg+xml"}
+          "rework.js": "text/javascript; charset=utf-8", "icon.svg": "image/svg+xml"}
 ABCJS = files(__name__).joinpath("vendor", "abcjs-basic-min.js")
 BODY_RESERVE_BYTES = 16_384
 # Seconds the page waits beyond the server's run limit before it gives up on a silent server.

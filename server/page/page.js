@@ -596,6 +596,7 @@ async function showResult(result, run) {
   $("motivation").textContent = result.motivation || "";
   $("abc").textContent = result.abc || "";
   showFaults(result.faults || [], result.fault_count || 0);
+  showSections(result);
   const loads = [];
   const audio = files.includes("tune.wav") ? "tune.wav" : files.find((f) => f === "tune.ogg");
   if (audio) loads.push(blobUrl(run, audio).then((url) => { $("audio").src = url; }));
