@@ -7,6 +7,8 @@ checked by abc2midi, the real program."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +17,7 @@ from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
 from img2music.graph.models import answer_constraint
 from img2music.graph.state import ControlVerdict
+from img2music.pipeline.runs import compose
 from img2music.settings import Settings
 from img2music.tools.abc.check import compile_abc
 from img2music.tools.abc.controls import (
@@ -30,7 +33,7 @@ from img2music.tools.abc.controls import (
 from img2music.tools.abc.grammar import answer_grammar, matches, tune_grammar
 from tests.needs import needs_programs
 from tests.scripted import ScriptedChatModel
-from tests.test_graph import DESCRIPTION, TUNE, answer, run
+from tests.test_graph import DESCRIPTION, PHOTO, TUNE, Examples, answer, run
 
 pytestmark = needs_programs("abc2midi")
 
@@ -78,7 +81,7 @@ D,6 | G,,6 | D,6 | A,,6 | D,6 | G,,6 | A,,6 | D,6 |
 D,6 | A,,6 | A,,6 | D,6 | D,6 | G,,6 | A,,6 | A,,6 |
 D,6 | G,,6 | D,6 | A,,6 | D,6 | G,,6 | A,,6 | D,6 |]
 """
-DONE_WHEN = {"bars": 32, "key": "D minor", "tempo": 72, "instruments": "string quartet"}
+DONE_WHEN: dict[str, Any] = {"bars": 32, "key": "D minor", "tempo": 72, "instruments": "string quartet"}
 
 
 # --- reading what people write ------------------------------------------------------------
@@ -268,9 +271,9 @@ def test_tempo_counts_the_beat_of_the_meter() -> None:
         "F2 A2 d2 f2 | e2 d2 c4 | d2 A2 F2 E2 | D8 |]", "F2A d2f | e2d c3 | d2A F2E | D6 |]")
     tune = compile_abc(jig).tune
     assert tune is not None
-    for tempo, honoured in ((72, True), (73, True), (108, False), (80, False)):
-        (verdict,) = judge_tune(read_controls(tempo=tempo), tune)
-        assert verdict.honoured is honoured, (tempo, verdict)
+    for bpm, honoured in ((72, True), (73, True), (108, False), (80, False)):
+        (verdict,) = judge_tune(read_controls(tempo=bpm), tune)
+        assert verdict.honoured is honoured, (bpm, verdict)
     as_quarters = compile_abc(jig.replace("Q:3/8=72", "Q:1/4=108")).tune
     assert as_quarters is not None
     meter, tempo = judge_tune(read_controls(tempo=72, meter="6/8"), as_quarters)
@@ -318,3 +321,24 @@ def test_the_grammar_sent_for_a_run_carries_its_controls() -> None:
     assert 'key ::= "Dm"' in asked.grammar and 'key ::= "Dm"' not in plain.grammar
     assert matches(asked.grammar, answer(QUARTET))
     assert not matches(asked.grammar, answer(TUNE))  # D major, 4/4
+
+
+# --- the Python API and the report -----------------------------------------------------------
+
+def test_python_asks_for_the_quartet_and_the_report_says_what_was_honoured(
+        tmp_path: Path) -> None:
+    model = ScriptedChatModel(replies=[DESCRIPTION, answer(QUARTET)])
+    result = compose(PHOTO, out_dir=tmp_path, model_for=lambda _: model,
+                     retriever_for=lambda _: Examples(), rag=False, refine=False,
+                     explain="none", **DONE_WHEN)
+    assert result.ok, result.error
+    report = json.loads((tmp_path / "report.json").read_text(encoding="utf-8"))
+    assert {name: report["settings"][name] for name in DONE_WHEN} == DONE_WHEN
+    assert [(v["control"], v["honoured"]) for v in report["controls"]] == [
+        ("tempo", True), ("key", True), ("voices", True), ("instruments", True), ("bars", True)]
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "<h2>What was asked</h2>" in html
+    assert "<td>key</td><td>D minor</td><td>D minor</td><td>yes</td>" in html
+    with pytest.raises(ControlError, match=r"^key: 'H# major' is not a key"):
+        compose(PHOTO, out_dir=tmp_path / "bad", model_for=lambda _: model, key="H# major")
+    assert not (tmp_path / "bad").exists()
