@@ -81,7 +81,8 @@ D,6 | G,,6 | D,6 | A,,6 | D,6 | G,,6 | A,,6 | D,6 |
 D,6 | A,,6 | A,,6 | D,6 | D,6 | G,,6 | A,,6 | A,,6 |
 D,6 | G,,6 | D,6 | A,,6 | D,6 | G,,6 | A,,6 | D,6 |]
 """
-DONE_WHEN: dict[str, Any] = {"bars": 32, "key": "D minor", "tempo": 72, "instruments": "string quartet"}
+DONE_WHEN: dict[str, Any] = {"bars": 32, "key": "D minor", "tempo": 72,
+                             "instruments": "string quartet"}
 
 
 # --- reading what people write ------------------------------------------------------------

@@ -43,6 +43,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from img2music.tools.abc.diagnostics import Diagnostic
+from img2music.tools.abc.grammar import GrammarError, grammar_file_text, rule_definition
 from img2music.tools.abc.repair import KEY_SPELLING, spelled_tonic
 from img2music.tools.abc.scan import HeaderField, ScannedTune, is_key_parameter, tempo_of
 
@@ -401,10 +402,13 @@ def grammar_rules(controls: Controls) -> dict[str, str]:
     if controls.programs:
         rules["midi-program"] = " | ".join(_literal(str(p))
                                            for p in sorted(set(controls.programs)))
-    if required:
-        lines = " header-line{0,20} ".join(required)
-        rules["tune"] = f'reference-line header-line{{0,20}} {lines} header-line{{0,20}} ' \
-                        'key-line body "\\n"?'
+    if required:  # the header holds these lines, before its K: line
+        lines = "".join(f"{line} header-line{{0,20}} " for line in required)
+        tune = rule_definition(grammar_file_text(), "tune")
+        if " key-line " not in tune:
+            raise GrammarError("the grammar's tune rule has no key-line to put the header's "
+                               "fixed lines before")
+        rules["tune"] = tune.replace(" key-line ", f" {lines}key-line ", 1)
     return rules
 
 
