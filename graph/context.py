@@ -21,14 +21,18 @@ from img2music.settings import (
     get_settings,
 )
 from img2music.tools.abc.controls import (
+    BAR_TOLERANCE,
     MAX_BARS,
     MAX_SECONDS,
     MAX_TEMPO,
     MAX_VOICES,
     MIN_BARS,
     MIN_SECONDS,
+    MIN_SECONDS_TOLERANCE,
     MIN_TEMPO,
     MIN_VOICES,
+    SECONDS_TOLERANCE,
+    TEMPO_TOLERANCE_BPM,
     Controls,
     read_controls,
 )
@@ -166,14 +170,16 @@ class Context:
         ge=0, le=MAX_SEED,
     )] = field(default_factory=_setting("seed"))
     bars: Annotated[int | None, _music_field(
-        "Length in bars (each voice, as written); the tune passes within 10% (at least one "
-        "bar).", ge=MIN_BARS, le=MAX_BARS)] = None
+        f"Length in bars (each voice, as written); the tune passes within "
+        f"{BAR_TOLERANCE:.0%} (at least one bar).", ge=MIN_BARS, le=MAX_BARS)] = None
     seconds: Annotated[float | None, _music_field(
-        "Length in seconds when played, an alternative to bars; the tune passes within 10% (at "
-        "least 2 s).", ge=MIN_SECONDS, le=MAX_SECONDS)] = None
+        f"Length in seconds when played, an alternative to bars; the tune passes within "
+        f"{SECONDS_TOLERANCE:.0%} (at least {MIN_SECONDS_TOLERANCE:g} s).",
+        ge=MIN_SECONDS, le=MAX_SECONDS)] = None
     tempo: Annotated[int | None, _music_field(
         "Tempo in beats a minute of the meter's beat (a dotted quarter in 6/8, a half note in "
-        "2/2 and C|, else the meter's note value); the tune passes within 2.",
+        f"2/2 and C|, else the meter's note value); the tune passes within "
+        f"{TEMPO_TOLERANCE_BPM}.",
         ge=MIN_TEMPO, le=MAX_TEMPO)] = None
     key: Annotated[str | None, _music_field(
         "Key and mode as you would write it: 'D minor', 'Dm', 'F# dorian', 'Bb major', 'Eb'.",
