@@ -19,7 +19,7 @@ from img2music.graph.models import answer_constraint
 from img2music.graph.state import ControlVerdict
 from img2music.pipeline.runs import compose
 from img2music.settings import Settings
-from img2music.tools.abc.check import compile_abc
+from img2music.tools.abc.check import check_abc, compile_abc
 from img2music.tools.abc.controls import (
     ControlError,
     Verdict,
@@ -343,3 +343,14 @@ def test_python_asks_for_the_quartet_and_the_report_says_what_was_honoured(
     with pytest.raises(ControlError, match=r"^key: 'H# major' is not a key"):
         compose(PHOTO, out_dir=tmp_path / "bad", model_for=lambda _: model, key="H# major")
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_meter_of_zero_note_values_in_a_tune_is_an_error_not_a_crash() -> None:
+    """The same refusal as the meter control's, for a tune: M:7/0 names no note value."""
+    for meter in ("M:7/0", "[M:7/0]"):
+        tune = "X:1\nT:t\nM:4/4\nL:1/8\nK:C\nCDEF GABc|\n"
+        tune = tune.replace("M:4/4", meter) if meter.startswith("M") else tune.replace(
+            "GABc|", f"GABc| {meter} CDEF|")
+        check = check_abc(tune)
+        assert not check.ok
+        assert any("M:7/0 is not a meter" in error.message for error in check.errors), check
