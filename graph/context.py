@@ -20,6 +20,22 @@ from img2music.settings import (
     Settings,
     get_settings,
 )
+from img2music.tools.abc.controls import (
+    BAR_TOLERANCE,
+    MAX_BARS,
+    MAX_SECONDS,
+    MAX_TEMPO,
+    MAX_VOICES,
+    MIN_BARS,
+    MIN_SECONDS,
+    MIN_SECONDS_TOLERANCE,
+    MIN_TEMPO,
+    MIN_VOICES,
+    SECONDS_TOLERANCE,
+    TEMPO_TOLERANCE_BPM,
+    Controls,
+    read_controls,
+)
 
 # Each field that has an IMG2MUSIC_* setting, and that setting's name.
 SETTING_FOR = {
@@ -71,6 +87,16 @@ def _prompt_field(file: str, *nodes: str) -> Any:
         "variables; empty uses the prompt folder's file.",
         json_schema_extra={"langgraph_nodes": list(nodes), "langgraph_type": "prompt"},
     )
+
+
+# The musical controls, as `tools.abc.controls` reads them; the checker verifies each.
+MUSIC_FIELDS = ("bars", "seconds", "tempo", "key", "meter", "voices", "instruments")
+
+
+def _music_field(description: str, **bounds: Any) -> Any:
+    """A musical control: optional, in the "music" group, its bounds in the schema."""
+    return Field(description=description + " Empty leaves it to the model.",
+                 json_schema_extra={"group": "music"}, **bounds)
 
 
 def _read(settings: Settings, name: str) -> Any:
@@ -143,6 +169,31 @@ class Context:
         "with a deterministic model; empty chooses one, which the report records.",
         ge=0, le=MAX_SEED,
     )] = field(default_factory=_setting("seed"))
+    bars: Annotated[int | None, _music_field(
+        f"Length in bars (each voice, as written); the tune passes within "
+        f"{BAR_TOLERANCE:.0%} (at least one bar).", ge=MIN_BARS, le=MAX_BARS)] = None
+    seconds: Annotated[float | None, _music_field(
+        f"Length in seconds when played, an alternative to bars; the tune passes within "
+        f"{SECONDS_TOLERANCE:.0%} (at least {MIN_SECONDS_TOLERANCE:g} s).",
+        ge=MIN_SECONDS, le=MAX_SECONDS)] = None
+    tempo: Annotated[int | None, _music_field(
+        "Tempo in beats a minute of the meter's beat (a dotted quarter in 6/8, a half note in "
+        f"2/2 and C|, else the meter's note value); the tune passes within "
+        f"{TEMPO_TOLERANCE_BPM}.",
+        ge=MIN_TEMPO, le=MAX_TEMPO)] = None
+    key: Annotated[str | None, _music_field(
+        "Key and mode as you would write it: 'D minor', 'Dm', 'F# dorian', 'Bb major', 'Eb'.",
+    )] = None
+    meter: Annotated[str | None, _music_field(
+        "Meter: '3/4', '6/8', '2+3/8', 'C' (common time) or 'C|' (cut time).")] = None
+    voices: Annotated[int | None, _music_field(
+        "Number of voices (parts); an ensemble in instruments implies it.",
+        ge=MIN_VOICES, le=MAX_VOICES)] = None
+    instruments: Annotated[str | None, _music_field(
+        "An ensemble (piano, string quartet, string trio, piano trio, folk band, wind "
+        "quintet, brass quintet, jazz combo, choir, orchestra, …) or one General MIDI "
+        "instrument per voice, by name or program 0-127: 'violin, violin, viola, cello' or "
+        "'40,40,41,42'.")] = None
     prompts_dir: Annotated[str, Field(
         description="A prompt folder of your own; empty for the shipped prompts.")] = field(
         default_factory=_setting("prompts_dir"))
@@ -159,6 +210,7 @@ class Context:
         operator's door."""
         if self.seed is None:
             self.seed = random.randint(0, MAX_SEED)
+        self.controls()  # a control that cannot be read ends the run before it starts
         if _FROM_OPERATOR.get():
             return
         settings = get_settings()
@@ -171,6 +223,11 @@ class Context:
                 f"a run may not set {', '.join(changed)}: the operator's settings decide where "
                 "the model lives and which files are read (IMG2MUSIC_ALLOW_RUN_OVERRIDES=true "
                 "allows it)")
+
+    def controls(self) -> Controls:
+        """What this run asks of its tune, spelled as ABC; raises `ControlError` (one line that
+        names the field) for a value that cannot be read."""
+        return read_controls(**{name: getattr(self, name) for name in MUSIC_FIELDS})
 
     def call_seed(self, position: int) -> int:
         """The seed of this run's model call at `position` (0 the description, then one per

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ from img2music.tools.images import image_from_data_url
 logger = logging.getLogger(__name__)
 
 ROLES = {"system": "system", "human": "user", "ai": "assistant"}
+MAX_COMPILED_GRAMMARS = 8
 CALL_KEYS = frozenset({"temperature", "top_p", "top_k", "max_new_tokens", "grammar", "seed"})
 # Placeholders the processor inserts for pictures; a model that wrote one would break the
 # attention pass (image features no longer match image tokens), so generation never does.
@@ -102,7 +104,7 @@ class LocalVLM:
         self.name = name
         # One generate or forward at a time: graph runs may share the model across threads.
         self._lock = threading.Lock()
-        self._grammars: dict[str, xgrammar.CompiledGrammar] = {}
+        self._grammars: OrderedDict[str, xgrammar.CompiledGrammar] = OrderedDict()
         self._grammar_compiler: xgrammar.GrammarCompiler | None = None
 
     @classmethod
@@ -226,11 +228,13 @@ class LocalVLM:
         )
 
     def compiled_grammar(self, grammar: str) -> xgrammar.CompiledGrammar:
-        """The grammar compiled against this model's vocabulary, once per grammar text.
+        """The grammar compiled against this model's vocabulary, once per grammar text; the
+        `MAX_COMPILED_GRAMMARS` used last are kept (a run's musical controls make a grammar of
+        its own).
 
         Callers hold the model lock (`generate` does), so compiling happens once.
         """
-        compiled = self._grammars.get(grammar)
+        compiled = self._grammars.pop(grammar, None)
         if compiled is None:
             if self._grammar_compiler is None:
                 logits_width = int(self.model.get_output_embeddings().weight.shape[0])
@@ -238,9 +242,11 @@ class LocalVLM:
                     self.tokenizer, vocab_size=logits_width,
                     stop_token_ids=sorted(_end_tokens(self.model.generation_config)),
                 )
-                self._grammar_compiler = xgrammar.GrammarCompiler(info)
+                self._grammar_compiler = xgrammar.GrammarCompiler(info, cache_enabled=False)
             compiled = self._grammar_compiler.compile_grammar(grammar)
-            self._grammars[grammar] = compiled
+        self._grammars[grammar] = compiled
+        while len(self._grammars) > MAX_COMPILED_GRAMMARS:
+            self._grammars.popitem(last=False)
         return compiled
 
     def image_attention(self, turn: LocalTurn) -> ImageAttention:

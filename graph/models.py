@@ -56,6 +56,7 @@ from img2music.graph.profiles import (
 from img2music.graph.state import Message
 from img2music.redaction import redact_url
 from img2music.settings import ProfileSetting, Settings, get_settings
+from img2music.tools.abc.controls import grammar_rules
 from img2music.tools.abc.diagnostics import one_line
 from img2music.tools.abc.grammar import answer_grammar, matches
 from img2music.tools.images import image_data_url, image_from_data_url
@@ -152,7 +153,9 @@ def answer_constraint(context: Context, model: BaseChatModel, *,
     via, _ = grammar_plan(grammar=context.grammar, backend=settings.vlm_backend, profile=profile)
     if via is None:
         return None
-    return AnswerConstraint(answer_grammar(thinking=context.thinking), via)
+    # The run's fixed header values (key, meter, tempo, voices, programs) narrow the grammar.
+    rules = grammar_rules(context.controls())
+    return AnswerConstraint(answer_grammar(rules, thinking=context.thinking), via)
 
 
 def judge_chat_model(settings: Settings | None = None) -> BaseChatModel:

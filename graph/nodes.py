@@ -33,6 +33,7 @@ from img2music.graph.state import (
     Attempt,
     AttemptKind,
     Check,
+    ControlVerdict,
     Explanation,
     Message,
     Metrics,
@@ -41,12 +42,21 @@ from img2music.graph.state import (
     rounds_and_repairs,
 )
 from img2music.prompt_files import check_prompt_edits, render_prompt
-from img2music.tools.abc.check import ParseCheck, compile_abc
+from img2music.tools.abc.check import CompiledAbc, ParseCheck, compile_abc, midi_seconds
+from img2music.tools.abc.controls import (
+    Controls,
+    Verdict,
+    control_faults,
+    judge_tune,
+    program_name,
+)
 from img2music.tools.abc.diagnostics import Diagnostic
 from img2music.tools.abc.extract import extract_abc, strip_reasoning
 from img2music.tools.abc.repair import repair_abc
+from img2music.tools.abc.voices import split_voices
 from img2music.tools.images import image_from_data_url
 from img2music.tools.metrics import TuneMetrics, evaluate_midi
+from img2music.tools.render.midi import voice_tracks
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +116,16 @@ async def retrieve(
     examples = await asyncio.to_thread(search)
     return {"examples": [example.model_dump() for example in examples],
             "timings": {"retrieve": time.perf_counter() - started}}
+
+
+def judge_compiled(compiled: CompiledAbc, controls: Controls) -> list[Verdict]:
+    """Each control the run set, honoured or not by a compiled (playable) tune: its header and
+    bars from the scan, its playing time and each voice's program from its MIDI."""
+    if not controls.asked or compiled.midi is None or compiled.tune is None:
+        return []
+    names = [voice.name for voice in split_voices(compiled.abc)]
+    return judge_tune(controls, compiled.tune, seconds=midi_seconds(compiled.midi),
+                      programs=voice_tracks(compiled.midi, names).programs)
 
 
 def playable_examples(examples: list[Any], k: int) -> list[Any]:
@@ -174,10 +194,13 @@ async def compose(
     folder = context.prompts_dir or None
     thinking = prompt_switch(context.thinking, context.vlm_model)
     if kind == "compose":
+        controls = context.controls()
+        bar_range = controls.bar_range()
         prompt = _render(
             context, "compose.j2", description=state.get("description", ""),
-            note=state.get("note", ""), examples=state.get("examples", []), max_bars=MAX_BARS,
-            thinking=thinking, sees_image=context.see_image,
+            note=state.get("note", ""), examples=state.get("examples", []),
+            max_bars=max(MAX_BARS, bar_range[1] if bar_range else 0),
+            thinking=thinking, sees_image=context.see_image, asked=_asked(controls),
         )
         first: Message = (_image_message(state["image"], prompt) if context.see_image
                           else {"role": "user", "content": prompt})
@@ -194,7 +217,10 @@ async def compose(
         turns = [{"role": "user", "content": _render(
             context, "refine.j2", round=round_number, thinking=thinking,
             sees_image=context.see_image, tune=(standing or "").rstrip(),
-            feedback=metric_feedback(metrics, folder=folder))}]
+            feedback=metric_feedback(metrics, folder=folder),
+            unmet="\n".join(f"- {verdict['control']}: {verdict['message']}"
+                            for verdict in attempts[best].get("controls", [])
+                            if not verdict["honoured"]))}]
     conversation = [*state.get("conversation", []), *turns]
     model = await _model(model_for, context)
     # The grammar is read from its file once per process: off the event loop.
@@ -220,18 +246,20 @@ async def compose(
     }
 
 
-async def parse_check(state: State) -> State:
+async def parse_check(state: State, runtime: Runtime[Context]) -> State:
     """The checker's verdict on the latest tune; a playable tune with no more faults than the
     one the run stands on (and not the same tune) becomes the one it stands on.
 
     The attempt keeps the tune as the checker read it, without the directives the filter
-    removed, so the tune the run delivers is one no program can be tricked by later.
+    removed, so the tune the run delivers is one no program can be tricked by later. Each
+    musical control the run set that a playable tune does not honour is one more fault.
     """
     started = time.perf_counter()
     attempts = state["attempts"]
     attempt = attempts[-1]
     abc = attempt["abc"]
     midi: str | None = None
+    verdicts: list[Verdict] = []
     if abc is None:
         check = ParseCheck(ok=False, error_count=1, errors=[
             Diagnostic(severity="error", line=0, col=0, message=NO_TUNE)])
@@ -240,8 +268,14 @@ async def parse_check(state: State) -> State:
         abc, check = compiled.abc, compiled.check  # as the programs read it: filtered
         if compiled.midi is not None:
             midi = base64.b64encode(compiled.midi).decode("ascii")
+            verdicts = await asyncio.to_thread(judge_compiled, compiled,
+                                               runtime.context.controls())
+            faults = control_faults(verdicts)
+            check = check.model_copy(update={"faults": [*faults, *check.faults],
+                                             "fault_count": check.fault_count + len(faults)})
     checked: Attempt = {**attempt, "abc": abc, "check": cast(Check, check.model_dump()),
-                        "midi": midi, "valid": check.ok}
+                        "midi": midi, "valid": check.ok,
+                        "controls": [cast(ControlVerdict, v.model_dump()) for v in verdicts]}
     update: State = {
         "attempts": [checked],
         "timings": {"parse_check": time.perf_counter() - started},
@@ -298,6 +332,7 @@ async def explain(
               for fault in check["faults"][:MAX_FAULTS_SHOWN]]
     return {"status": "done", "final_abc": chosen["abc"], "motivation": chosen["motivation"],
             "faults": faults, "fault_count": check["fault_count"],
+            "controls": chosen.get("controls", []),
             "explanation": explanation, "timings": {"explain": time.perf_counter() - started}}
 
 
@@ -309,6 +344,24 @@ async def finish(state: State) -> State:
     if last and last["check"]:
         reason += ": " + ParseCheck.model_validate(last["check"]).summary()
     return {"status": "failed", "failure": reason, "final_abc": None}
+
+
+def _asked(controls: Controls) -> dict[str, Any] | None:
+    """What the run asks of its tune, as the compose prompt states it (None: nothing)."""
+    if not controls.asked:
+        return None
+    return {
+        "bars": controls.bars,
+        "seconds": f"{controls.seconds:g}" if controls.seconds is not None else None,
+        "seconds_bars": controls.bars_for_seconds(),
+        "tempo": controls.tempo, "tempo_field": controls.tempo_field(),
+        "meter": controls.meter,
+        "key": controls.key.abc if controls.key else None,
+        "key_name": controls.key.name if controls.key else None,
+        "voices": controls.voices,
+        "instruments": [{"voice": number, "program": program, "name": program_name(program)}
+                        for number, program in enumerate(controls.programs, start=1)],
+    }
 
 
 async def _model(model_for: ModelFor, context: Context) -> BaseChatModel:

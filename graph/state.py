@@ -51,6 +51,18 @@ class Check(TypedDict):
     backend: str | None
 
 
+class ControlVerdict(TypedDict):
+    """`tools.abc.controls.Verdict` as JSON: whether a tune honours one musical control."""
+
+    control: Literal["bars", "seconds", "tempo", "key", "meter", "voices", "instruments"]
+    asked: str
+    found: str
+    honoured: bool
+    message: str
+    line: int
+    source: str
+
+
 class MetricJSON(TypedDict):
     """`tools.metrics.MetricValue` as JSON: a value, or None with the reason it has none."""
 
@@ -127,6 +139,7 @@ class Attempt(TypedDict):
     output_tokens: int
     seconds: float
     constrained: bool  # the model wrote under the ABC grammar (tokens outside it were masked)
+    controls: NotRequired[list[ControlVerdict]]  # each musical control the run set, judged
 
 
 class Message(TypedDict):
@@ -214,6 +227,7 @@ class Output(TypedDict, total=False):
     final_abc: str | None
     faults: list[str]  # what a musician would still correct in the tune, one line each
     fault_count: int  # all of them; `faults` lists the first
+    controls: list[ControlVerdict]  # each musical control the run set, honoured or not
     motivation: str
     explanation: Explanation
     status: Status
@@ -231,6 +245,7 @@ class State(TypedDict, total=False):
     final_abc: str | None
     faults: list[str]  # what a musician would still correct in the final tune, one line each
     fault_count: int  # all of them; `faults` lists the first
+    controls: list[ControlVerdict]  # each musical control the run set, honoured or not
     motivation: str
     explanation: Explanation
     status: Status

@@ -64,6 +64,11 @@ SAMPLE_VARIABLES: dict[str, object] = {
     "description": "A quiet lake at dawn.", "note": "calm", "max_bars": 32, "thinking": "",
     "sees_image": True, "examples": [{"caption": "A calm air in D.", "abc": "X:1\nK:D\nD|"}],
     "errors": "line 3: a bar is too long", "feedback": "pitch_range 12", "round": 1,
+    "asked": {"bars": 32, "seconds": None, "seconds_bars": None, "tempo": 72,
+              "tempo_field": "1/4=72", "meter": "3/4", "key": "Dm", "key_name": "D minor",
+              "voices": 2, "instruments": [{"voice": 1, "program": 40, "name": "Violin"},
+                                           {"voice": 2, "program": 42, "name": "Cello"}]},
+    "unmet": "- tempo: write Q:1/4=72",
 }
 
 

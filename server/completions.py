@@ -73,6 +73,7 @@ def run_summary(folder: Path, report: dict[str, Any], base: str, *, run_id: str 
         "abc": report.get("final_abc"),
         "faults": report.get("faults", []) if report.get("final_abc") else [],
         "fault_count": report.get("fault_count", 0) if report.get("final_abc") else 0,
+        "controls": report.get("controls", []) if report.get("final_abc") else [],
         "motivation": report.get("motivation", ""),
         "description": report.get("description", ""),
         "metrics": chosen_metrics(report),

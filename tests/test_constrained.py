@@ -88,7 +88,8 @@ def local_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def composition(image_url: str) -> list[Any]:
     prompt = render_prompt("compose.j2", description="A woman in uniform.", note="",
-                           examples=[], max_bars=16, thinking="/no_think", sees_image=True)
+                           examples=[], max_bars=16, thinking="/no_think", sees_image=True,
+                           asked=None)
     return [SystemMessage(content=render_prompt("system.j2")),
             HumanMessage(content=[{"type": "image_url", "image_url": {"url": image_url}},
                                   {"type": "text", "text": prompt}])]

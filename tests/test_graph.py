@@ -440,7 +440,8 @@ def test_the_graph_takes_the_image_and_a_note_and_gives_the_tune_and_why() -> No
     given = graph.get_input_jsonschema()
     assert set(given["properties"]) == {"image", "note"} and given["required"] == ["image"]
     assert set(graph.get_output_jsonschema()["properties"]) == {
-        "final_abc", "faults", "fault_count", "motivation", "explanation", "status", "failure"}
+        "final_abc", "faults", "fault_count", "controls", "motivation", "explanation", "status",
+        "failure"}
 
 
 @pytest.mark.parametrize(("typed", "model"), [

@@ -66,7 +66,7 @@ def test_an_edited_template_that_breaks_a_rule_is_refused_in_one_line(template: 
 
 def test_the_shipped_prompts_render_in_the_sandbox() -> None:
     text = render_prompt("compose.j2", description="A lake.", note="calm", examples=[],
-                         max_bars=32, thinking="/no_think", sees_image=True)
+                         max_bars=32, thinking="/no_think", sees_image=True, asked=None)
     assert "A lake." in text and "calm" in text
 
 

@@ -122,9 +122,10 @@ def test_studio_sees_the_graph_its_settings_and_prompts_and_runs_it(dev_server: 
         fields = schemas["context_schema"]["properties"]
         assert set(schemas["input_schema"]["properties"]) == {"image", "note"}
         assert set(schemas["output_schema"]["properties"]) == {
-            "final_abc", "faults", "fault_count", "motivation", "explanation", "status",
-            "failure"}
+            "final_abc", "faults", "fault_count", "controls", "motivation", "explanation",
+            "status", "failure"}
         assert {"rag_k", "refine_rounds", "repairs", "explain", "temperature"} <= set(fields)
+        assert fields["key"]["group"] == "music" and "D minor" in fields["key"]["description"]
         assert "examples to retrieve" in fields["rag_k"]["description"].lower()
         assert fields["compose_prompt"]["langgraph_type"] == "prompt"
         assert fields["compose_prompt"]["langgraph_nodes"] == ["compose"]

@@ -260,11 +260,16 @@ def _size_error(text: str, limit: int) -> Diagnostic | None:
     )
 
 
+def midi_seconds(midi: bytes) -> float:
+    """How long a MIDI file plays, tempo changes included (mido raises on a broken file)."""
+    return float(mido.MidiFile(file=io.BytesIO(midi)).length)
+
+
 def _length_errors(midi: bytes, line: int, settings: Settings) -> list[Diagnostic]:
     """A tune longer than `max_tune_seconds` when played (repeats and tempo included) is an
     error, so no render (a WAV grows by 10 MB a minute) can run for minutes."""
     try:
-        seconds = mido.MidiFile(file=io.BytesIO(midi)).length
+        seconds = midi_seconds(midi)
     except (EOFError, OSError, ValueError, KeyError) as error:
         return [Diagnostic(severity="error", line=line, col=0,
                            message=f"the MIDI written for this tune cannot be read ({error!r})")]

@@ -131,3 +131,17 @@ def _trailing_comments(rule_text: str) -> str:
     while lines and (not lines[-1].strip() or lines[-1].startswith("#")):
         tail.insert(0, lines.pop())
     return "\n".join(tail)
+
+
+def rule_definition(grammar: str, name: str) -> str:
+    """What rule `name` is defined as (the text after its `::=`, on one line), so a run's
+    grammar can extend a rule as the file has it."""
+    starts = list(_RULE.finditer(grammar))
+    for index, match in enumerate(starts):
+        if match["name"] == name:
+            end = starts[index + 1].start() if index + 1 < len(starts) else len(grammar)
+            body = grammar[match.end():end]
+            kept = _trailing_comments(body)
+            lines = body[:len(body) - len(kept)].split("\n")
+            return " ".join(line.strip() for line in lines if line.strip())
+    raise GrammarError(f"the grammar has no rule named {name}")

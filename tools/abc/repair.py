@@ -224,8 +224,7 @@ def plain_key(value: str) -> str | None:
     match = KEY_SPELLING.match(text)
     if match is None:
         return None
-    sign = match["sign"] or (match["word"] or "")[:1].lower()
-    tonic = match["letter"].upper() + {"♯": "#", "♭": "b", "s": "#", "f": "b"}.get(sign, sign)
+    tonic = spelled_tonic(match)
     words = match["rest"].split()
     mode = ""
     if words and is_mode(words[0]):
@@ -234,6 +233,12 @@ def plain_key(value: str) -> str | None:
     kept = [word for word in words if is_key_parameter(word)]
     plain = " ".join([tonic + mode, *kept])
     return plain if plain != text else None
+
+
+def spelled_tonic(match: re.Match[str]) -> str:
+    """The tonic a `KEY_SPELLING` match names, as ABC writes it: "f sharp" → "F#", "B♭" → "Bb"."""
+    sign = (match["sign"] or (match["word"] or "")[:1]).lower()
+    return match["letter"].upper() + {"♯": "#", "♭": "b", "s": "#", "f": "b"}.get(sign, sign)
 
 
 def key_signature(value: str) -> dict[str, str]:

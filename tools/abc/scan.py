@@ -205,6 +205,8 @@ def meter_length(value: str) -> tuple[Fraction | None, bool]:
         return (Fraction(1) if match["common"] == "C" else Fraction(2, 2)), True
     if match["free"] or match["den"] is None:
         return None, True
+    if int(match["den"]) == 0:
+        return None, False  # a note value of 1/0 is no note value
     numerator = sum(int(part) for part in match["num"].split("+"))
     return Fraction(numerator, int(match["den"])), True
 
