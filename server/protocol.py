@@ -9,7 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Send
 
-from img2music.settings import MAX_SEED, ExplainMode, Fusion
+from img2music.graph.options import OptionRefused, checked_options, options_model
+from img2music.settings import MAX_SEED
 from img2music.tools.images import BadDataUrl, DataUrlProblem, data_url_bytes
 
 MODEL_ID = "img2music"
@@ -45,23 +46,6 @@ async def send_error(send: Send, error: ApiError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class Options(BaseModel):
-    """The `img2music` extension object of a request: the run's settings a client may change."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    k: int | None = Field(default=None, ge=0, le=20, description="Examples to retrieve.")
-    rag: bool | None = Field(default=None, description="Retrieve examples at all.")
-    refine: bool | None = Field(default=None, description="Refine with metric feedback.")
-    refine_rounds: int | None = Field(default=None, ge=0, le=10)
-    repairs: int | None = Field(default=None, ge=0, le=10)
-    explain: ExplainMode | None = None
-    thinking: bool | None = None
-    fusion: Fusion | None = None
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED,
-                             description="Seed of the run's sampling; unset, one is chosen.")
-
-
 class ChatRequest(BaseModel):
     """The fields img2music honours; the rest of OpenAI's request is accepted and ignored."""
 
@@ -76,21 +60,29 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(default=None, gt=0)
     max_completion_tokens: int | None = Field(default=None, gt=0)
     n: int = Field(default=1, ge=1, le=1)
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)  # OpenAI's; `img2music.seed` wins
-    img2music: Options = Field(default_factory=Options)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    img2music: dict[str, Any] = Field(default_factory=dict)  # the run options, by their names
 
     def context_overrides(self) -> dict[str, Any]:
-        """Graph context fields this request sets; the rest keep the server's settings."""
-        options = self.img2music
-        overrides: dict[str, Any] = {
-            "temperature": self.temperature, "top_p": self.top_p,
-            "max_tokens": self.max_completion_tokens or self.max_tokens,
-            "rag_k": options.k, "rag": options.rag, "refine": options.refine,
-            "refine_rounds": options.refine_rounds, "repairs": options.repairs,
-            "explain": options.explain, "thinking": options.thinking, "fusion": options.fusion,
-            "seed": self.seed if options.seed is None else options.seed,
-        }
-        return {name: value for name, value in overrides.items() if value is not None}
+        """Graph context fields this request sets; the rest keep the server's settings.
+
+        The `img2music` object holds run options under their one name (`graph.options`: the
+        same as the settings, the CLI's flags and the report's keys); OpenAI's own sampling
+        fields set the same options, and the `img2music` object wins where both do. An unknown
+        key is a 400 that names it (and a former name's new one), never silently ignored.
+        """
+        try:
+            options = checked_options(self.img2music)
+        except OptionRefused as error:
+            where = f"img2music.{error.where}"
+            known = error.where in options_model().model_fields
+            raise ApiError(400, f"img2music.{error}", param=where,
+                           code="invalid_value" if known else "unknown_option") from None
+        standard = {"vlm_temperature": self.temperature, "vlm_top_p": self.top_p,
+                    "vlm_max_tokens": self.max_completion_tokens or self.max_tokens,
+                    "seed": self.seed}
+        return {**{name: value for name, value in standard.items() if value is not None},
+                **options}
 
     @property
     def include_usage(self) -> bool:
@@ -112,6 +104,7 @@ def parse_request(body: bytes) -> ChatRequest:
         raise ApiError(404, f"the model {request.model!r} does not exist; this server serves "
                        f"{MODEL_ID!r}", type="not_found_error", code="model_not_found",
                        param="model")
+    request.context_overrides()  # its run options are refused now, before any work
     return request
 
 

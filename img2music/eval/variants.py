@@ -13,14 +13,14 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from img2music.graph.context import Context, as_operator
+from img2music.graph.context import Context, as_operator, renamed_hint
 from img2music.prompt_files import PromptSet, prompt_set
 from img2music.settings import Settings
 
 BUILTIN: dict[str, dict[str, Any]] = {
     "full": {"rag": True, "refine": True},
     # The same, written under the ABC grammar (masked locally, sent to every endpoint).
-    "constrained": {"rag": True, "refine": True, "grammar": "on"},
+    "constrained": {"rag": True, "refine": True, "vlm_grammar": "on"},
     "no-rag": {"rag": False, "refine": True},
     "no-refine": {"rag": True, "refine": False},
     "no-rag-no-refine": {"rag": False, "refine": False},
@@ -28,7 +28,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
     "caption-only": {"rag": False, "refine": False, "see_image": False},
 }
 EVAL_SEED = 0
-EVAL_DEFAULTS: dict[str, Any] = {"explain": "none", "grammar": "off"}
+EVAL_DEFAULTS: dict[str, Any] = {"explain": "none", "vlm_grammar": "off"}
 """Explanations are not measured, so an evaluation does not spend time drawing them; every
 variant composes as the method does, checking afterwards, unless it asks for the grammar."""
 GRAPH_PROMPTS = ("system.j2", "describe.j2", "compose.j2", "repair.j2", "refine.j2",
@@ -95,7 +95,8 @@ def _check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
     allowed = {f.name for f in fields(Context)}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
-        raise VariantError(f"variant {name!r}: unknown setting(s) {', '.join(unknown)} "
+        raise VariantError(f"variant {name!r}: unknown setting(s) "
+                           f"{', '.join(map(renamed_hint, unknown))} "
                            f"(known: {', '.join(sorted(allowed))})")
     try:
         with as_operator():  # an eval config is the operator's, like the CLI
