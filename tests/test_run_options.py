@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from img2music.cli.main import app
 from img2music.cli.run_options import with_run_options
+from img2music.eval.variants import resolve_variants
 from img2music.graph.context import OPERATOR_FIELDS, PROMPT_FIELDS, Context
 from img2music.graph.options import options_model, run_options
 from img2music.settings import get_settings
@@ -144,3 +145,12 @@ def test_a_field_added_to_the_context_is_a_flag_and_an_option_at_once() -> None:
     schema = options_model(WithTempo).model_json_schema()["properties"]["tempo"]
     assert schema["description"] == "Beats per minute."
     assert "tempo" not in options_model().model_fields
+
+
+def test_eval_takes_the_run_settings_as_every_variants_base() -> None:
+    shown = help_text("eval")
+    assert " --max-repairs " in shown and " --judge-seed " in shown
+    variants = {variant.name: variant.context(get_settings()) for variant in resolve_variants(
+        ["full", "no-rag"], base={"max_repairs": 1, "rag": True, "seed": 9})}
+    assert {name: (c.max_repairs, c.rag, c.seed) for name, c in variants.items()} == {
+        "full": (1, True, 9), "no-rag": (1, False, 9)}  # the variant's own setting wins

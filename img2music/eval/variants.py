@@ -122,8 +122,10 @@ def resolve_variants(
     *,
     config: Path | None = None,
     prompts: Sequence[tuple[str, Path]] = (),
+    base: Mapping[str, Any] | None = None,
 ) -> list[Variant]:
-    """The variants to run, in order.
+    """The variants to run, in order; `base` holds run settings every variant starts from (the
+    command line's), which a variant's own settings override.
 
     Without names: every built-in and every variant of the config file (or `full` alone when
     prompt sets are given). With prompt sets, each chosen variant runs once per prompt set,
@@ -136,14 +138,15 @@ def resolve_variants(
         raise VariantError(f"unknown variant(s) {', '.join(unknown)} "
                            f"(known: {', '.join(available)})")
     if not prompts:
-        variants = [Variant(name, dict(available[name])) for name in dict.fromkeys(chosen)]
+        variants = [Variant(name, {**(base or {}), **available[name]})
+                    for name in dict.fromkeys(chosen)]
     else:
         variants = []
         for set_name, folder in prompts:
             check_prompt_folder(set_name, folder)
-            for base in dict.fromkeys(chosen):
-                name = set_name if len(chosen) == 1 else f"{base}@{set_name}"
-                variants.append(Variant(name, {**available[base],
+            for each in dict.fromkeys(chosen):
+                name = set_name if len(chosen) == 1 else f"{each}@{set_name}"
+                variants.append(Variant(name, {**(base or {}), **available[each],
                                                "prompts_dir": str(folder.resolve())}))
     repeated = sorted({v.name for v in variants if [w.name for w in variants].count(v.name) > 1})
     if repeated:
