@@ -1,7 +1,7 @@
 """What the graph makes of what real models wrote: every reply of the development set
 (`../shared/reference/llm-outputs`), replayed by a model that never fixes anything.
 
-    .venv/bin/python -m benchmarks.real_replies [--repairs 3] [--refine-rounds 1]
+    .venv/bin/python -m benchmarks.real_replies [--max-repairs 3] [--refine-rounds 1]
 
 Per reply: whether a tune was delivered, the model calls (describe included), the repairs asked
 for, the faults left in the delivered tune (or why there is none), and the graph's own time with
@@ -38,11 +38,11 @@ def replay(reply: str, state: Input, context: Context) -> tuple[State, int, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repairs", type=int, default=3)
+    parser.add_argument("--max-repairs", type=int, default=3)
     parser.add_argument("--refine-rounds", type=int, default=1)
     arguments = parser.parse_args()
     state: Input = {"image": image_data_url(open_image(PHOTO), max_pixels=128 * 128)}
-    context = Context(explain="none", rag=False, repairs=arguments.repairs,
+    context = Context(explain="none", rag=False, max_repairs=arguments.max_repairs,
                       refine_rounds=arguments.refine_rounds)
     print(f"{'reply':<46} {'delivered':>9} {'calls':>5} {'repairs':>7} {'faults':>6} {'ms':>6}"
           "  first fault, or why no tune")
@@ -69,7 +69,7 @@ def main() -> None:
 
 def max_calls(context: Context) -> int:
     """Describe, then each round's composition or refinement and its repairs."""
-    return 1 + (1 + context.refine_rounds) * (1 + context.repairs)
+    return 1 + (1 + context.refine_rounds) * (1 + context.max_repairs)
 
 
 if __name__ == "__main__":

@@ -37,16 +37,6 @@ from img2music.tools.abc.controls import (
     read_controls,
 )
 
-# Each field that has an IMG2MUSIC_* setting, and that setting's name.
-SETTING_FOR = {
-    "vlm_base_url": "vlm_base_url", "vlm_model": "vlm_model", "temperature": "vlm_temperature",
-    "top_p": "vlm_top_p", "top_k": "vlm_top_k", "max_tokens": "vlm_max_tokens",
-    "thinking": "vlm_thinking", "grammar": "vlm_grammar", "rag_k": "rag_k", "fusion": "rag_fusion",
-    "repairs": "max_repairs", "refine_rounds": "refine_rounds", "explain": "explain",
-    "prompts_dir": "prompts_dir", "seed": "seed",
-}
-
-
 # Fields that move where the model lives (and so where its API key is sent) or which files are
 # read (the prompt folder; with the local backend, the model's folder and code): a run's context
 # from LangGraph's API may not change them unless the operator allows it.
@@ -93,25 +83,40 @@ def _prompt_field(file: str, *nodes: str) -> Any:
 MUSIC_FIELDS = ("bars", "seconds", "tempo", "key", "meter", "voices", "instruments")
 
 
-def _music_field(description: str, **bounds: Any) -> Any:
+def _music_field(description: str, title: str, **bounds: Any) -> Any:
     """A musical control: optional, in the "music" group, its bounds in the schema."""
-    return Field(description=description + " Empty leaves it to the model.",
+    return Field(description=description + " Empty leaves it to the model.", title=title,
                  json_schema_extra={"group": "music"}, **bounds)
 
 
-def _read(settings: Settings, name: str) -> Any:
-    value = getattr(settings, SETTING_FOR[name])
+def setting_value(settings: Settings, name: str) -> Any:
+    """The setting IMG2MUSIC_<NAME> as a context field holds it (a folder as text)."""
+    value = getattr(settings, name)
     return str(value or "") if name == "prompts_dir" else value
 
 
 def _setting(name: str) -> Callable[[], Any]:
     """A default read from the settings when the context is made, not when this module loads."""
-    return lambda: _read(get_settings(), name)
+    return lambda: setting_value(get_settings(), name)
+
+
+def _run_setting(name: str, description: str, **extra: Any) -> Any:
+    """The declaration of a context field that is also the setting IMG2MUSIC_<NAME>: the
+    field's own description (and title, for the page), the setting's bounds, so the bounds are
+    written once, in `Settings`, and every door (CLI, HTTP, Studio) checks the same ones."""
+    limits = {kind: getattr(item, kind) for item in Settings.model_fields[name].metadata
+              for kind in ("gt", "ge", "lt", "le") if hasattr(item, kind)}
+    return Field(description=description, **limits, **extra)
 
 
 @dataclass(kw_only=True)
 class Context:
-    """Per-run settings; a field left out takes its IMG2MUSIC_* setting."""
+    """Per-run settings, each under one name everywhere: the field here (Studio), the setting
+    IMG2MUSIC_<NAME> where there is one (its default), `compose --name-with-dashes`, the HTTP
+    option `img2music.<name>` and the report's `settings.<name>`. The CLI flags, the HTTP
+    options, the page's controls and docs/settings.md are derived from these declarations
+    (`graph.options`): a field added here is offered everywhere, with its type, bounds,
+    description and `title` (the page's label). Operator and prompt fields are not offered."""
 
     vlm_base_url: Annotated[str, Field(
         description="OpenAI-compatible endpoint of the vision-language model (vLLM, a hosted "
@@ -120,80 +125,89 @@ class Context:
     vlm_model: Annotated[str, Field(
         description="Model the endpoint serves (Keye-VL-8B by default).",
     )] = field(default_factory=_setting("vlm_model"))
-    temperature: Annotated[float, Field(
-        description="Sampling temperature; Keye recommends 0.6.",
-    )] = field(default_factory=_setting("temperature"))
-    top_p: Annotated[float, Field(
-        description="Nucleus sampling; Keye recommends 0.95.",
-    )] = field(default_factory=_setting("top_p"))
-    top_k: Annotated[int, Field(
-        description="Top-k sampling, sent to vLLM endpoints only; Keye recommends 20.",
-    )] = field(default_factory=_setting("top_k"))
-    max_tokens: Annotated[int, Field(
-        description="Most tokens the model may write per call.",
-    )] = field(default_factory=_setting("max_tokens"))
-    thinking: Annotated[bool, Field(
-        description="Keye's think mode (/think) when composing; other models get no switch.",
-    )] = field(default_factory=_setting("thinking"))
-    grammar: Annotated[GrammarMode, Field(
-        description="Constrain each answer with the ABC grammar while the model writes it: auto "
-        "(where the backend applies it), on or off.",
-    )] = field(default_factory=_setting("grammar"))
+    vlm_temperature: Annotated[float, _run_setting(
+        "vlm_temperature", "Sampling temperature; Keye recommends 0.6.", title="Temperature",
+    )] = field(default_factory=_setting("vlm_temperature"))
+    vlm_top_p: Annotated[float, _run_setting(
+        "vlm_top_p", "Nucleus sampling; Keye recommends 0.95.", title="Top-p",
+    )] = field(default_factory=_setting("vlm_top_p"))
+    vlm_top_k: Annotated[int, _run_setting(
+        "vlm_top_k", "Top-k sampling, sent to vLLM endpoints only; Keye recommends 20.",
+        title="Top-k",
+    )] = field(default_factory=_setting("vlm_top_k"))
+    vlm_max_tokens: Annotated[int, _run_setting(
+        "vlm_max_tokens", "Most tokens the model may write per call.", title="Most tokens a call",
+    )] = field(default_factory=_setting("vlm_max_tokens"))
+    vlm_thinking: Annotated[bool, _run_setting(
+        "vlm_thinking", "Keye's think mode (/think) when composing; other models get no switch.",
+        title="Think before composing",
+    )] = field(default_factory=_setting("vlm_thinking"))
+    vlm_grammar: Annotated[GrammarMode, _run_setting(
+        "vlm_grammar", "Constrain each answer with the ABC grammar while the model writes it: "
+        "auto (where the backend applies it), on or off.", title="ABC grammar",
+    )] = field(default_factory=_setting("vlm_grammar"))
     rag: Annotated[bool, Field(
         description="Retrieve real tunes as examples for the compose prompt.",
+        title="Learn from real tunes (RAG)",
     )] = True
     see_image: Annotated[bool, Field(
         description="The composer sees the image; off, it composes from the description alone "
-        "(the caption-only baseline).",
+        "(the caption-only baseline).", title="The composer sees the image",
     )] = True
-    rag_k: Annotated[int, Field(
-        description="How many examples to retrieve.",
+    rag_k: Annotated[int, _run_setting(
+        "rag_k", "How many examples to retrieve.", title="Examples to retrieve (k)",
     )] = field(default_factory=_setting("rag_k"))
-    fusion: Annotated[Fusion, Field(
-        description="How image and description similarities combine: rrf or weighted.",
-    )] = field(default_factory=_setting("fusion"))
-    repairs: Annotated[int, Field(
-        description="Grammar-repair attempts when a tune fails parse-check.",
-    )] = field(default_factory=_setting("repairs"))
+    rag_fusion: Annotated[Fusion, _run_setting(
+        "rag_fusion", "How image and description similarities combine: rrf or weighted.",
+        title="Fusion of similarities",
+    )] = field(default_factory=_setting("rag_fusion"))
+    max_repairs: Annotated[int, _run_setting(
+        "max_repairs", "Grammar-repair attempts when a tune fails parse-check.",
+        title="Repairs per round",
+    )] = field(default_factory=_setting("max_repairs"))
     refine: Annotated[bool, Field(
         description="Send the MusPy metrics back so the model can refine its tune.",
+        title="Refine with the metrics",
     )] = True
-    refine_rounds: Annotated[int, Field(
-        description="Refinement rounds after the first valid tune.",
+    refine_rounds: Annotated[int, _run_setting(
+        "refine_rounds", "Refinement rounds after the first valid tune.",
+        title="Refinement rounds",
     )] = field(default_factory=_setting("refine_rounds"))
-    explain: Annotated[ExplainMode, Field(
-        description="Image explanation: attention (local model), clip (patch relevance) or none.",
+    explain: Annotated[ExplainMode, _run_setting(
+        "explain", "Image explanation: attention (local model), clip (patch relevance) or none.",
+        title="Explanation map",
     )] = field(default_factory=_setting("explain"))
-    seed: Annotated[int | None, Field(
-        description="Seed of this run's sampling: the same seed and settings give the same tune "
+    seed: Annotated[int | None, _run_setting(
+        "seed", "Seed of this run's sampling: the same seed and settings give the same tune "
         "with a deterministic model; empty chooses one, which the report records.",
-        ge=0, le=MAX_SEED,
+        title="Seed",
     )] = field(default_factory=_setting("seed"))
     bars: Annotated[int | None, _music_field(
         f"Length in bars (each voice, as written); the tune passes within "
-        f"{BAR_TOLERANCE:.0%} (at least one bar).", ge=MIN_BARS, le=MAX_BARS)] = None
+        f"{BAR_TOLERANCE:.0%} (at least one bar).", "Length in bars",
+        ge=MIN_BARS, le=MAX_BARS)] = None
     seconds: Annotated[float | None, _music_field(
         f"Length in seconds when played, an alternative to bars; the tune passes within "
         f"{SECONDS_TOLERANCE:.0%} (at least {MIN_SECONDS_TOLERANCE:g} s).",
-        ge=MIN_SECONDS, le=MAX_SECONDS)] = None
+        "Length in seconds", ge=MIN_SECONDS, le=MAX_SECONDS)] = None
     tempo: Annotated[int | None, _music_field(
         "Tempo in beats a minute of the meter's beat (a dotted quarter in 6/8, a half note in "
         f"2/2 and C|, else the meter's note value); the tune passes within "
-        f"{TEMPO_TOLERANCE_BPM}.",
+        f"{TEMPO_TOLERANCE_BPM}.", "Tempo (BPM)",
         ge=MIN_TEMPO, le=MAX_TEMPO)] = None
     key: Annotated[str | None, _music_field(
         "Key and mode as you would write it: 'D minor', 'Dm', 'F# dorian', 'Bb major', 'Eb'.",
-    )] = None
+        "Key and mode")] = None
     meter: Annotated[str | None, _music_field(
-        "Meter: '3/4', '6/8', '2+3/8', 'C' (common time) or 'C|' (cut time).")] = None
+        "Meter: '3/4', '6/8', '2+3/8', 'C' (common time) or 'C|' (cut time).", "Meter")] = None
     voices: Annotated[int | None, _music_field(
-        "Number of voices (parts); an ensemble in instruments implies it.",
+        "Number of voices (parts); an ensemble in instruments implies it.", "Voices",
         ge=MIN_VOICES, le=MAX_VOICES)] = None
     instruments: Annotated[str | None, _music_field(
         "An ensemble (piano, string quartet, string trio, piano trio, folk band, wind "
         "quintet, brass quintet, jazz combo, choir, orchestra, …) or one General MIDI "
         "instrument per voice, by name or program 0-127: 'violin, violin, viola, cello' or "
-        "'40,40,41,42'.")] = None
+        "'40,40,41,42'.", "Instruments")] = None
     prompts_dir: Annotated[str, Field(
         description="A prompt folder of your own; empty for the shipped prompts.")] = field(
         default_factory=_setting("prompts_dir"))
@@ -217,7 +231,7 @@ class Context:
         if settings.allow_run_overrides:
             return
         changed = [name for name in OPERATOR_FIELDS
-                   if (getattr(self, name) or "") != (_read(settings, name) or "")]
+                   if (getattr(self, name) or "") != (setting_value(settings, name) or "")]
         if changed:
             raise RunOverrideRefused(
                 f"a run may not set {', '.join(changed)}: the operator's settings decide where "
@@ -253,10 +267,27 @@ class Context:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> Context:
-        """Context from explicit settings, then per-run overrides: the operator's door (Python,
-        the CLI, eval), so the operator fields may change here."""
-        values: dict[str, Any] = {name: _read(settings, name) for name in SETTING_FOR}
+        """Context from explicit settings, then per-run overrides (None keeps the setting): the
+        operator's door (Python, the CLI, eval), so the operator fields may change here. A name
+        that is no field is refused (with its new name, if it is a former one)."""
         known = {f.name for f in fields(cls)}
-        values.update({k: v for k, v in overrides.items() if k in known and v is not None})
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise TypeError(f"not a run setting: {', '.join(map(renamed_hint, unknown))}")
+        values: dict[str, Any] = {name: setting_value(settings, name) for name in known
+                                  if name in Settings.model_fields}
+        values.update({k: v for k, v in overrides.items() if v is not None})
         with as_operator():
             return cls(**values)
+
+
+FORMER_NAMES = {"k": "rag_k", "repairs": "max_repairs", "fusion": "rag_fusion",
+                "temperature": "vlm_temperature", "top_p": "vlm_top_p", "top_k": "vlm_top_k",
+                "max_tokens": "vlm_max_tokens", "thinking": "vlm_thinking",
+                "grammar": "vlm_grammar"}
+"""Names run settings had before each got one name everywhere, and the name each has now."""
+
+
+def renamed_hint(name: str) -> str:
+    """A name that is no run setting, as an error names it: `k (now rag_k)`."""
+    return f"{name} (now {FORMER_NAMES[name]})" if name in FORMER_NAMES else name

@@ -16,7 +16,7 @@ from langchain_core.language_models import BaseChatModel
 from img2music.graph.context import Context
 from img2music.graph.models import to_langchain
 from img2music.graph.state import State
-from img2music.settings import get_settings
+from img2music.settings import Settings
 from img2music.tools.images import image_from_data_url
 
 logger = logging.getLogger(__name__)
@@ -25,14 +25,15 @@ NO_LOCAL_MODEL = ("attention needs a local copy of the model (IMG2MUSIC_ATTENTIO
                   "local backend); this is CLIP patch relevance instead")
 
 
-def image_explanation(state: State, chosen: int, context: Context,
-                      model: BaseChatModel) -> dict[str, Any]:
-    """Grid(s) for the overlay, the method that made them, and any note on a fallback."""
+def image_explanation(state: State, chosen: int, context: Context, model: BaseChatModel,
+                      settings: Settings) -> dict[str, Any]:
+    """Grid(s) for the overlay, the method that made them, and any note on a fallback; the
+    operator's `settings` name the CLIP model and any local copy of the VLM for attention."""
     if context.explain == "none":
         return {}
     note = ""
     if context.explain == "attention":
-        vlm = _attention_vlm(model)
+        vlm = _attention_vlm(model, settings.attention_model)
         if vlm is not None:
             return _attention(state, chosen, vlm)
         note = NO_LOCAL_MODEL
@@ -41,17 +42,16 @@ def image_explanation(state: State, chosen: int, context: Context,
 
     text = state.get("motivation") or state["attempts"][chosen]["motivation"] or \
         state.get("description", "")
-    grid = clip_patch_relevance(load_embedder(), image_from_data_url(state["image"]), text)
+    grid = clip_patch_relevance(load_embedder(settings), image_from_data_url(state["image"]), text)
     return {"method": "clip", "grid": grid.tolist(), **({"note": note} if note else {})}
 
 
-def _attention_vlm(model: BaseChatModel) -> Any:
+def _attention_vlm(model: BaseChatModel, attention_model: str | None) -> Any:
     """A local model that can return attention weights, or None."""
     from img2music.graph.local_vlm import LocalChatModel, shared_local_vlm
 
-    settings = get_settings()
-    if settings.attention_model:
-        return shared_local_vlm(settings.attention_model, trust_remote_code=True)
+    if attention_model:
+        return shared_local_vlm(attention_model, trust_remote_code=True)
     if isinstance(model, LocalChatModel):
         return model.vlm  # the composer's own copy: it switches to eager attention for the pass
     return None

@@ -15,6 +15,7 @@ from img2music.graph.nodes import (
     ModelFor,
     RetrieverFor,
     compose,
+    default_retriever,
     describe,
     evaluate,
     explain,
@@ -24,25 +25,37 @@ from img2music.graph.nodes import (
 )
 from img2music.graph.routing import after_describe, after_evaluate, after_parse_check
 from img2music.graph.state import Input, Output, State
+from img2music.settings import Settings, get_settings
 
 GRAPH_NAME = "img2music"
 
 
 def build_graph(
     *,
-    model_for: ModelFor = chat_model,
+    settings: Settings | None = None,
+    model_for: ModelFor | None = None,
     retriever_for: RetrieverFor | None = None,
     checkpointer: Checkpointer = None,
 ) -> CompiledStateGraph[State, Context, Input, Output]:
-    """The composing graph; pass a checkpointer (SQLite) for runs that survive interruption."""
+    """The composing graph; pass a checkpointer (SQLite) for runs that survive interruption.
+
+    What a run may choose is its context; what only the operator chooses comes from `settings`
+    (the process's when not given) and is bound into the nodes here, once: how the model is
+    reached (backend, key, profile, timeouts: `model_for`), the index (`retriever_for`), and
+    the explainer's CLIP and attention models. No node reads the process's settings itself.
+    """
+    settings = settings or get_settings()
+    model_for = model_for or partial(chat_model, settings=settings)
     builder = StateGraph(State, context_schema=Context, input_schema=Input,
                          output_schema=Output)
     builder.add_node("describe", partial(describe, model_for=model_for))
-    builder.add_node("retrieve", partial(retrieve, retriever_for=retriever_for))
-    builder.add_node("compose", partial(compose, model_for=model_for))
+    builder.add_node("retrieve", partial(
+        retrieve, retriever_for=retriever_for or partial(default_retriever, settings=settings)))
+    builder.add_node("compose", partial(compose, model_for=model_for,
+                                        backend=settings.vlm_backend))
     builder.add_node("parse_check", parse_check)
     builder.add_node("evaluate", evaluate)
-    builder.add_node("explain", partial(explain, model_for=model_for))
+    builder.add_node("explain", partial(explain, model_for=model_for, settings=settings))
     builder.add_node("finish", finish)
 
     builder.add_edge(START, "describe")

@@ -55,7 +55,7 @@ from img2music.graph.profiles import (
 )
 from img2music.graph.state import Message
 from img2music.redaction import redact_url
-from img2music.settings import ProfileSetting, Settings, get_settings
+from img2music.settings import ProfileSetting, Settings, VLMBackend, get_settings
 from img2music.tools.abc.controls import grammar_rules
 from img2music.tools.abc.diagnostics import one_line
 from img2music.tools.abc.grammar import answer_grammar, matches
@@ -131,31 +131,30 @@ def chat_model(context: Context, *, settings: Settings | None = None) -> BaseCha
     """The chat model for this run's context, built once per distinct configuration."""
     settings = settings or get_settings()
     if settings.vlm_backend == "local":
-        return _local_model(context.vlm_model, context.temperature, context.top_p,
-                            context.top_k, context.max_tokens)
+        return _local_model(context.vlm_model, context.vlm_temperature, context.vlm_top_p,
+                            context.vlm_top_k, context.vlm_max_tokens)
     detection = profile_for(context.vlm_base_url,
                             api_key=settings.vlm_api_key.get_secret_value(),
                             choice=settings.vlm_profile)
     return _openai_model(_OpenAIConfig(
         base_url=context.vlm_base_url, model=context.vlm_model, api_key=settings.vlm_api_key,
-        profile=detection.profile, role="VLM", temperature=context.temperature,
-        top_p=context.top_p, top_k=context.top_k, max_tokens=context.max_tokens,
+        profile=detection.profile, role="VLM", temperature=context.vlm_temperature,
+        top_p=context.vlm_top_p, top_k=context.vlm_top_k, max_tokens=context.vlm_max_tokens,
         timeout_s=settings.vlm_timeout_s, retries=settings.vlm_retries,
     ))
 
 
 def answer_constraint(context: Context, model: BaseChatModel, *,
-                      settings: Settings | None = None) -> AnswerConstraint | None:
-    """The ABC grammar for this run's compose calls to `model`, or None where it is not sent
-    (`grammar_plan` says where it goes)."""
-    settings = settings or get_settings()
+                      backend: VLMBackend) -> AnswerConstraint | None:
+    """The ABC grammar for this run's compose calls to `model` (served by `backend`), or None
+    where it is not sent (`grammar_plan` says where it goes)."""
     profile = model.endpoint_profile if isinstance(model, EndpointChatModel) else None
-    via, _ = grammar_plan(grammar=context.grammar, backend=settings.vlm_backend, profile=profile)
+    via, _ = grammar_plan(grammar=context.vlm_grammar, backend=backend, profile=profile)
     if via is None:
         return None
     # The run's fixed header values (key, meter, tempo, voices, programs) narrow the grammar.
     rules = grammar_rules(context.controls())
-    return AnswerConstraint(answer_grammar(rules, thinking=context.thinking), via)
+    return AnswerConstraint(answer_grammar(rules, thinking=context.vlm_thinking), via)
 
 
 def judge_chat_model(settings: Settings | None = None) -> BaseChatModel:

@@ -13,7 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
@@ -42,6 +41,7 @@ from img2music.graph.state import (
     rounds_and_repairs,
 )
 from img2music.prompt_files import check_prompt_edits, render_prompt
+from img2music.settings import Settings, VLMBackend
 from img2music.tools.abc.check import CompiledAbc, ParseCheck, compile_abc, midi_seconds
 from img2music.tools.abc.controls import (
     Controls,
@@ -68,6 +68,7 @@ MAX_BARS = 64
 MAX_FAULTS_SHOWN = 12
 EXAMPLES_TO_SPARE = 4  # fetched beyond k, in case some examples are not playable
 _RETRIEVER_LOCK = threading.Lock()
+_RETRIEVERS: dict[str, Any] = {}
 NO_TUNE = ("your answer has no ABC tune: write the whole tune in an ```abc block, starting "
            "with X:1 and ending the header with K:")
 
@@ -97,7 +98,7 @@ async def describe(
 
 
 async def retrieve(
-    state: State, runtime: Runtime[Context], *, retriever_for: RetrieverFor | None = None
+    state: State, runtime: Runtime[Context], *, retriever_for: RetrieverFor
 ) -> State:
     """The k real tunes whose captions best match both the image and its description (CLIP
     and the index work in a thread: the event loop serves other runs meanwhile)."""
@@ -105,11 +106,11 @@ async def retrieve(
     started = time.perf_counter()
 
     def search() -> list[Any]:
-        retriever = (retriever_for or default_retriever)(context)
+        retriever = retriever_for(context)
         found = retriever.retrieve(
             image=image_from_data_url(state["image"]),
             description=state.get("description") or None,
-            k=context.rag_k + EXAMPLES_TO_SPARE, fusion=context.fusion,
+            k=context.rag_k + EXAMPLES_TO_SPARE, fusion=context.rag_fusion,
         )
         return playable_examples(found, context.rag_k)
 
@@ -143,24 +144,27 @@ def playable_examples(examples: list[Any], k: int) -> list[Any]:
     return kept
 
 
-def default_retriever(context: Context) -> Any:
-    """The configured index, built on first use (the music21 corpus needs no download).
+def default_retriever(context: Context, *, settings: Settings) -> Any:
+    """The operator's index (`settings`, bound by `build_graph`), built on first use (the
+    music21 corpus needs no download).
 
-    One retriever serves every run of the process; the lock keeps concurrent runs from loading
-    CLIP or opening Chroma twice at once (Chroma's bindings do not import safely in parallel).
+    One retriever serves every run with the same settings; the lock keeps concurrent runs from
+    loading CLIP or opening Chroma twice at once (Chroma's bindings do not import safely in
+    parallel).
     """
+    key = settings.model_dump_json()  # secrets show as stars: the key holds none
     with _RETRIEVER_LOCK:
-        return _shared_retriever()
+        if key not in _RETRIEVERS:
+            _RETRIEVERS.clear()  # one index at a time: a process rarely changes its settings
+            _RETRIEVERS[key] = _open_retriever(settings)
+        return _RETRIEVERS[key]
 
 
-@lru_cache(maxsize=1)
-def _shared_retriever() -> Any:
-    from img2music.settings import get_settings
+def _open_retriever(settings: Settings) -> Any:
     from img2music.tools.retrieval.embedder import load_embedder
     from img2music.tools.retrieval.index import ensure_index
     from img2music.tools.retrieval.retriever import Retriever
 
-    settings = get_settings()
     embedder = load_embedder(settings)
     if "music21" in settings.rag_source_list:
         ensure_index("music21", embedder, settings=settings)
@@ -179,20 +183,23 @@ def next_attempt(attempts: list[Attempt], best: int | None) -> tuple[AttemptKind
 
 
 async def compose(
-    state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model
+    state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model,
+    backend: VLMBackend,
 ) -> State:
     """One model turn: the first tune, a repair, or a refinement, in one growing conversation.
 
     What stays the same (instructions, image, examples) comes first and only the new feedback
     is appended, so the model server's prefix cache serves the repeated part. Without
-    `see_image` the composer gets the description alone (the caption-only baseline).
+    `see_image` the composer gets the description alone (the caption-only baseline). The
+    `backend` (the operator's IMG2MUSIC_VLM_BACKEND, bound by `build_graph`) says whether the
+    grammar is masked locally or sent to the endpoint.
     """
     context = runtime.context
     attempts = state.get("attempts", [])
     best = state.get("best")
     kind, round_number = next_attempt(attempts, best)
     folder = context.prompts_dir or None
-    thinking = prompt_switch(context.thinking, context.vlm_model)
+    thinking = prompt_switch(context.vlm_thinking, context.vlm_model)
     if kind == "compose":
         controls = context.controls()
         bar_range = controls.bar_range()
@@ -224,7 +231,7 @@ async def compose(
     conversation = [*state.get("conversation", []), *turns]
     model = await _model(model_for, context)
     # The grammar is read from its file once per process: off the event loop.
-    constraint = await asyncio.to_thread(answer_constraint, context, model)
+    constraint = await asyncio.to_thread(answer_constraint, context, model, backend=backend)
     reply = await acall_model(model, to_langchain(conversation), endpoint=context.vlm_base_url,
                               constraint=constraint, seed=context.call_seed(len(attempts) + 1))
     extraction = extract_abc(reply.text)
@@ -302,10 +309,13 @@ async def evaluate(state: State) -> State:
 
 
 async def explain(
-    state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model
+    state: State, runtime: Runtime[Context], *, model_for: ModelFor = chat_model,
+    settings: Settings,
 ) -> State:
     """The chosen tune, its motivation, what a musician would still correct, and what shaped
-    it (the loop, the examples, and where in the image it came from)."""
+    it (the loop, the examples, and where in the image it came from). The run's context says
+    which picture; the operator's `settings` (bound by `build_graph`) which CLIP and which
+    local copy of the model draw it."""
     attempts = state["attempts"]
     best = state.get("best")
     assert best is not None, "explain follows a playable tune"
@@ -323,7 +333,7 @@ async def explain(
     started = time.perf_counter()
     try:
         picture = await asyncio.to_thread(image_explanation, state, best, runtime.context,
-                                          await _model(model_for, runtime.context))
+                                          await _model(model_for, runtime.context), settings)
         explanation = cast(Explanation, {**explanation, **picture})
     except Exception as error:  # the tune stands even when its picture cannot be drawn
         logger.warning("no image explanation: %s", error)

@@ -29,7 +29,7 @@ def after_parse_check(
         attempt["round"] == last["round"] and attempt["kind"] == "repair" for attempt in attempts
     )
     if (not is_clean(last) and not repeats_an_earlier_tune(attempts)
-            and repairs_this_round < runtime.context.repairs):
+            and repairs_this_round < runtime.context.max_repairs):
         return "compose"
     best = state.get("best")
     if best is None:

@@ -15,6 +15,7 @@ ProfileSetting = Literal["auto", "vllm", "openai", "ollama", "generic"]
 Fusion = Literal["rrf", "weighted"]
 ExplainMode = Literal["attention", "clip", "none"]
 GrammarMode = Literal["auto", "on", "off"]
+VLMBackend = Literal["openai", "local"]
 MAX_SEED = 2**31 - 1
 """Largest seed: one every backend takes (llama.cpp's seeds are 32-bit, JSON clients' ints
 are safe far beyond it)."""
@@ -151,7 +152,7 @@ class Settings(BaseSettings):
     rag_example_tokens: int = Field(
         default=600, gt=0, description="Token budget for each example's ABC in the prompt."
     )
-    vlm_backend: Literal["openai", "local"] = Field(
+    vlm_backend: VLMBackend = Field(
         default="openai",
         description="`openai`: any OpenAI-compatible endpoint (vLLM serving Keye-VL-8B, a "
         "hosted vision API, Ollama); `local`: an in-process transformers model.",

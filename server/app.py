@@ -3,8 +3,8 @@
 `POST /v1/chat/completions` takes the image from the last user message (its text is the note
 about the music) and answers with the motivation and the tune; the `img2music` extension object
 of the answer carries the run id, the ABC, the metrics and the URLs of the run's files, which
-`/v1/runs/{id}/...` serves; `/` is a web page over the same API. The same app is mounted into
-`langgraph dev` by `langgraph.json`.
+`/v1/runs/{id}/...` serves; `/v1/options` describes the run options a request may set; `/` is a
+web page over the same API. The same app is mounted into `langgraph dev` by `langgraph.json`.
 
 This module holds the routes. What every request passes first is `middleware`; what a request
 may say is `protocol`, and what the server answers is `completions`; the runs themselves are
@@ -30,6 +30,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException
 
 from img2music.graph.nodes import ModelFor, RetrieverFor
+from img2music.graph.options import option_defaults, options_model
 from img2music.pipeline.index_build import IndexBuild, progress_line
 from img2music.pipeline.readiness import Check, health_checks
 from img2music.pipeline.report import read_report
@@ -135,6 +136,14 @@ def create_app(settings: Settings | None = None, *, model_for: ModelFor | None =
             raise ApiError(404, f"the model {model!r} does not exist", type="not_found_error",
                            code="model_not_found")
         return _model_card()
+
+    @app.get("/v1/options", dependencies=authorised)
+    async def list_options() -> dict[str, Any]:
+        """The run options a request's `img2music` object may set, as JSON schema (type,
+        bounds, title, description of each), with this server's defaults: the web page builds
+        its Advanced panel from it, so every option is offered there as it is declared."""
+        return {"object": "img2music.options", "schema": options_model().model_json_schema(),
+                "defaults": option_defaults(settings)}
 
     @app.post("/v1/chat/completions", dependencies=authorised, response_model=None)
     async def chat_completions(request: Request) -> Response:

@@ -9,7 +9,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import Send
 
-from img2music.settings import MAX_SEED, MAX_TAKES, ExplainMode, Fusion
+from img2music.graph.options import OptionRefused, checked_options, options_model
+from img2music.settings import MAX_SEED, MAX_TAKES
 from img2music.tools.images import BadDataUrl, DataUrlProblem, data_url_bytes
 
 MODEL_ID = "img2music"
@@ -46,26 +47,6 @@ async def send_error(send: Send, error: ApiError) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class Options(BaseModel):
-    """The `img2music` extension object of a request: the run's settings a client may change."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    k: int | None = Field(default=None, ge=0, le=20, description="Examples to retrieve.")
-    rag: bool | None = Field(default=None, description="Retrieve examples at all.")
-    refine: bool | None = Field(default=None, description="Refine with metric feedback.")
-    refine_rounds: int | None = Field(default=None, ge=0, le=10)
-    repairs: int | None = Field(default=None, ge=0, le=10)
-    explain: ExplainMode | None = None
-    thinking: bool | None = None
-    fusion: Fusion | None = None
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED,
-                             description="Seed of the run's sampling; unset, one is chosen.")
-    takes: int | None = Field(default=None, ge=1, le=MAX_TAKES,
-                              description="Candidates composed at once (OpenAI's `n`), one "
-                              "choice each.")
-
-
 class ChatRequest(BaseModel):
     """The fields img2music honours; the rest of OpenAI's request is accepted and ignored."""
 
@@ -80,26 +61,44 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(default=None, gt=0)
     max_completion_tokens: int | None = Field(default=None, gt=0)
     n: int = Field(default=1, ge=1, le=MAX_TAKES)  # takes: one choice per take
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)  # OpenAI's; `img2music.seed` wins
-    img2music: Options = Field(default_factory=Options)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    # The run options, by their names, and `takes` (a request's, not a run's: each take is a
+    # run of the graph).
+    img2music: dict[str, Any] = Field(default_factory=dict)
 
     def context_overrides(self) -> dict[str, Any]:
-        """Graph context fields this request sets; the rest keep the server's settings."""
-        options = self.img2music
-        overrides: dict[str, Any] = {
-            "temperature": self.temperature, "top_p": self.top_p,
-            "max_tokens": self.max_completion_tokens or self.max_tokens,
-            "rag_k": options.k, "rag": options.rag, "refine": options.refine,
-            "refine_rounds": options.refine_rounds, "repairs": options.repairs,
-            "explain": options.explain, "thinking": options.thinking, "fusion": options.fusion,
-            "seed": self.seed if options.seed is None else options.seed,
-        }
-        return {name: value for name, value in overrides.items() if value is not None}
+        """Graph context fields this request sets; the rest keep the server's settings.
+
+        The `img2music` object holds run options under their one name (`graph.options`: the
+        same as the settings, the CLI's flags and the report's keys); OpenAI's own sampling
+        fields set the same options, and the `img2music` object wins where both do. An unknown
+        key is a 400 that names it (and a former name's new one), never silently ignored.
+        """
+        try:
+            options = checked_options({name: value for name, value in self.img2music.items()
+                                       if name != "takes"})
+        except OptionRefused as error:
+            where = f"img2music.{error.where}"
+            known = error.where in options_model().model_fields
+            raise ApiError(400, f"img2music.{error}", param=where,
+                           code="invalid_value" if known else "unknown_option") from None
+        standard = {"vlm_temperature": self.temperature, "vlm_top_p": self.top_p,
+                    "vlm_max_tokens": self.max_completion_tokens or self.max_tokens,
+                    "seed": self.seed}
+        return {**{name: value for name, value in standard.items() if value is not None},
+                **options}
 
     @property
     def takes(self) -> int:
         """Candidates to compose: `img2music.takes`, else OpenAI's `n`."""
-        return self.img2music.takes or self.n
+        given = self.img2music.get("takes")
+        if given is None:
+            return self.n
+        if isinstance(given, bool) or not isinstance(given, int) or not 1 <= given <= MAX_TAKES:
+            raise ApiError(400, f"img2music.takes: candidates to compose at once, a whole number "
+                           f"from 1 to {MAX_TAKES} (OpenAI's n says the same)",
+                           param="img2music.takes", code="invalid_value")
+        return given
 
     @property
     def include_usage(self) -> bool:
@@ -113,6 +112,8 @@ def parse_request(body: bytes) -> ChatRequest:
         raise ApiError(404, f"the model {request.model!r} does not exist; this server serves "
                        f"{MODEL_ID!r}", type="not_found_error", code="model_not_found",
                        param="model")
+    request.context_overrides()  # its run options are refused now, before any work
+    _ = request.takes  # and its takes
     return request
 
 

@@ -55,7 +55,7 @@ def _clear_settings_caches() -> None:
     get_settings.cache_clear()
     nodes = sys.modules.get("img2music.graph.nodes")
     if nodes is not None:
-        nodes._shared_retriever.cache_clear()
+        nodes._RETRIEVERS.clear()
 
 
 @pytest.fixture(scope="session", autouse=True)

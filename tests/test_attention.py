@@ -449,14 +449,14 @@ def test_the_composer_and_the_attention_pass_share_one_loaded_copy(
 
     monkeypatch.setattr(LocalVLM, "load", counted)
     settings = Settings(vlm_backend="local", vlm_model=str(folder), data_dir=tmp_path / "data")
-    context = Context.from_settings(settings, explain="attention", max_tokens=8)
+    context = Context.from_settings(settings, explain="attention", vlm_max_tokens=8)
     try:
         composer = chat_model(context, settings=settings)
         assert isinstance(composer, LocalChatModel)
         composer.invoke([HumanMessage([{"type": "image_url", "image_url": {"url": data_url(
             photo)}}, {"type": "text", "text": "Compose."}])])
-        picture = image_explanation(chosen_state(), 0, context, composer)
-        again = chat_model(Context.from_settings(settings, temperature=0.1), settings=settings)
+        picture = image_explanation(chosen_state(), 0, context, composer, settings)
+        again = chat_model(Context.from_settings(settings, vlm_temperature=0.1), settings=settings)
     finally:
         local_vlm.load_once.cache_clear()
     assert picture["method"] == "attention" and set(picture["sections"]) == {"theme", "close"}
@@ -476,7 +476,8 @@ def test_concurrent_runs_on_one_model_get_their_own_attention_maps(
     second = other_run(first, wide)
     try:
         composer = chat_model(context, settings=settings)
-        alone = [image_explanation(state, 0, context, composer) for state in (first, second)]
+        alone = [image_explanation(state, 0, context, composer, settings)
+                 for state in (first, second)]
         runtime = Runtime(context=context)
 
         def chosen(state: State) -> State:
@@ -487,7 +488,7 @@ def test_concurrent_runs_on_one_model_get_their_own_attention_maps(
 
         async def both() -> list[State]:
             return list(await asyncio.gather(*(
-                explain(chosen(state), runtime, model_for=lambda _: composer)
+                explain(chosen(state), runtime, model_for=lambda _: composer, settings=settings)
                 for state in (first, second))))
 
         together = asyncio.run(both())

@@ -53,10 +53,10 @@ def kinds(report: dict[str, Any] | None) -> list[str]:
 
 
 def test_repairs_and_refine_rounds_set_the_loops(tmp_path: Path, vlm: ScriptedServer) -> None:
-    result, report = compose(tmp_path, "--repairs", "1", "--refine-rounds", "2")
+    result, report = compose(tmp_path, "--max-repairs", "1", "--refine-rounds", "2")
     assert result.exit_code == 0, result.output
     assert kinds(report) == ["compose", "repair", "refine", "refine"]
-    assert report is not None and report["settings"]["repairs"] == 1
+    assert report is not None and report["settings"]["max_repairs"] == 1
     assert report["settings"]["refine_rounds"] == 2
     assert len(vlm.requests) == 1 + 4  # describe, then one call per attempt
 
@@ -64,7 +64,7 @@ def test_repairs_and_refine_rounds_set_the_loops(tmp_path: Path, vlm: ScriptedSe
 def test_no_repairs_leaves_a_broken_tune_undelivered_with_exit_1(
     tmp_path: Path, vlm: ScriptedServer
 ) -> None:
-    result, report = compose(tmp_path, "--repairs", "0")
+    result, report = compose(tmp_path, "--max-repairs", "0")
     assert result.exit_code == 1, result.output
     assert kinds(report) == ["compose"]
     assert "no valid tune within the limits" in result.stderr
@@ -80,7 +80,9 @@ def test_no_refine_stops_at_the_first_valid_tune(tmp_path: Path, vlm: ScriptedSe
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
-    (["--repairs", "11"], "Invalid value for '--repairs'"),
+    (["--max-repairs", "11"], "Invalid value for '--max-repairs'"),
+    (["--vlm-top-p", "0"], "Invalid value for '--vlm-top-p'"),
+    (["--repairs", "1"], "No such option"),
     (["--refine-rounds", "-1"], "Invalid value for '--refine-rounds'"),
     (["--explain", "everything"], "Invalid value for '--explain'"),
     (["--concurrency", "0"], "Invalid value for '--concurrency'"),

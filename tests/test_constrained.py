@@ -162,9 +162,9 @@ def test_in_think_mode_the_thought_is_free_and_the_answer_is_masked(vlm: LocalVL
 
 def compose_once(vlm: LocalVLM, image_url: str, **context: Any) -> dict[str, Any]:
     state: State = {"image": image_url, "description": "A woman in uniform.", "note": ""}
-    runtime = Runtime(context=Context(max_tokens=60, rag=False, **context))
-    update = asyncio.run(compose(state, runtime, model_for=lambda _: LocalChatModel(
-        vlm=vlm, max_new_tokens=60)))
+    runtime = Runtime(context=Context(vlm_max_tokens=60, rag=False, **context))
+    update = asyncio.run(compose(state, runtime, backend="local",
+                                 model_for=lambda _: LocalChatModel(vlm=vlm, max_new_tokens=60)))
     attempt: dict[str, Any] = dict(update["attempts"][0])
     return attempt
 
@@ -172,12 +172,12 @@ def compose_once(vlm: LocalVLM, image_url: str, **context: Any) -> dict[str, Any
 def test_the_compose_node_writes_under_the_grammar_with_the_local_backend(
     vlm: LocalVLM, image_url: str, local_backend: None
 ) -> None:
-    constrained = compose_once(vlm, image_url, grammar="auto")
+    constrained = compose_once(vlm, image_url, vlm_grammar="auto")
     assert constrained["constrained"]
     assert matches(answer_grammar(), constrained["raw"], cut=True)  # cut at 60 tokens
-    free = compose_once(vlm, image_url, grammar="off")
+    free = compose_once(vlm, image_url, vlm_grammar="off")
     assert not free["constrained"] and not matches(answer_grammar(), free["raw"], cut=True)
-    thinking = compose_once(vlm, image_url, grammar="on", thinking=True)
+    thinking = compose_once(vlm, image_url, vlm_grammar="on", vlm_thinking=True)
     assert thinking["constrained"]
     assert matches(answer_grammar(thinking=True), thinking["raw"], cut=True)
 
@@ -185,14 +185,14 @@ def test_the_compose_node_writes_under_the_grammar_with_the_local_backend(
 def test_where_the_grammar_applies(vlm: LocalVLM, tmp_path: Path) -> None:
     local = Settings(vlm_backend="local", data_dir=tmp_path)
     model = LocalChatModel(vlm=vlm)
-    applied = answer_constraint(Context.from_settings(local, grammar="auto"), model,
-                                settings=local)
+    applied = answer_constraint(Context.from_settings(local, vlm_grammar="auto"), model,
+                                backend=local.vlm_backend)
     assert applied == AnswerConstraint(answer_grammar(), "local")
-    thinking = answer_constraint(Context.from_settings(local, thinking=True), model,
-                                 settings=local)
+    thinking = answer_constraint(Context.from_settings(local, vlm_thinking=True), model,
+                                 backend=local.vlm_backend)
     assert thinking == AnswerConstraint(answer_grammar(thinking=True), "local")
-    assert answer_constraint(Context.from_settings(local, grammar="off"), model,
-                             settings=local) is None
+    assert answer_constraint(Context.from_settings(local, vlm_grammar="off"), model,
+                             backend=local.vlm_backend) is None
     routes = {(grammar, name): grammar_plan(grammar=grammar, backend="openai",
                                             profile=PROFILES[name])[0]
               for grammar in ("auto", "on", "off") for name in PROFILES}

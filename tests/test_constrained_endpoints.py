@@ -62,7 +62,8 @@ def test_a_compose_call_carries_the_grammar_exactly_when_it_should(
             model = chat_model(context, settings=settings)
             before = len(server.requests)
             reply = call_model(model, WRITE, endpoint=server.url,
-                               constraint=answer_constraint(context, model, settings=settings))
+                               constraint=answer_constraint(context, model,
+                                                            backend=settings.vlm_backend))
             sent[grammar] = grammar_sent(server)[before:]
             assert reply.constrained == (sent[grammar] == [True]), grammar
     expected = {"off": [False], "auto": [dialect == "vllm"], "on": [True]}
@@ -79,7 +80,7 @@ def test_think_mode_sends_the_grammar_with_a_free_thought(tmp_path: Path) -> Non
         context = Context.from_settings(settings)
         model = chat_model(context, settings=settings)
         call_model(model, WRITE, endpoint=server.url,
-                   constraint=answer_constraint(context, model, settings=settings))
+                   constraint=answer_constraint(context, model, backend=settings.vlm_backend))
     [body] = server.requests
     grammar = body["structured_outputs"]["grammar"]
     assert grammar == answer_grammar(thinking=True)
@@ -133,7 +134,8 @@ def test_an_endpoint_that_ignores_the_grammar_is_not_counted_as_constrained(
         context = Context.from_settings(settings)
         model = chat_model(context, settings=settings)
         reply = call_model(model, WRITE, endpoint=server.url,
-                           constraint=answer_constraint(context, model, settings=settings))
+                           constraint=answer_constraint(context, model,
+                                                       backend=settings.vlm_backend))
     assert grammar_sent(server) == [True] and not reply.constrained
     [warning] = [record.getMessage() for record in caplog.records]
     assert "wrote an answer outside it" in warning and server.url in warning

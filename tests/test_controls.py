@@ -18,7 +18,6 @@ from img2music.graph.graph import build_graph
 from img2music.graph.models import answer_constraint
 from img2music.graph.state import ControlVerdict
 from img2music.pipeline.runs import compose
-from img2music.settings import Settings
 from img2music.tools.abc.check import check_abc, compile_abc
 from img2music.tools.abc.controls import (
     ControlError,
@@ -224,7 +223,7 @@ def test_a_run_without_controls_prompts_and_checks_as_before() -> None:
 def test_a_control_still_ignored_is_named_in_the_refine_feedback() -> None:
     state, model, _, _ = run([DESCRIPTION, answer(TUNE), answer(TUNE.replace("Q:1/4=72",
                                                                           "Q:1/4=96"))],
-                             repairs=0, refine_rounds=1, tempo=96)
+                             max_repairs=0, refine_rounds=1, tempo=96)
     refine_prompt = model.texts(2)[-1]
     assert "Metrics of your tune" in refine_prompt
     assert "It does not yet keep to what the listener set" in refine_prompt
@@ -257,7 +256,7 @@ def test_a_32_bar_string_quartet_in_d_minor_at_72_bpm() -> None:
 
 def test_a_quartet_with_a_wrong_instrument_and_a_short_length_gets_both_faults() -> None:
     wrong = QUARTET.replace("%%MIDI program 41", "%%MIDI program 0")
-    state, _, _, _ = run([DESCRIPTION, answer(wrong), answer(wrong)], refine=False, repairs=1,
+    state, _, _, _ = run([DESCRIPTION, answer(wrong), answer(wrong)], refine=False, max_repairs=1,
                          **{**DONE_WHEN, "bars": 48})
     assert state["final_abc"] == wrong and state["fault_count"] == 2
     assert any("V:3 plays Acoustic Grand Piano (0), not Viola (41)" in f for f in state["faults"])
@@ -314,10 +313,9 @@ def test_with_the_grammar_a_run_fixes_its_header_values_by_construction() -> Non
 
 def test_the_grammar_sent_for_a_run_carries_its_controls() -> None:
     model = ScriptedChatModel(replies=[])
-    local = Settings(vlm_backend="local")
-    plain = answer_constraint(Context(grammar="on"), model, settings=local)
-    asked = answer_constraint(Context(grammar="on", key="D minor", tempo=72, meter="3/4"), model,
-                              settings=local)
+    plain = answer_constraint(Context(vlm_grammar="on"), model, backend="local")
+    asked = answer_constraint(Context(vlm_grammar="on", key="D minor", tempo=72, meter="3/4"),
+                              model, backend="local")
     assert plain is not None and asked is not None
     assert 'key ::= "Dm"' in asked.grammar and 'key ::= "Dm"' not in plain.grammar
     assert matches(asked.grammar, answer(QUARTET))

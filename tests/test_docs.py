@@ -142,8 +142,8 @@ def test_a_stale_settings_reference_fails_the_check_until_it_is_made_again(
     page = tmp_path / "docs" / "settings.md"
     page.parent.mkdir()
     page.write_text((ROOT / "docs" / "settings.md").read_text(encoding="utf-8")
-                    .replace("`IMG2MUSIC_RAG_K` | integer (≥ 0, ≤ 20) | `4`",
-                             "`IMG2MUSIC_RAG_K` | integer (≥ 0, ≤ 20) | `5`"), encoding="utf-8")
+                    .replace("`img2music.rag_k` | integer (≥ 0, ≤ 20) | `4`",
+                             "`img2music.rag_k` | integer (≥ 0, ≤ 20) | `5`"), encoding="utf-8")
 
     stale = run_generator(script, "--check")
     assert stale.returncode == 1

@@ -337,8 +337,8 @@ def test_bootstrap_intervals_on_known_data() -> None:
 def test_the_constrained_variant_is_full_under_the_grammar_and_the_others_are_not() -> None:
     settings = Settings(vlm_grammar="auto")
     variants = {v.name: v for v in resolve_variants()}
-    assert variants["constrained"].context(settings).grammar == "on"
-    assert {name: variant.context(settings).grammar for name, variant in variants.items()
+    assert variants["constrained"].context(settings).vlm_grammar == "on"
+    assert {name: variant.context(settings).vlm_grammar for name, variant in variants.items()
             if name != "constrained"} == dict.fromkeys(set(variants) - {"constrained"}, "off")
     assert variants["constrained"].fingerprint(settings) != variants["full"].fingerprint(settings)
 
@@ -347,18 +347,20 @@ def test_variants_from_built_ins_a_config_file_and_prompt_sets(tmp_path: Path) -
     assert [v.name for v in resolve_variants()] == list(BUILTIN)
     config = tmp_path / "variants.toml"
     config.write_text('[variants.k8]\nrag_k = 8\n\n[variants.think-caption]\nbase = '
-                      '"caption-only"\nthinking = true\nprompts_dir = "mine"\n')
+                      '"caption-only"\nvlm_thinking = true\nprompts_dir = "mine"\n')
     variants = {v.name: v for v in resolve_variants(config=config)}
     assert set(variants) == {*BUILTIN, "k8", "think-caption"}
     assert variants["k8"].overrides == {"rag_k": 8}
     assert variants["think-caption"].overrides == {
-        "rag": False, "refine": False, "see_image": False, "thinking": True,
+        "rag": False, "refine": False, "see_image": False, "vlm_thinking": True,
         "prompts_dir": str(tmp_path / "mine")}
     settings = Settings()
     assert variants["full"].fingerprint(settings) != variants["k8"].fingerprint(settings)
     assert variants["k8"].context(settings).explain == "none"
 
     for text, message in [("[variants.x]\nragk = 3\n", "unknown setting(s) ragk"),
+                          ("[variants.x]\nrepairs = 3\n", "unknown setting(s) repairs (now "
+                           "max_repairs)"),
                           ("[variants.x]\nrag_k = 'many'\n", "rag_k: Input should be"),
                           ("[variants.x]\nbase = 'nope'\n", "unknown base 'nope'")]:
         config.write_text(text)
@@ -541,4 +543,4 @@ def test_changed_settings_are_composed_and_judged_again_not_mixed_in(
     runs = (tmp_path / "results" / "runs.jsonl").read_text().splitlines()
     items = (tmp_path / "results" / "items.jsonl").read_text().splitlines()
     assert len(runs) == 4 and len(items) == 2  # the old runs stay on file, not in the results
-    assert all(json.loads(item)["settings"]["temperature"] == 0.9 for item in items)
+    assert all(json.loads(item)["settings"]["vlm_temperature"] == 0.9 for item in items)

@@ -54,7 +54,8 @@ def chosen_state() -> State:
 def test_attention_from_a_local_model_per_section() -> None:
     model, processor = build_tiny_vlm(eager=True)
     chat = LocalChatModel(vlm=LocalVLM(model, processor, name="tiny"))
-    explanation = image_explanation(chosen_state(), 0, Context(explain="attention"), chat)
+    explanation = image_explanation(chosen_state(), 0, Context(explain="attention"), chat,
+                                    get_settings())
     assert explanation["method"] == "attention"
     grid = np.asarray(explanation["grid"])
     assert grid.ndim == 2 and grid.size >= 4 and np.all(grid >= 0)
@@ -64,7 +65,7 @@ def test_attention_from_a_local_model_per_section() -> None:
 
 def test_attention_without_a_local_model_falls_back_to_clip_and_says_so(tiny_clip: None) -> None:
     explanation = image_explanation(chosen_state(), 0, Context(explain="attention"),
-                                    ScriptedChatModel(replies=[]))
+                                    ScriptedChatModel(replies=[]), get_settings())
     assert explanation["method"] == "clip"
     assert explanation["note"] == NO_LOCAL_MODEL
     grid = np.asarray(explanation["grid"])

@@ -189,7 +189,7 @@ def test_a_repair_that_returns_the_same_tune_ends_the_repairs_at_once() -> None:
     """The model hands back what it wrote: asking again would pay for a known answer. The tune
     plays, so it is delivered with its fault reported."""
     state, model, order, _ = run([DESCRIPTION, answer(FAULTY), answer(FAULTY)], refine=False,
-                                 repairs=3)
+                                 max_repairs=3)
     assert order == ["describe", "retrieve", "compose", "parse_check", "compose", "parse_check",
                      "evaluate", "explain"]
     assert len(model.calls) == 3
@@ -202,7 +202,7 @@ def test_a_repair_that_returns_the_same_tune_ends_the_repairs_at_once() -> None:
 def test_the_run_ends_on_the_playable_tune_with_fewest_faults() -> None:
     state, model, _, _ = run(
         [DESCRIPTION, answer(FAULTIER), answer(BROKEN), answer(FAULTY), answer(FAULTIER)],
-        refine=False, repairs=3)
+        refine=False, max_repairs=3)
     assert [a["valid"] for a in state["attempts"]] == [True, False, True, True]
     assert [fault_count(a) for a in state["attempts"] if a["valid"]] == [2, 1, 2]
     assert state["best"] == 2 and state["final_abc"] == FAULTY
@@ -212,13 +212,14 @@ def test_the_run_ends_on_the_playable_tune_with_fewest_faults() -> None:
 
 def test_among_playable_tunes_with_equal_faults_the_latest_stands() -> None:
     other = FAULTY.replace("T:Dignity", "T:Dignity again")
-    state, _, _, _ = run([DESCRIPTION, answer(FAULTY), answer(other)], refine=False, repairs=1)
+    state, _, _, _ = run([DESCRIPTION, answer(FAULTY), answer(other)], refine=False,
+                         max_repairs=1)
     assert state["best"] == 1 and state["final_abc"] == other
 
 
 def test_no_tune_at_all_stops_at_the_repair_limit_and_fails_clearly() -> None:
     prose = "I would write a slow march in D major, with a solemn theme."
-    state, model, order, _ = run([DESCRIPTION, prose, prose, prose], repairs=2)
+    state, model, order, _ = run([DESCRIPTION, prose, prose, prose], max_repairs=2)
     assert order.count("compose") == 3
     assert order[-1] == "finish"
     assert state["status"] == "failed"
@@ -232,7 +233,7 @@ def test_no_tune_at_all_stops_at_the_repair_limit_and_fails_clearly() -> None:
 @pytest.mark.parametrize("refined", [BROKEN, FAULTY])
 def test_a_refinement_that_is_not_better_keeps_the_tune_it_had(refined: str) -> None:
     """A refined tune replaces the current one only with no errors and no more faults."""
-    state, _, order, _ = run([DESCRIPTION, answer(TUNE), answer(refined)], repairs=0,
+    state, _, order, _ = run([DESCRIPTION, answer(TUNE), answer(refined)], max_repairs=0,
                              refine_rounds=1)
     assert order[-3:] == ["compose", "parse_check", "explain"]
     assert state["status"] == "done"
@@ -242,7 +243,7 @@ def test_a_refinement_that_is_not_better_keeps_the_tune_it_had(refined: str) -> 
 
 def test_a_refinement_after_a_failed_repair_shows_the_tune_that_stands() -> None:
     state, model, order, _ = run(
-        [DESCRIPTION, answer(FAULTY), answer(BROKEN), answer(REFINED)], repairs=1,
+        [DESCRIPTION, answer(FAULTY), answer(BROKEN), answer(REFINED)], max_repairs=1,
         refine_rounds=1)
     assert order == ["describe", "retrieve", "compose", "parse_check", "compose", "parse_check",
                      "evaluate", "compose", "parse_check", "evaluate", "explain"]
@@ -349,24 +350,25 @@ def test_after_describe(rag: bool, k: int, expected: str) -> None:
 def test_after_parse_check(verdicts: list[tuple[bool, int]], best: int | None, repairs: int,
                            expected: str) -> None:
     state: State = {"attempts": attempts_of(*verdicts), "best": best}
-    assert after_parse_check(state, runtime(repairs=repairs)) == expected
+    assert after_parse_check(state, runtime(max_repairs=repairs)) == expected
 
 
 def test_after_parse_check_stops_repairing_when_a_tune_comes_back_unchanged() -> None:
     same = "X:1\nT:t\nM:4/4\nL:1/4\nK:C\nC D E F G |]\n"
     attempts = [attempt(0, 0, True, faults=1, abc=same),
                 attempt(1, 0, True, faults=1, abc=same, kind="repair")]
-    assert after_parse_check({"attempts": attempts, "best": 0}, runtime(repairs=3)) == "evaluate"
+    assert after_parse_check({"attempts": attempts, "best": 0},
+                             runtime(max_repairs=3)) == "evaluate"
     unplayable = [attempt(0, 0, False, abc=same), attempt(1, 0, False, abc=same, kind="repair")]
-    assert after_parse_check({"attempts": unplayable}, runtime(repairs=3)) == "finish"
+    assert after_parse_check({"attempts": unplayable}, runtime(max_repairs=3)) == "finish"
 
 
 def test_after_parse_check_counts_repairs_per_round() -> None:
     state: State = {"attempts": [attempt(0, 0, False), attempt(1, 0, True, measured=True),
                                  attempt(2, 1, False, kind="refine")], "best": 1}
-    assert after_parse_check(state, runtime(repairs=1)) == "compose"
+    assert after_parse_check(state, runtime(max_repairs=1)) == "compose"
     state["attempts"].append(attempt(3, 1, False, kind="repair"))
-    assert after_parse_check(state, runtime(repairs=1)) == "explain"  # round 0's tune stands
+    assert after_parse_check(state, runtime(max_repairs=1)) == "explain"  # round 0's tune stands
 
 
 def test_next_attempt_repairs_until_the_round_is_measured() -> None:

@@ -76,7 +76,7 @@ def backoffs(log: pytest.LogCaptureFixture) -> list[float]:
 
 def test_a_call_sends_keyes_sampling_and_the_image(vlm: ScriptedServer, tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
-    model = model_for(vlm.url, settings, vlm_model=MODEL, max_tokens=1234)
+    model = model_for(vlm.url, settings, vlm_model=MODEL, vlm_max_tokens=1234)
     reply = call_model(model, messages(), endpoint=vlm.url)
     assert reply == ModelReply(text=TUNE, input_tokens=PROMPT_TOKENS, output_tokens=len(TUNE) // 4,
                                seconds=reply.seconds, finish_reason="stop")
@@ -180,7 +180,7 @@ def test_models_are_built_once_per_configuration(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
     first = model_for("http://127.0.0.1:9/v1", settings)
     assert model_for("http://127.0.0.1:9/v1", settings) is first
-    assert model_for("http://127.0.0.1:9/v1", settings, temperature=0.2) is not first
+    assert model_for("http://127.0.0.1:9/v1", settings, vlm_temperature=0.2) is not first
     assert model_for("http://127.0.0.1:9/v1", settings_for(tmp_path, vlm_retries=0)) is not first
 
 
@@ -193,12 +193,13 @@ def test_the_local_backend_wraps_one_shared_copy_of_the_weights(tmp_path: Path) 
     processor.save_pretrained(tmp_path / "keye")
     local_vlm.load_once.cache_clear()
     settings = settings_for(tmp_path, vlm_backend="local", vlm_model=str(tmp_path / "keye"))
-    model = model_for("unused", settings, top_k=7, max_tokens=99)
+    model = model_for("unused", settings, vlm_top_k=7, vlm_max_tokens=99)
     assert isinstance(model, local_vlm.LocalChatModel)
     assert (model.temperature, model.top_p, model.top_k, model.max_new_tokens) == \
         (0.6, 0.95, 7, 99)
-    assert model_for("unused", settings, top_k=7, max_tokens=99) is model
-    other = model_for("unused", settings, temperature=0.2, top_k=3, max_tokens=12)
+    assert model_for("unused", settings, vlm_top_k=7, vlm_max_tokens=99) is model
+    other = model_for("unused", settings, vlm_temperature=0.2, vlm_top_k=3,
+                      vlm_max_tokens=12)
     assert isinstance(other, local_vlm.LocalChatModel) and other is not model
     assert other.vlm is model.vlm  # other sampling, the same loaded weights
     assert local_vlm.load_once.cache_info().misses == 1

@@ -105,16 +105,18 @@ def visit(browser: Browser, server: Served | HeldBuild, tmp_path: Path,
 
 
 def compose_with(page: Page, image: Path, *, note: str = "", explain: str | None = None,
-                 k: int | None = None) -> None:
+                 k: int | None = None, seed: int | None = None) -> None:
     page.set_input_files("#image", str(image))
     if note:
         page.get_by_label("Mood or idea (optional)").fill(note)
-    if explain is not None or k is not None:
+    if explain is not None or k is not None or seed is not None:
         page.get_by_text("Advanced").click()
         if explain is not None:
             page.get_by_label("Explanation map").select_option(explain)
         if k is not None:
             page.get_by_label("Examples to retrieve (k)").fill(str(k))
+        if seed is not None:
+            page.get_by_label("Seed").fill(str(seed))
     page.get_by_role("button", name="Compose").click()
 
 
@@ -163,7 +165,7 @@ def test_from_a_photo_to_music_watching_every_step(browser: Browser, tmp_path: P
             visit(browser, server, tmp_path, viewport={"width": 1280, "height": 900}) as seen:
         page = seen.page
         expect(page.locator("#key-row")).to_be_hidden()  # no key set: none asked
-        compose_with(page, PHOTO, note="something solemn", explain="attention", k=2)
+        compose_with(page, PHOTO, note="something solemn", explain="attention", k=2, seed=1234)
         expect(page.locator("#preview")).to_have_attribute("alt", "The chosen image: "
                                                           + PHOTO.name)
         expect(page.locator("#result-heading")).to_have_text("The tune: Dignity, refined",
@@ -235,6 +237,7 @@ def test_from_a_photo_to_music_watching_every_step(browser: Browser, tmp_path: P
             assert fetched[name].startswith(b"\x89PNG")
         report = json.loads(fetched["report.json"])
         assert report["final_abc"] == REFINED
+        assert report["settings"]["seed"] == 1234 and report["settings"]["rag_k"] == 2
         assert [s["name"] for s in report["attention_maps"]["sections"]] == ["theme", "close"]
         assert b"<html" in fetched["report.html"]
         with page.expect_download() as download:
@@ -294,6 +297,36 @@ def test_with_a_key_the_page_asks_for_it_and_works_on_a_phone(
 
         page.reload()
         expect(page.get_by_label("API key")).to_have_value(KEY)  # kept for this tab
+
+
+@needs_chromium
+def test_the_advanced_panel_offers_every_option_the_server_declares(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """Made from `/v1/options`: the seed too, with its bounds and its description."""
+    with img2music_server(tmp_path, refine_rounds=2) as server, \
+            visit(browser, server, tmp_path) as seen:
+        declared = httpx.get(f"{server.url}/v1/options").json()["schema"]["properties"]
+        page = seen.page
+        page.get_by_text("Advanced").click()
+        seed = page.get_by_label("Seed")
+        expect(seed).to_be_visible()
+        expect(seed).to_have_attribute("type", "number")
+        expect(seed).to_have_attribute("min", "0")
+        expect(seed).to_have_attribute("max", str(2**31 - 1))
+        expect(seed).to_have_value("")  # unset: each run chooses its own
+        expect(seed).to_have_accessible_description(re.compile("^Seed of this run's sampling"))
+        expect(page.get_by_label("Refinement rounds")).to_have_value("2")  # the server's
+        expect(page.get_by_label("Learn from real tunes (RAG)")).to_be_checked()
+        expect(page.locator("#options :is(input, select)")).to_have_count(len(declared))
+        seed.fill("-3")
+        drop_image(page, PHOTO)
+        page.get_by_role("button", name="Compose").click()
+        expect(page.locator("#form-error")).to_have_text(
+            "Seed must be a whole number from 0 to 2147483647.")
+        expect(seed).to_be_focused()
+        assert server.vlm.requests == []
+        seen.shot("4-advanced-options")
 
 
 def drop_image(page: Page, image: Path) -> None:
@@ -449,13 +482,17 @@ def test_the_page_and_its_settings_need_no_key_but_the_api_does(tmp_path: Path) 
         config = httpx.get(f"{server.url}/page/config.json").json()
         missing = httpx.get(f"{server.url}/page/secret.py")
         models = httpx.get(f"{server.url}/v1/models")
+        options = httpx.get(f"{server.url}/v1/options")
+        keyed = httpx.get(f"{server.url}/v1/options",
+                          headers={"Authorization": f"Bearer {KEY}"}).json()
     assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
     policy = index.headers["content-security-policy"]
     assert "default-src 'none'" in policy and "script-src 'self'" in policy
     assert "<script src=\"page/page.js\"" in index.text
     assert script.status_code == 200 and "textContent" in script.text
     assert "innerHTML" not in script.text  # model output never becomes markup
-    assert config["auth"] is True and config["defaults"]["k"] == 3
+    assert config["auth"] is True
+    assert options.status_code == 401 and keyed["defaults"]["rag_k"] == 3
     assert config["client_timeout_s"] > config["run_timeout_s"]
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "file_not_found"
     assert models.status_code == 401

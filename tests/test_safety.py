@@ -78,7 +78,7 @@ def test_a_run_may_not_move_the_model_or_the_prompt_folder_unless_allowed(
         with pytest.raises(RunOverrideRefused, match=field):
             Context(**overrides)  # as LangGraph's API builds it from a request
         assert getattr(Context.from_settings(get_settings(), **overrides), field) == value
-    assert Context(rag_k=2, temperature=0.1).rag_k == 2  # the rest stays the run's to choose
+    assert Context(rag_k=2, vlm_temperature=0.1).rag_k == 2  # the rest stays the run's to choose
     monkeypatch.setenv("IMG2MUSIC_ALLOW_RUN_OVERRIDES", "true")
     get_settings.cache_clear()
     try:

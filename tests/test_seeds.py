@@ -21,7 +21,7 @@ def describe_and_compose(vlm: LocalVLM, image_url: str, seed: int) -> tuple[str,
     """What the describe node and the first compose attempt wrote, with this run seed; the
     process's own random state is moved first, so only the run's seed can repeat the answers."""
     torch.manual_seed(torch.seed())
-    context = Context(max_tokens=TOKENS, rag=False, grammar="off", seed=seed)
+    context = Context(vlm_max_tokens=TOKENS, rag=False, vlm_grammar="off", seed=seed)
 
     def model_for(_: Any) -> LocalChatModel:
         return LocalChatModel(vlm=vlm, max_new_tokens=TOKENS)
@@ -29,7 +29,8 @@ def describe_and_compose(vlm: LocalVLM, image_url: str, seed: int) -> tuple[str,
     state: State = {"image": image_url, "note": ""}
     described = asyncio.run(describe(state, Runtime(context=context), model_for=model_for))
     state = {**state, "description": described["description"]}
-    composed = asyncio.run(compose(state, Runtime(context=context), model_for=model_for))
+    composed = asyncio.run(compose(state, Runtime(context=context), model_for=model_for,
+                                   backend="local"))
     return described["description"], composed["attempts"][0]["raw"]
 
 

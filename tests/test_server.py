@@ -198,8 +198,7 @@ def test_request_fields_and_the_extension_set_the_run(tmp_path: Path) -> None:
         completion = server.client.chat.completions.create(
             model="img2music", messages=image_message(), temperature=0.2, max_tokens=900,
             frequency_penalty=0.5, user="someone",  # OpenAI fields img2music ignores
-            extra_body={"img2music": {"k": 1, "refine_rounds": 0, "unknown": True},
-                        "seed": 7})
+            extra_body={"img2music": {"rag_k": 1, "refine_rounds": 0}, "seed": 7})
     extension: dict[str, Any] = completion.model_extra["img2music"]  # type: ignore[index]
     assert extension["rounds"] == 0 and len(server.vlm.requests) == 2
     assert [query["k"] for query in server.examples.queries] == [1 + EXAMPLES_TO_SPARE]
@@ -272,8 +271,14 @@ def refusing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served
     ({"model": "gpt-4o", "messages": image_message()}, 404, "model_not_found"),
     ({"model": "img2music", "messages": image_message(), "n": 9}, 400, "invalid_value"),
     ({"model": "img2music", "messages": image_message(), "n": 5}, 400, "too_many_takes"),
-    ({"model": "img2music", "messages": image_message(), "img2music": {"k": 99}}, 400,
+    ({"model": "img2music", "messages": image_message(), "img2music": {"takes": 0}}, 400,
      "invalid_value"),
+    ({"model": "img2music", "messages": image_message(), "img2music": {"rag_k": 99}}, 400,
+     "invalid_value"),
+    ({"model": "img2music", "messages": image_message(), "img2music": {"k": 1}}, 400,
+     "unknown_option"),
+    ({"model": "img2music", "messages": image_message(), "img2music": {"vlm_model": "x"}}, 400,
+     "unknown_option"),
     ({"messages": image_message()}, 400, "invalid_value"),
     (b"{not json", 400, "invalid_json"),
 ])

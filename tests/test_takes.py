@@ -142,8 +142,8 @@ def test_with_the_tiny_local_model_the_same_seed_gives_the_same_takes(
     vlm: LocalVLM, tmp_path: Path,  # noqa: F811
 ) -> None:
     def raw_takes(out: Path, seed: int) -> list[str]:
-        result = compose(PHOTO, out_dir=out, takes=TAKES, seed=seed, rag=False, repairs=0,
-                         refine=False, explain="none", grammar="off", max_tokens=16,
+        result = compose(PHOTO, out_dir=out, takes=TAKES, seed=seed, rag=False, max_repairs=0,
+                         refine=False, explain="none", vlm_grammar="off", vlm_max_tokens=16,
                          model_for=lambda _: LocalChatModel(vlm=vlm, max_new_tokens=16))
         assert len(result.takes) == TAKES
         return [json.loads((take.out_dir / "report.json").read_text())["attempts"][0]["raw"]

@@ -11,10 +11,12 @@ from rich.text import Text
 
 from img2music.cli.index import build_first_use_index
 from img2music.cli.output import console, count, errors, image_paths, live_progress
-from img2music.settings import MAX_SEED, MAX_TAKES, ExplainMode, get_settings
+from img2music.cli.run_options import with_run_options
+from img2music.settings import MAX_TAKES, get_settings
 from img2music.tools.files import UniqueNames
 
 
+@with_run_options
 def compose_command(
     images: Annotated[list[Path], typer.Argument(help="Images, or folders of images.")],
     out: Annotated[Path | None, typer.Option(
@@ -22,24 +24,14 @@ def compose_command(
         "older than IMG2MUSIC_RUNS_MAX_AGE_DAYS, or beyond IMG2MUSIC_RUNS_MAX_BYTES in all, "
         "are deleted.")] = None,
     note: Annotated[str, typer.Option("--note", help="A line about the mood you want.")] = "",
-    k: Annotated[int | None, typer.Option("-k", min=0, max=20, help="Examples to retrieve.")] = (
-        None),
-    repairs: Annotated[int | None, typer.Option("--repairs", min=0, max=10)] = None,
-    refine_rounds: Annotated[int | None, typer.Option("--refine-rounds", min=0, max=10)] = None,
-    no_rag: Annotated[bool, typer.Option("--no-rag", help="Compose without examples.")] = False,
-    no_refine: Annotated[bool, typer.Option("--no-refine", help="Skip metric feedback.")] = (
-        False),
-    explain: Annotated[ExplainMode | None, typer.Option("--explain")] = None,
-    seed: Annotated[int | None, typer.Option(
-        "--seed", min=0, max=MAX_SEED, help="Seed of the sampling: the same seed and settings "
-        "give the same tune with a deterministic model. Default: IMG2MUSIC_SEED, else one per "
-        "run, named in its report.")] = None,
     takes: Annotated[int, typer.Option(
         "--takes", min=1, max=MAX_TAKES, help="Candidates to compose for each image, at once: "
         "the image is described and examples retrieved once, each take has its own seed (the "
         "first is --seed's), and each writes its files in take-1/, take-2/, …; pick one with "
         "`img2music pick`.")] = 1,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64)] = 4,
+    *,
+    run_options: dict[str, Any],
 ) -> None:
     """Compose music for each image: tune.abc, MIDI, audio, score, explanation and reports."""
     from img2music.pipeline.index_build import first_use_source
@@ -53,12 +45,10 @@ def compose_command(
     if help_text is not None:  # every image would fail the same way: say how to get a model
         errors.print(Text(help_text))
         raise typer.Exit(1)
-    if first_use_source(settings, rag=not no_rag, rag_k=k) is not None:
+    if first_use_source(settings, rag=run_options.get("rag", True),
+                        rag_k=run_options.get("rag_k")) is not None:
         build_first_use_index(settings)
     folders = _output_folders(paths, out or runs_root(settings))
-    overrides: dict[str, Any] = {"rag_k": k, "repairs": repairs, "refine_rounds": refine_rounds,
-                 "rag": False if no_rag else None, "refine": False if no_refine else None,
-                 "explain": explain, "seed": seed}
     results: list[Composition] = []
     with live_progress() as progress:
         tasks = {str(path): progress.add_task(f"{path.name}: waiting", total=None)
@@ -71,7 +61,7 @@ def compose_command(
         async def one(path: Path, slots: asyncio.Semaphore) -> Composition:
             async with slots:
                 result = await acompose(path, out_dir=folders[path], note=note,
-                                        on_progress=show, takes=takes, **overrides)
+                                        on_progress=show, takes=takes, **run_options)
             verdict = f"no tune: {result.error}" if not result.ok else (
                 f"done, {count(result.fault_count, 'fault')}" if result.fault_count else "done")
             progress.update(tasks[str(path)], description=f"{path.name}: {verdict}")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
 
 from img2music.cli.index import build_first_use_index
 from img2music.cli.output import EXIT_USAGE, console, errors, image_paths, live_progress
+from img2music.cli.run_options import with_run_options
 from img2music.settings import get_settings
 
 
+@with_run_options
 def eval_command(
     images: Annotated[list[Path], typer.Option(
         "--images", help="Images, or folders of images; repeatable.")],
@@ -35,8 +37,9 @@ def eval_command(
     repeats: Annotated[int | None, typer.Option(
         "--repeats", min=1, max=20, help="Judge answers per question and tune. Default: "
         "IMG2MUSIC_JUDGE_REPEATS.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the judge's order and of the "
-                                      "bootstrap.")] = 0,
+    judge_seed: Annotated[int, typer.Option(
+        "--judge-seed", help="Seed of the judge's order and of the bootstrap (the runs' own "
+        "seed is --seed, else IMG2MUSIC_SEED, else 0).")] = 0,
     judge: Annotated[bool, typer.Option(
         "--judge/--no-judge", help="Ask the machine judge (IMG2MUSIC_JUDGE_*).")] = True,
     clip: Annotated[bool, typer.Option(
@@ -44,9 +47,12 @@ def eval_command(
         "model writes for the tune.")] = True,
     note: Annotated[str, typer.Option("--note", help="A line about the mood you want.")] = "",
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=64)] = 4,
+    *,
+    run_options: dict[str, Any],
 ) -> None:
     """Compare variants of the graph on your images: machine judge, model-free measures,
-    bootstrap intervals, paired differences; resumable."""
+    bootstrap intervals, paired differences; resumable. The run settings given apply to every
+    variant, under what each variant sets itself."""
     from rich.markdown import Markdown
 
     from img2music.eval.runner import EvalOptions, run_eval
@@ -58,7 +64,8 @@ def eval_command(
              if name.strip()]
     try:
         chosen = resolve_variants(names or None, config=config,
-                                  prompts=[parse_prompt_option(p) for p in prompts or []])
+                                  prompts=[parse_prompt_option(p) for p in prompts or []],
+                                  base=run_options)
     except VariantError as error:
         errors.print(Text(f"error: {error}"))
         raise typer.Exit(EXIT_USAGE) from error
@@ -72,7 +79,7 @@ def eval_command(
         build_first_use_index(settings)
     folder = out or settings.data_dir / "eval" / (images[0].stem or "images")
     options = EvalOptions(images=paths, out=folder, variants=chosen, reference=reference,
-                          judge=judge, clip=clip, repeats=repeats, seed=seed,
+                          judge=judge, clip=clip, repeats=repeats, seed=judge_seed,
                           concurrency=concurrency, note=note)
     with live_progress(counts=True, transient=True) as progress:
         task = progress.add_task("starting", total=None)

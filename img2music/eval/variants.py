@@ -13,14 +13,14 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from img2music.graph.context import Context, as_operator
+from img2music.graph.context import Context, as_operator, renamed_hint
 from img2music.prompt_files import PromptSet, prompt_set
 from img2music.settings import Settings
 
 BUILTIN: dict[str, dict[str, Any]] = {
     "full": {"rag": True, "refine": True},
     # The same, written under the ABC grammar (masked locally, sent to every endpoint).
-    "constrained": {"rag": True, "refine": True, "grammar": "on"},
+    "constrained": {"rag": True, "refine": True, "vlm_grammar": "on"},
     "no-rag": {"rag": False, "refine": True},
     "no-refine": {"rag": True, "refine": False},
     "no-rag-no-refine": {"rag": False, "refine": False},
@@ -28,7 +28,7 @@ BUILTIN: dict[str, dict[str, Any]] = {
     "caption-only": {"rag": False, "refine": False, "see_image": False},
 }
 EVAL_SEED = 0
-EVAL_DEFAULTS: dict[str, Any] = {"explain": "none", "grammar": "off"}
+EVAL_DEFAULTS: dict[str, Any] = {"explain": "none", "vlm_grammar": "off"}
 """Explanations are not measured, so an evaluation does not spend time drawing them; every
 variant composes as the method does, checking afterwards, unless it asks for the grammar."""
 GRAPH_PROMPTS = ("system.j2", "describe.j2", "compose.j2", "repair.j2", "refine.j2",
@@ -95,7 +95,8 @@ def _check_overrides(name: str, overrides: Mapping[str, Any]) -> None:
     allowed = {f.name for f in fields(Context)}
     unknown = sorted(set(overrides) - allowed)
     if unknown:
-        raise VariantError(f"variant {name!r}: unknown setting(s) {', '.join(unknown)} "
+        raise VariantError(f"variant {name!r}: unknown setting(s) "
+                           f"{', '.join(map(renamed_hint, unknown))} "
                            f"(known: {', '.join(sorted(allowed))})")
     try:
         with as_operator():  # an eval config is the operator's, like the CLI
@@ -121,8 +122,10 @@ def resolve_variants(
     *,
     config: Path | None = None,
     prompts: Sequence[tuple[str, Path]] = (),
+    base: Mapping[str, Any] | None = None,
 ) -> list[Variant]:
-    """The variants to run, in order.
+    """The variants to run, in order; `base` holds run settings every variant starts from (the
+    command line's), which a variant's own settings override.
 
     Without names: every built-in and every variant of the config file (or `full` alone when
     prompt sets are given). With prompt sets, each chosen variant runs once per prompt set,
@@ -135,14 +138,15 @@ def resolve_variants(
         raise VariantError(f"unknown variant(s) {', '.join(unknown)} "
                            f"(known: {', '.join(available)})")
     if not prompts:
-        variants = [Variant(name, dict(available[name])) for name in dict.fromkeys(chosen)]
+        variants = [Variant(name, {**(base or {}), **available[name]})
+                    for name in dict.fromkeys(chosen)]
     else:
         variants = []
         for set_name, folder in prompts:
             check_prompt_folder(set_name, folder)
-            for base in dict.fromkeys(chosen):
-                name = set_name if len(chosen) == 1 else f"{base}@{set_name}"
-                variants.append(Variant(name, {**available[base],
+            for each in dict.fromkeys(chosen):
+                name = set_name if len(chosen) == 1 else f"{each}@{set_name}"
+                variants.append(Variant(name, {**(base or {}), **available[each],
                                                "prompts_dir": str(folder.resolve())}))
     repeated = sorted({v.name for v in variants if [w.name for w in variants].count(v.name) > 1})
     if repeated:

@@ -286,13 +286,14 @@ async def _answer(source: _Source, template: str, variables: dict[str, Any], spl
                   model_for: ModelFor | None, on_progress: Progress | None) -> State:
     """Ask once, splice the answer's music into the tune, check and measure the whole."""
     folder = context.prompts_dir or None
-    thinking = prompt_switch(context.thinking, context.vlm_model)
+    thinking = prompt_switch(context.vlm_thinking, context.vlm_model)
     conversation: list[Message] = [
         {"role": "system", "content": render_prompt("system.j2", folder=folder)},
         {"role": "user", "content": render_prompt(template, folder=folder, thinking=thinking,
                                                   **variables)}]
     model = await asyncio.to_thread(model_for or partial(chat_model, settings=settings), context)
-    constraint = await asyncio.to_thread(answer_constraint, context, model, settings=settings)
+    constraint = await asyncio.to_thread(answer_constraint, context, model,
+                                         backend=settings.vlm_backend)
     reply = await acall_model(model, to_langchain(conversation), endpoint=context.vlm_base_url,
                               constraint=constraint, seed=context.call_seed(0))
     extraction = extract_abc(reply.text)

@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -19,7 +18,7 @@ from langgraph.graph.state import CompiledStateGraph
 
 from img2music.graph.context import Context, as_operator
 from img2music.graph.graph import build_graph
-from img2music.graph.models import VLMUnavailable, chat_model, endpoint_report
+from img2music.graph.models import VLMUnavailable, endpoint_report
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.state import Input, Output, State
 from img2music.pipeline.report import write_run
@@ -191,9 +190,9 @@ async def acompose(
                                        "bad_image", settings)
     state: Input = {"image": image_data_url(picture, max_pixels=settings.vlm_image_pixels),
                     "note": note}
-    # The model is built from these settings too (profile, key, timeouts), not the process's.
-    model = model_for or partial(chat_model, settings=settings)
-    graph = build_graph(model_for=model, retriever_for=retriever_for,
+    # The operator's side of the run (the model's profile, key, timeouts; the index; the
+    # explainer's models) comes from these settings too, not the process's.
+    graph = build_graph(settings=settings, model_for=model_for, retriever_for=retriever_for,
                         checkpointer=InMemorySaver() if takes > 1 else None)
     if drive is None or takes > 1:
         drive = in_process(graph)

@@ -77,7 +77,8 @@ def mount_page(app: FastAPI, settings: Settings) -> None:
 
 
 def page_settings(settings: Settings) -> dict[str, Any]:
-    """The server's defaults for the advanced panel and the limits the page checks first."""
+    """The limits the page checks first; the Advanced panel's options come from `/v1/options`
+    (with the key, as every part of the API)."""
     return {
         "auth": settings.api_key is not None,
         "run_timeout_s": settings.server_run_timeout_s,
@@ -87,8 +88,6 @@ def page_settings(settings: Settings) -> dict[str, Any]:
                                 (settings.server_max_body_bytes - BODY_RESERVE_BYTES) * 3 // 4),
         "max_note_chars": MAX_NOTE_CHARS,
         "max_takes": settings.server_max_concurrent_runs,  # a run's takes each hold a slot
-        "defaults": {"k": settings.rag_k, "rag": True, "refine_rounds": settings.refine_rounds,
-                     "repairs": settings.max_repairs, "explain": settings.explain},
     }
 
 

@@ -22,7 +22,7 @@ const INDEX_POLL_MS = 2000;  // how often the page asks how far the server's ind
 const $ = (id) => document.getElementById(id);
 // The run in progress (null when none) and the last run, whose results are on screen.
 const page = {config: null, file: null, preview: null, run: null, last: null, abcjs: null,
-              follow: null};
+              follow: null, options: null};
 
 function element(tag, text, attributes = {}) {
   const node = document.createElement(tag);
@@ -66,16 +66,13 @@ async function start() {
     return;
   }
   page.abcjs = loadAbcjs();
-  const {defaults, auth} = page.config;
-  $("k").value = defaults.k;
+  const {auth} = page.config;
   $("takes").max = page.config.max_takes;
-  $("rounds").value = defaults.refine_rounds;
-  $("rag").checked = defaults.rag;
-  $("explain").value = defaults.explain;
   $("key-row").hidden = !auth;
   if (auth) $("key").value = sessionStorage.getItem(KEY_STORE) || "";
   $("key").addEventListener("input", () => sessionStorage.setItem(KEY_STORE, $("key").value));
-  $("rag").addEventListener("change", () => { $("k").disabled = !$("rag").checked; });
+  $("key").addEventListener("change", loadOptions);
+  $("advanced").addEventListener("toggle", () => { if ($("advanced").open) loadOptions(); });
   $("image").addEventListener("change", () => chooseFile($("image").files[0]));
   const drop = $("drop");
   for (const type of ["dragenter", "dragover"]) {
@@ -97,6 +94,92 @@ async function start() {
   // plain page load and lose the image.
   $("compose").disabled = false;
   watchIndex();
+  loadOptions();
+}
+
+// ---- the run options of the Advanced panel, as the server declares them ----------------------
+
+// The controls are made from the JSON schema of `/v1/options` (which needs the key, as the
+// rest of the API): a title, a description, a type and bounds per option, so every option the
+// server offers is here, and a new one appears without a change to this page.
+async function loadOptions() {
+  if (page.options) return page.options;
+  if (page.config.auth && !apiKey()) {
+    optionsNote("Enter the API key to see the options.");
+    return null;
+  }
+  try {
+    const response = await fetch("v1/options", {headers: authHeaders()});
+    if (!response.ok) {
+      optionsNote(response.status === 401 ? "Enter the right API key to see the options."
+                                          : `The options cannot be loaded (HTTP ${response.status}).`);
+      return null;
+    }
+    if (page.options) return page.options;  // a load that started earlier got there first
+    const {schema, defaults} = await response.json();
+    page.options = {defaults, controls: Object.entries(schema.properties).map(
+      ([name, property]) => optionControl(name, property, defaults[name]))};
+    $("options").replaceChildren(...page.options.controls.map((control) => control.row));
+    $("options-note").hidden = true;
+    return page.options;
+  } catch (error) {
+    optionsNote(`The options cannot be loaded (${error.message}).`);
+    return null;
+  }
+}
+
+function optionsNote(text) {
+  $("options-note").textContent = text;
+  $("options-note").hidden = false;
+}
+
+function optionControl(name, property, value) {
+  const spec = (property.anyOf || [property]).find((choice) => choice.type !== "null") || {};
+  const id = `option-${name}`, title = property.title || name;
+  const label = element("label", title, {for: id});
+  const help = element("span", property.description || "", {id: `${id}-help`, class: "muted help"});
+  let input;
+  if (spec.type === "boolean") {
+    input = element("input", null, {id, type: "checkbox"});
+    input.checked = Boolean(value);
+  } else if (spec.enum) {
+    input = element("select", null, {id});
+    input.replaceChildren(...spec.enum.map((choice) => element("option", choice, {value: choice})));
+    input.value = value;
+  } else if (spec.type === "integer" || spec.type === "number") {
+    input = element("input", null, {id, type: "number", step: spec.type === "integer" ? "1" : "any",
+                                    inputmode: spec.type === "integer" ? "numeric" : "decimal"});
+    if ("minimum" in spec) input.min = spec.minimum;
+    if ("maximum" in spec) input.max = spec.maximum;
+    input.value = value ?? "";
+    if (value === null || value === undefined) input.placeholder = "chosen per run";
+  } else {
+    input = element("input", null, {id, type: "text"});
+    input.value = value ?? "";
+  }
+  input.setAttribute("aria-describedby", help.id);
+  const check = spec.type === "boolean";
+  const row = element("p", null, {class: check ? "field check" : "field"});
+  row.append(...(check ? [input, label, help] : [label, input, help]));
+  return {name, title, spec, input, row};
+}
+
+// The value of a control as the option's type; a number outside its bounds is an error message.
+function optionValue(control) {
+  const {spec, input, title} = control;
+  if (spec.type === "boolean") return {value: input.checked};
+  if (spec.type !== "integer" && spec.type !== "number") return {value: input.value};
+  if (input.value.trim() === "") return {value: null};
+  const number = Number(input.value);
+  const low = spec.minimum ?? spec.exclusiveMinimum, high = spec.maximum ?? spec.exclusiveMaximum;
+  const fits = Number.isFinite(number) && (spec.type !== "integer" || Number.isInteger(number)) &&
+    !(number < spec.minimum || number <= spec.exclusiveMinimum ||
+      number > spec.maximum || number >= spec.exclusiveMaximum);
+  if (fits) return {value: number};
+  const kind = spec.type === "integer" ? "a whole number" : "a number";
+  const range = low !== undefined && high !== undefined ? ` from ${low} to ${high}`
+    : low !== undefined ? ` above ${low}` : high !== undefined ? ` up to ${high}` : "";
+  return {error: `${title} must be ${kind}${range}.`};
 }
 
 // ---- the music index, while the server builds it (once, as it first starts) ----------------
@@ -155,20 +238,24 @@ function hideFormError() {
   $("form-error").hidden = true;
 }
 
+// The options this run sets: those whose control differs from the server's default. Without the
+// options (no key yet) the run takes the server's settings.
 function options() {
-  const k = Number($("k").value), rounds = Number($("rounds").value);
-  if (!Number.isInteger(k) || k < 0 || k > 20) return "Examples to retrieve must be 0 to 20.";
-  if (!Number.isInteger(rounds) || rounds < 0 || rounds > 10) {
-    return "Refinement rounds must be 0 to 10.";
+  const chosen = {}, all = {...(page.options ? page.options.defaults : {})};
+  for (const control of page.options ? page.options.controls : []) {
+    const {value, error} = optionValue(control);
+    if (error) return {error, input: control.input};
+    if (value !== null && value !== page.options.defaults[control.name]) {
+      chosen[control.name] = value;
+      all[control.name] = value;
+    }
   }
   const takes = Number($("takes").value), most = page.config.max_takes;
   if (!Number.isInteger(takes) || takes < 1 || takes > most) {
-    return `Takes must be 1 to ${most}.`;
+    return {error: `Takes must be 1 to ${most}.`, input: $("takes")};
   }
-  const chosen = {k, rag: $("rag").checked, refine: rounds > 0, refine_rounds: rounds,
-                  explain: $("explain").value};
   if (takes > 1) chosen.takes = takes;
-  return chosen;
+  return {chosen, all};
 }
 
 function readAsDataUrl(file) {
@@ -193,12 +280,13 @@ async function compose(event) {
     return formError(`${page.file.name} is ${megabytes(page.file.size)}; this server takes ` +
                      `images up to ${megabytes(limit)}.`);
   }
-  const chosen = options();
-  if (typeof chosen === "string") {
+  await loadOptions();
+  const {chosen, all, error, input} = options();
+  if (error) {
     $("advanced").open = true;
-    return formError(chosen, $("k"));
+    return formError(error, input);
   }
-  const run = beginRun(chosen);
+  const run = beginRun(all);
   let image;
   try {
     image = await readAsDataUrl(page.file);
@@ -244,7 +332,7 @@ function beginRun(chosen) {
   stopFollowing();
   const run = {id: null, controller: new AbortController(), timer: null, finished: false,
                options: chosen, attempts: new Map(), blobs: [], maps: new Map(), result: null,
-               repairs: page.config.defaults.repairs, best: null};
+               best: null};
   page.run = run;
   page.last = run;
   armTimer(run);
@@ -436,7 +524,8 @@ function onNode(node, update, run) {
     const repairs = earlier.filter((a) => a.round === last.round && a.kind === "repair").length +
                     (last.kind === "repair" ? 1 : 0);
     const standing = run.best !== null ? run.attempts.get(run.best) : null;
-    if ((!last.valid || faultCount) && !repeated && repairs < run.repairs) {
+    const most = run.options.max_repairs ?? Infinity;  // unknown without the options
+    if ((!last.valid || faultCount) && !repeated && repairs < most) {
       next = "compose";
     } else {
       next = standing && !standing.metrics ? "evaluate" : "explain";
