@@ -46,7 +46,7 @@ from img2music.graph.local_vlm import LocalChatModel, LocalVLM
 from img2music.graph.state import Input, rounds_and_repairs
 from img2music.tools.abc.check import check_abc
 from img2music.tools.abc.extract import extract_abc
-from img2music.tools.abc.grammar import answer_grammar, matches, tune_grammar
+from img2music.tools.abc.grammar import answer_grammar, longest_bytes, matches, tune_grammar
 from img2music.tools.abc.repair import repair_abc
 from img2music.tools.corpus.music21_corpus import iter_corpus_tunes
 from img2music.tools.images import image_data_url, open_image
@@ -89,6 +89,18 @@ def clip_vocabulary() -> xgrammar.TokenizerInfo:
         vocabulary[token] = "\u0120" + piece[:-4] if piece.endswith("</w>") else piece
     return xgrammar.TokenizerInfo(vocabulary, xgrammar.VocabType.BYTE_LEVEL,
                                   stop_token_ids=[encoder["<end_of_text>"]])
+
+
+def worst_cases() -> None:
+    """The longest text each part of the answer admits, in bytes: the worst case in tokens of a
+    byte-level tokenizer, which a max_tokens must exceed for every constrained answer to end."""
+    print(f"\n2a. the longest text each grammar admits, in bytes (worst-case tokens)\n"
+          f"{'part':<22} {'shipped':>16} {'short (the tests)':>18}")
+    shipped, short = answer_grammar(), answer_grammar(SHORT)
+    for part in ("preamble", "motivation", "header-line", "annotation", "measure-item",
+                 "written-music-line", "root"):
+        worst = longest_bytes(shipped, part), longest_bytes(short, part)
+        print(f"{part:<22} {worst[0]:>16,.0f} {worst[1]:>18,.0f}")
 
 
 def compile_times(vlm: LocalVLM, clip: xgrammar.TokenizerInfo, runs: int) -> None:
@@ -207,6 +219,7 @@ def main() -> None:
         vlm = LocalVLM(model, processor, name="tiny")
         clip = clip_vocabulary()
         compile_times(vlm, clip, arguments.compiles)
+        worst_cases()
         mask_times_by_part(clip)
         local_backend(vlm, arguments.compositions, arguments.tokens)
     calls_per_delivered_tune()

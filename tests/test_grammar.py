@@ -32,6 +32,7 @@ from img2music.tools.abc.extract import extract_abc
 from img2music.tools.abc.grammar import (
     GrammarError,
     answer_grammar,
+    longest_bytes,
     replace_rules,
     rule_names,
     tune_grammar,
@@ -185,3 +186,15 @@ def test_no_tune_the_grammar_accepts_has_an_error_at_parse_check() -> None:
         checked = compile_abc(tune, settings=NO_TIME_LIMIT).check
         failures += [f"seed {seed}: {error}" for error in errors(checked)]
     assert not failures, "\n".join(failures[:10])
+
+
+def test_the_longest_text_of_a_rule_is_counted_in_bytes_the_worst_case_in_tokens() -> None:
+    grammar = 'root ::= "ab" [x-z]{2,3} ("\u00e9" | "\\n")? tail\ntail ::= [^a]{0,2}'
+    assert longest_bytes(grammar) == 2 + 3 + 2 + 2 * 4  # é is 2 bytes; [^a] may be 4
+    assert longest_bytes(grammar, "tail") == 8
+    assert longest_bytes('root ::= "a" root?') == float("inf")
+    assert longest_bytes('root ::= "a"+') == float("inf")
+    shipped = answer_grammar()
+    assert longest_bytes(shipped, "preamble") == 2 + 300 * 4
+    assert longest_bytes(shipped, "key-line") < 500
+    assert longest_bytes(answer_grammar(thinking=True)) == float("inf")  # the thought is free

@@ -10,6 +10,7 @@ checked (a server that ignores the field writes what it likes).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from functools import lru_cache
@@ -145,3 +146,102 @@ def rule_definition(grammar: str, name: str) -> str:
             lines = body[:len(body) - len(kept)].split("\n")
             return " ".join(line.strip() for line in lines if line.strip())
     raise GrammarError(f"the grammar has no rule named {name}")
+
+
+_PIECE = re.compile(r'''\s+|\#[^\n]*|(?P<string>"(?:\\.|[^"\\])*")|(?P<chars>\[(?:\\.|[^\]\\])*\])
+    |(?P<repeat>\{\s*\d+\s*(?:,\s*\d*\s*)?\})|(?P<name>[A-Za-z][\w-]*)|(?P<op>::=|[|()?*+])''',
+                    re.VERBOSE)
+
+
+def longest_bytes(grammar: str, rule: str = "root") -> float:
+    """The most UTF-8 bytes a text of `rule` can hold (`math.inf` when unbounded).
+
+    A byte-level tokenizer can spend one token on each byte, so this is the worst case in
+    tokens of a model that writes under the grammar: the bound a max_tokens must exceed for a
+    constrained answer to always finish. A character class that admits non-ASCII counts 4 bytes.
+    """
+    rules: dict[str, list[tuple[str, str]]] = {}
+    pieces = [(match.lastgroup or "", match[match.lastgroup]) for match in _PIECE.finditer(grammar)
+              if match.lastgroup]
+    name = ""
+    for index, piece in enumerate(pieces):
+        if piece[0] == "name" and index + 1 < len(pieces) and pieces[index + 1] == ("op", "::="):
+            name = piece[1]
+            rules[name] = []
+        elif piece != ("op", "::="):
+            rules[name].append(piece)
+    return _Longest(rules).rule(rule)
+
+
+class _Longest:
+    """`longest_bytes`' walk: each rule's longest text, memoised; a rule met again while it is
+    being measured is recursive, so unbounded."""
+
+    def __init__(self, rules: dict[str, list[tuple[str, str]]]) -> None:
+        self._rules = rules
+        self._known: dict[str, float] = {}
+        self._open: set[str] = set()
+        self._pieces: list[tuple[str, str]] = []
+        self._at = 0
+
+    def rule(self, name: str) -> float:
+        if name in self._known:
+            return self._known[name]
+        if name in self._open:
+            return math.inf
+        self._open.add(name)
+        outer = self._pieces, self._at
+        self._pieces, self._at = self._rules[name], 0
+        length = self._choice()
+        self._pieces, self._at = outer
+        self._open.discard(name)
+        self._known[name] = length
+        return length
+
+    def _peek(self) -> tuple[str, str] | None:
+        return self._pieces[self._at] if self._at < len(self._pieces) else None
+
+    def _choice(self) -> float:
+        longest = self._sequence()
+        while self._peek() == ("op", "|"):
+            self._at += 1
+            longest = max(longest, self._sequence())
+        return longest
+
+    def _sequence(self) -> float:
+        total = 0.0
+        while (piece := self._peek()) is not None and piece not in (("op", "|"), ("op", ")")):
+            total += self._repeated()
+        return total
+
+    def _repeated(self) -> float:
+        length = self._atom()
+        while (piece := self._peek()) is not None and (
+                piece[0] == "repeat" or piece in (("op", "?"), ("op", "*"), ("op", "+"))):
+            self._at += 1
+            most = piece[1].strip("{} ").split(",")[-1].strip()
+            if piece[1] in ("*", "+") or most == "":
+                length = math.inf if length else 0.0
+            elif piece[1] != "?":
+                length *= int(most)
+        return length
+
+    def _atom(self) -> float:
+        kind, text = self._pieces[self._at]
+        self._at += 1
+        if kind == "string":
+            return float(len(_unescaped(text[1:-1]).encode()))
+        if kind == "chars":
+            body = _unescaped(text[1:-1])
+            return 4.0 if body.startswith("^") else float(max(len(c.encode()) for c in body))
+        if kind == "name":
+            return self.rule(text)
+        length = self._choice()  # "(": a group, closed by ")"
+        self._at += 1
+        return length
+
+
+def _unescaped(text: str) -> str:
+    return re.sub(r"\\x([0-9a-fA-F]{2})|\\u([0-9a-fA-F]{4})|\\(.)",
+                  lambda m: chr(int(m[1] or m[2], 16)) if m[1] or m[2] else
+                  {"n": "\n", "t": "\t", "r": "\r"}.get(m[3], m[3]), text)
