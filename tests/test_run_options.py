@@ -121,8 +121,8 @@ def test_every_run_field_is_a_flag_an_http_option_and_described(tmp_path: Path) 
 
 
 @dataclass(kw_only=True)
-class WithTempo(Context):
-    tempo: Annotated[int | None, Field(ge=20, le=300, description="Beats per minute.")] = None
+class WithSwing(Context):
+    swing: Annotated[int | None, Field(ge=50, le=75, description="Swing, in percent.")] = None
 
 
 def test_a_field_added_to_the_context_is_a_flag_and_an_option_at_once() -> None:
@@ -132,19 +132,19 @@ def test_a_field_added_to_the_context_is_a_flag_and_an_option_at_once() -> None:
         given.append(run_options)
 
     cli = typer.Typer()
-    cli.command()(with_run_options(command, context=WithTempo))
+    cli.command()(with_run_options(command, context=WithSwing))
     cli.command("other")(lambda: None)
     runner = CliRunner()
     shown = runner.invoke(cli, ["command", "--help"], env={"COLUMNS": "300"}).output
-    assert " --tempo " in shown and "Beats per minute." in shown
-    assert runner.invoke(cli, ["command", "--tempo", "90", "-k", "2"]).exit_code == 0
-    assert given == [{"tempo": 90, "rag_k": 2}]
-    slow = runner.invoke(cli, ["command", "--tempo", "5"])
-    assert slow.exit_code == 2 and "Invalid value for '--tempo'" in slow.output
-    assert [option.name for option in run_options(WithTempo)][-1] == "tempo"
-    schema = options_model(WithTempo).model_json_schema()["properties"]["tempo"]
-    assert schema["description"] == "Beats per minute."
-    assert "tempo" not in options_model().model_fields
+    assert " --swing " in shown and "Swing, in percent." in shown
+    assert runner.invoke(cli, ["command", "--swing", "66", "-k", "2"]).exit_code == 0
+    assert given == [{"swing": 66, "rag_k": 2}]
+    slow = runner.invoke(cli, ["command", "--swing", "5"])
+    assert slow.exit_code == 2 and "Invalid value for '--swing'" in slow.output
+    assert [option.name for option in run_options(WithSwing)][-1] == "swing"
+    schema = options_model(WithSwing).model_json_schema()["properties"]["swing"]
+    assert schema["description"] == "Swing, in percent."
+    assert "swing" not in options_model().model_fields
 
 
 def test_eval_takes_the_run_settings_as_every_variants_base() -> None:
