@@ -42,6 +42,10 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join(
             str(Path(entry).resolve()) for entry in python_path.split(os.pathsep) if entry)
     get_settings.cache_clear()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One worker per core: a worker's torch, and the programs it starts, use one thread
+        # each, so two workers do not fight over the same cores (read when torch loads).
+        os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
