@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -16,17 +16,15 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph.state import CompiledStateGraph
 
-from img2music.graph.context import Context, as_operator
+from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
 from img2music.graph.models import VLMUnavailable, endpoint_report
 from img2music.graph.nodes import ModelFor, RetrieverFor
-from img2music.graph.state import Input, Output, State
+from img2music.graph.state import SHARED_KEYS, Input, Output, State, check_takes
 from img2music.pipeline.report import write_run
 from img2music.pipeline.takes import (
     FIRST_TAKE_NODE,
     LAST_SHARED_NODE,
-    SHARED_KEYS,
-    check_takes,
     take_folder,
     write_takes_report,
 )
@@ -240,8 +238,7 @@ async def acompose(
                 raise final
         return shared, finals
 
-    with as_operator():  # the run's own context, a seed apart
-        take_contexts = [replace(context, seed=context.take_seed(n)) for n in range(takes)]
+    take_contexts = [context.for_take(n) for n in range(takes)]
     graph_task: asyncio.Task[Any] = asyncio.create_task(
         run_graph(drive(state, context)) if takes == 1 else run_takes())
     if stop is not None:
