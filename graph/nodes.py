@@ -31,7 +31,6 @@ from img2music.graph.models import (
     to_langchain,
 )
 from img2music.graph.state import (
-    SHARED_KEYS,
     Attempt,
     AttemptKind,
     Check,
@@ -46,6 +45,7 @@ from img2music.graph.state import (
     TakeState,
     replaces,
     rounds_and_repairs,
+    shared_by_takes,
 )
 from img2music.prompt_files import check_prompt_edits, render_prompt
 from img2music.settings import Settings, VLMBackend
@@ -372,9 +372,8 @@ async def compose_take(
     gives. A take that fails ends alone, with the reason, and the other takes are kept."""
     context = runtime.context.for_take(state["take"])
     assert context.seed is not None, "every context has a seed"
-    shared: State = {key: state[key] for key in SHARED_KEYS if key in state}  # type: ignore[literal-required,misc]
     try:
-        final = await loop.ainvoke(shared, context=context)
+        final = await loop.ainvoke(shared_by_takes(state), context=context)
     except GraphBubbleUp:
         raise  # LangGraph's own signals (an interrupt, a drain) are not a take's failure
     except Exception as error:  # one take's outage must not lose the others' tunes

@@ -10,7 +10,6 @@ from langgraph.types import Send
 
 from img2music.graph.context import Context
 from img2music.graph.state import (
-    SHARED_KEYS,
     State,
     TakesInput,
     TakesState,
@@ -18,6 +17,7 @@ from img2music.graph.state import (
     check_takes,
     is_clean,
     repeats_an_earlier_tune,
+    shared_by_takes,
 )
 
 
@@ -73,6 +73,6 @@ def takes_after_describe(
 
 def one_take_each(state: TakesState) -> list[Send]:
     """A `take` for each take asked for, all at once, each from what the takes share."""
-    shared = {key: state[key] for key in SHARED_KEYS if key in state}  # type: ignore[literal-required]
-    return [Send("take", TakeState(**shared, take=number))  # type: ignore[typeddict-item]
+    shared = shared_by_takes(state)
+    return [Send("take", TakeState(**shared, take=number))
             for number in range(state.get("takes", 1))]

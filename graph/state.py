@@ -17,6 +17,7 @@ from typing import (
     Literal,
     NotRequired,  # pydantic reads these on Python 3.11
     Required,
+    cast,
 )
 
 from pydantic import Field
@@ -290,6 +291,11 @@ def check_takes(takes: int) -> None:
     """A run composes 1 to MAX_TAKES takes; another count is refused before any model call."""
     if isinstance(takes, bool) or not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
         raise ValueError(f"takes must be 1 to {MAX_TAKES}, not {takes!r}")
+
+
+def shared_by_takes(state: Mapping[str, Any]) -> State:
+    """What the takes of a run start from: its state's `SHARED_KEYS`."""
+    return cast(State, {key: state[key] for key in SHARED_KEYS if key in state})
 
 
 def in_take_order(left: list[Take], right: list[Take]) -> list[Take]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from langchain_core.language_models import BaseChatModel
@@ -39,7 +39,7 @@ def run_takes(takes: int, *, seed: int, model: BaseChatModel | None = None,
     given: TakesInput = {"image": IMAGE, "note": NOTE, "takes": takes}
     output = asyncio.run(graph.ainvoke(given, context=Context(
         seed=seed, explain="none", refine=False, **context)))
-    return output, meeting, examples
+    return cast(TakesOutput, output), meeting, examples
 
 
 def one_take(seed: int) -> MeetingModel:

@@ -20,7 +20,7 @@ from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
 from img2music.graph.models import VLMUnavailable, endpoint_report
 from img2music.graph.nodes import ModelFor, RetrieverFor
-from img2music.graph.state import SHARED_KEYS, Input, Output, State, check_takes
+from img2music.graph.state import Input, Output, State, check_takes, shared_by_takes
 from img2music.pipeline.report import write_run
 from img2music.pipeline.takes import (
     FIRST_TAKE_NODE,
@@ -170,10 +170,12 @@ async def acompose(
     description and one retrieval for every take, and each take is the graph as a run of one
     take runs it, so its state, report and files have the same shape; only the run's
     `report.json` above them is new (every take, and the pick). Why not fan out inside the
-    graph (`Send` to a subgraph per take): the graph and its diagram, Studio's runs and a
+    graph (`Send` to a subgraph per take) here: the graph and its diagram, Studio's runs and a
     run's progress would all change shape for every run, while forking its checkpoints leaves
-    them as they are and a run of one take exactly as it was. A run of several takes is always
-    driven here, whatever `drive` says: the fork needs the in-memory checkpointer.
+    them as they are and a run of one take exactly as it was; Studio has that fan-out as a
+    graph of its own beside this one (`img2music_takes`, `graph.graph.build_takes_graph`), with
+    the same seeds. A run of several takes is always driven here, whatever `drive` says: the
+    fork needs the in-memory checkpointer.
     """
     settings = settings or get_settings()
     image = Path(image)
@@ -225,7 +227,7 @@ async def acompose(
     async def run_takes() -> tuple[State, list[State | BaseException]]:
         """The shared steps once, then every take at once; a take that fails ends alone."""
         shared = await run_graph(on_thread(state, context, "shared"))
-        known = {key: shared[key] for key in SHARED_KEYS if key in shared}  # type: ignore[literal-required]
+        known = shared_by_takes(shared)
         for number in range(takes):
             await graph.aupdate_state({"configurable": {"thread_id": take_folder(number)}},
                                       known, as_node=LAST_SHARED_NODE)
