@@ -11,6 +11,7 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer
 
 from img2music.graph.context import Context
@@ -37,7 +38,15 @@ from img2music.graph.routing import (
     one_take_each,
     takes_after_describe,
 )
-from img2music.graph.state import Input, Output, State, TakesInput, TakesOutput, TakesState
+from img2music.graph.state import (
+    Input,
+    Output,
+    State,
+    TakesInput,
+    TakesOutput,
+    TakesState,
+    TakeState,
+)
 from img2music.settings import Settings, get_settings
 
 GRAPH_NAME = "img2music"
@@ -109,7 +118,14 @@ def build_takes_graph(
                          output_schema=TakesOutput)
     builder.add_node("describe", nodes["describe"])
     builder.add_node("retrieve", nodes["retrieve"])
-    builder.add_node("take", partial(compose_take, loop=build_compose_loop(nodes)))
+    loop = build_compose_loop(nodes)
+
+    async def take(state: TakeState, runtime: Runtime[Context]) -> TakesState:
+        """`compose_take` on the compose loop; a closure over it, so LangGraph finds the loop
+        as the node's subgraph (Studio's expanded view draws it)."""
+        return await compose_take(state, runtime, loop=loop)
+
+    builder.add_node("take", take)
 
     builder.add_conditional_edges(START, before_describe)
     builder.add_conditional_edges("describe", takes_after_describe, ["retrieve", "take"])

@@ -157,6 +157,9 @@ def test_studio_composes_several_takes_with_the_takes_graph(
             schemas["context_schema"]["properties"])
         graph = studio.get(f"/assistants/{assistant}/graph").json()
         assert {"describe", "retrieve", "take"} <= {node["id"] for node in graph["nodes"]}
+        inside = studio.get(f"/assistants/{assistant}/graph", params={"xray": "true"}).json()
+        assert {"take:compose", "take:parse_check", "take:evaluate", "take:explain"} <= {
+            node["id"] for node in inside["nodes"]}  # Studio opens a take's loop
         final = studio.post("/runs/wait", json={
             "assistant_id": "img2music_takes",
             "input": {"image": PHOTO_URL, "note": "something solemn", "takes": 2},
