@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -259,6 +259,13 @@ class Context:
             return self.seed
         digest = hashlib.blake2b(f"{self.seed}/take/{take}".encode(), digest_size=4).digest()
         return int.from_bytes(digest, "big") & MAX_SEED
+
+    def for_take(self, take: int) -> Context:
+        """This run's context for take `take` (0 the first): the same settings, the take's own
+        seed. The run's context was checked when it was made, so its copy keeps its operator
+        fields whoever made it."""
+        with as_operator():
+            return replace(self, seed=self.take_seed(take))
 
     def prompt_edits(self) -> dict[str, str]:
         """Prompt templates this run replaces, by file name (edited in LangGraph Studio)."""

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
+from langgraph.errors import GraphBubbleUp
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
 from img2music.graph.context import Context, edit_label
@@ -36,9 +38,14 @@ from img2music.graph.state import (
     Explanation,
     Message,
     Metrics,
+    Output,
     State,
+    Take,
+    TakesState,
+    TakeState,
     replaces,
     rounds_and_repairs,
+    shared_by_takes,
 )
 from img2music.prompt_files import check_prompt_edits, render_prompt
 from img2music.settings import Settings, VLMBackend
@@ -62,6 +69,7 @@ logger = logging.getLogger(__name__)
 
 ModelFor = Callable[[Context], BaseChatModel]
 RetrieverFor = Callable[[Context], Any]
+ComposeLoop = CompiledStateGraph[State, Context, State, State]
 MAX_DESCRIPTION_CHARS = 2_000
 MAX_RAW_CHARS = 50_000
 MAX_BARS = 64
@@ -354,6 +362,28 @@ async def finish(state: State) -> State:
     if last and last["check"]:
         reason += ": " + ParseCheck.model_validate(last["check"]).summary()
     return {"status": "failed", "failure": reason, "final_abc": None}
+
+
+async def compose_take(
+    state: TakeState, runtime: Runtime[Context], *, loop: ComposeLoop
+) -> TakesState:
+    """One take of a run of several: the compose loop (`graph.build_compose_loop`) from what the
+    takes share, under the take's own seed, so it is the tune a run of one take with that seed
+    gives. A take that fails ends alone, with the reason, and the other takes are kept."""
+    context = runtime.context.for_take(state["take"])
+    assert context.seed is not None, "every context has a seed"
+    try:
+        final = await loop.ainvoke(shared_by_takes(state), context=context)
+    except GraphBubbleUp:
+        raise  # LangGraph's own signals (an interrupt, a drain) are not a take's failure
+    except Exception as error:  # one take's outage must not lose the others' tunes
+        logger.warning("take %d failed", state["take"] + 1, exc_info=error)
+        final = {"status": "failed", "failure": f"{type(error).__name__}: {error}",
+                 "final_abc": None}
+    take: Take = {"take": state["take"] + 1, "seed": context.seed}
+    take.update({key: final[key] for key in Output.__annotations__ if key in final})  # type: ignore[typeddict-item]
+    return {"candidates": [take], "usage": final.get("usage", {}),
+            "timings": final.get("timings", {})}
 
 
 def _asked(controls: Controls) -> dict[str, Any] | None:

@@ -1,13 +1,24 @@
-"""Where the graph goes after describing, checking and measuring: plain functions of the state."""
+"""Where the graphs go after describing, checking and measuring, and how a run of several takes
+fans out: plain functions of the state."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from langgraph.runtime import Runtime
+from langgraph.types import Send
 
 from img2music.graph.context import Context
-from img2music.graph.state import State, is_clean, repeats_an_earlier_tune
+from img2music.graph.state import (
+    State,
+    TakesInput,
+    TakesState,
+    TakeState,
+    check_takes,
+    is_clean,
+    repeats_an_earlier_tune,
+    shared_by_takes,
+)
 
 
 def after_describe(state: State, runtime: Runtime[Context]) -> Literal["retrieve", "compose"]:
@@ -44,3 +55,24 @@ def after_evaluate(state: State, runtime: Runtime[Context]) -> Literal["compose"
     if context.refine and state["attempts"][-1]["round"] < context.refine_rounds:
         return "compose"
     return "explain"
+
+
+def before_describe(state: TakesInput) -> Literal["describe"]:
+    """A run of several takes describes first; a count of takes out of range ends it here,
+    before the model is paid for a description."""
+    check_takes(state.get("takes", 1))
+    return "describe"
+
+
+def takes_after_describe(
+    state: TakesState, runtime: Runtime[Context]
+) -> Literal["retrieve"] | list[Send]:
+    """Retrieval, when the run wants examples, as in a run of one take; else the takes at once."""
+    return "retrieve" if after_describe(state, runtime) == "retrieve" else one_take_each(state)
+
+
+def one_take_each(state: TakesState) -> list[Send]:
+    """A `take` for each take asked for, all at once, each from what the takes share."""
+    shared = shared_by_takes(state)
+    return [Send("take", TakeState(**shared, take=number))
+            for number in range(state.get("takes", 1))]

@@ -16,9 +16,18 @@ from typing import (
     Any,
     Literal,
     NotRequired,  # pydantic reads these on Python 3.11
+    Required,
+    cast,
 )
 
+from pydantic import Field
 from typing_extensions import TypedDict
+
+from img2music.settings import MAX_TAKES
+
+# What the takes of a run share: each take composes from these keys, as if the last shared step
+# (describe, or retrieve) had just run.
+SHARED_KEYS = ("image", "note", "description", "examples", "status")
 
 AttemptKind = Literal["compose", "repair", "refine", "section", "continue"]
 Status = Literal["running", "done", "failed"]
@@ -252,3 +261,54 @@ class State(TypedDict, total=False):
     failure: str
     usage: Annotated[dict[str, Any], merge]  # node -> {"calls", "input_tokens", "output_tokens"}
     timings: Annotated[dict[str, float], merge]  # node -> seconds
+
+
+class TakesInput(Input, total=False):
+    """What a run of several takes is given (Studio's `img2music_takes`): the image, a note and
+    how many takes to compose."""
+
+    takes: Annotated[int, Field(
+        ge=1, le=MAX_TAKES, description=f"How many takes to compose at once, 1 to {MAX_TAKES} "
+        "(1 when not given), each with its own seed.")]
+
+
+class Take(Output, total=False):
+    """One take of a run of several: what a run of one take gives, with the take's number and
+    its seed (a run of one take with that seed gives the same tune)."""
+
+    take: Required[int]  # 1 the first
+    seed: Required[int]
+
+
+class TakesOutput(TypedDict, total=False):
+    """What a run of several takes gives back: the description they share, and every take."""
+
+    description: str
+    candidates: list[Take]
+
+
+def check_takes(takes: int) -> None:
+    """A run composes 1 to MAX_TAKES takes; another count is refused before any model call."""
+    if isinstance(takes, bool) or not isinstance(takes, int) or not 1 <= takes <= MAX_TAKES:
+        raise ValueError(f"takes must be 1 to {MAX_TAKES}, not {takes!r}")
+
+
+def shared_by_takes(state: Mapping[str, Any]) -> State:
+    """What the takes of a run start from: its state's `SHARED_KEYS`."""
+    return cast(State, {key: state[key] for key in SHARED_KEYS if key in state})
+
+
+def in_take_order(left: list[Take], right: list[Take]) -> list[Take]:
+    """Takes finish in any order; a run lists them by number."""
+    return sorted([*left, *right], key=lambda take: take["take"])
+
+
+class TakesState(State, total=False):
+    takes: int
+    candidates: Annotated[list[Take], in_take_order]
+
+
+class TakeState(State, total=False):
+    """What one take starts from: the shared keys (`SHARED_KEYS`) and its number."""
+
+    take: int  # 0 the first

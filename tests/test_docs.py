@@ -102,16 +102,28 @@ def test_the_readme_leads_to_every_page_of_the_docs() -> None:
     assert [page.name for page in DOCS if page.resolve() not in linked] == []
 
 
+def pictured_edges(page: Path) -> set[tuple[str, str, bool]]:
+    """The edges of the page's one mermaid picture: (source, target, conditional)."""
+    blocks = [token.content for token in tokens(page)
+              if token.type == "fence" and token.info.strip() == "mermaid"]
+    assert len(blocks) == 1
+    return {(source, target, arrow == "-.->") for source, arrow, target in
+            re.findall(r"^\s*(\w+) (-->|-\.->) (\w+);?$", blocks[0], re.MULTILINE)}
+
+
 def test_the_readme_pictures_the_graph_as_it_is() -> None:
     from img2music.graph.graph import graph
 
-    blocks = [token.content for token in tokens(README)
-              if token.type == "fence" and token.info.strip() == "mermaid"]
-    assert len(blocks) == 1
-    pictured = {(source, target, arrow == "-.->") for source, arrow, target in
-                re.findall(r"^\s*(\w+) (-->|-\.->) (\w+);?$", blocks[0], re.MULTILINE)}
     edges = {(edge.source, edge.target, edge.conditional) for edge in graph.get_graph().edges}
-    assert pictured == edges
+    assert pictured_edges(README) == edges
+
+
+def test_the_serving_page_pictures_the_takes_graph_as_it_is() -> None:
+    from img2music.graph.graph import takes_graph
+
+    edges = {(edge.source, edge.target, edge.conditional)
+             for edge in takes_graph.get_graph().edges}
+    assert pictured_edges(ROOT / "docs" / "serving.md") == edges
 
 
 def run_generator(script: Path, *arguments: str) -> subprocess.CompletedProcess[str]:

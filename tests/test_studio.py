@@ -143,6 +143,37 @@ def test_studio_sees_the_graph_its_settings_and_prompts_and_runs_it(dev_server: 
 
 
 @needs_langgraph_cli
+def test_studio_composes_several_takes_with_the_takes_graph(
+    dev: tuple[str, ScriptedServer],
+) -> None:
+    url, vlm = dev
+    before = len(vlm.requests)
+    with httpx.Client(base_url=url, timeout=120) as studio:
+        assistant = assistant_of(studio, "img2music_takes")
+        schemas = studio.get(f"/assistants/{assistant}/schemas").json()
+        assert set(schemas["input_schema"]["properties"]) == {"image", "note", "takes"}
+        assert set(schemas["output_schema"]["properties"]) == {"description", "candidates"}
+        assert {"seed", "rag_k", "key", "compose_prompt"} <= set(
+            schemas["context_schema"]["properties"])
+        graph = studio.get(f"/assistants/{assistant}/graph").json()
+        assert {"describe", "retrieve", "take"} <= {node["id"] for node in graph["nodes"]}
+        inside = studio.get(f"/assistants/{assistant}/graph", params={"xray": "true"}).json()
+        assert {"take:compose", "take:parse_check", "take:evaluate", "take:explain"} <= {
+            node["id"] for node in inside["nodes"]}  # Studio opens a take's loop
+        final = studio.post("/runs/wait", json={
+            "assistant_id": "img2music_takes",
+            "input": {"image": PHOTO_URL, "note": "something solemn", "takes": 2},
+            "context": {"rag": False, "refine_rounds": 0, "seed": 7}}).json()
+    takes = final["candidates"]
+    assert [take["take"] for take in takes] == [1, 2], final
+    assert all(take["status"] == "done" and check_abc(take["final_abc"]).ok for take in takes)
+    assert takes[0]["seed"] == 7 and takes[1]["seed"] != 7
+    asked = vlm.requests[before:]
+    assert sum("Describe this image" in str(body) for body in asked) == 1 and len(asked) == 3
+    assert len({body["seed"] for body in asked}) == 3
+
+
+@needs_langgraph_cli
 def test_the_openai_routes_and_the_page_answer_on_the_same_port(dev_server: str) -> None:
     page = httpx.get(f"{dev_server}/")
     assert page.status_code == 200 and "<title>" in page.text

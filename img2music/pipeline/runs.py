@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -16,17 +16,15 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph.state import CompiledStateGraph
 
-from img2music.graph.context import Context, as_operator
+from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
 from img2music.graph.models import VLMUnavailable, endpoint_report
 from img2music.graph.nodes import ModelFor, RetrieverFor
-from img2music.graph.state import Input, Output, State
+from img2music.graph.state import Input, Output, State, check_takes, shared_by_takes
 from img2music.pipeline.report import write_run
 from img2music.pipeline.takes import (
     FIRST_TAKE_NODE,
     LAST_SHARED_NODE,
-    SHARED_KEYS,
-    check_takes,
     take_folder,
     write_takes_report,
 )
@@ -172,10 +170,12 @@ async def acompose(
     description and one retrieval for every take, and each take is the graph as a run of one
     take runs it, so its state, report and files have the same shape; only the run's
     `report.json` above them is new (every take, and the pick). Why not fan out inside the
-    graph (`Send` to a subgraph per take): the graph and its diagram, Studio's runs and a
+    graph (`Send` to a subgraph per take) here: the graph and its diagram, Studio's runs and a
     run's progress would all change shape for every run, while forking its checkpoints leaves
-    them as they are and a run of one take exactly as it was. A run of several takes is always
-    driven here, whatever `drive` says: the fork needs the in-memory checkpointer.
+    them as they are and a run of one take exactly as it was; Studio has that fan-out as a
+    graph of its own beside this one (`img2music_takes`, `graph.graph.build_takes_graph`), with
+    the same seeds. A run of several takes is always driven here, whatever `drive` says: the
+    fork needs the in-memory checkpointer.
     """
     settings = settings or get_settings()
     image = Path(image)
@@ -227,7 +227,7 @@ async def acompose(
     async def run_takes() -> tuple[State, list[State | BaseException]]:
         """The shared steps once, then every take at once; a take that fails ends alone."""
         shared = await run_graph(on_thread(state, context, "shared"))
-        known = {key: shared[key] for key in SHARED_KEYS if key in shared}  # type: ignore[literal-required]
+        known = shared_by_takes(shared)
         for number in range(takes):
             await graph.aupdate_state({"configurable": {"thread_id": take_folder(number)}},
                                       known, as_node=LAST_SHARED_NODE)
@@ -240,8 +240,7 @@ async def acompose(
                 raise final
         return shared, finals
 
-    with as_operator():  # the run's own context, a seed apart
-        take_contexts = [replace(context, seed=context.take_seed(n)) for n in range(takes)]
+    take_contexts = [context.for_take(n) for n in range(takes)]
     graph_task: asyncio.Task[Any] = asyncio.create_task(
         run_graph(drive(state, context)) if takes == 1 else run_takes())
     if stop is not None:

@@ -20,23 +20,15 @@ from typing import Any
 from img2music.graph.state import State, merge
 from img2music.pipeline.report import chosen_metrics, read_report
 from img2music.redaction import scrub
-from img2music.settings import MAX_TAKES, Settings
+from img2music.settings import Settings
 from img2music.tools.files import write_atomic
 
-# The takes of a run share what the graph knows before it composes: each take starts from
-# these keys as if the last shared step had just run, and composes from there.
-SHARED_KEYS = ("image", "note", "description", "examples", "status")
 LAST_SHARED_NODE = "retrieve"
 FIRST_TAKE_NODE = "compose"
 
 
 class PickRefused(ValueError):
     """A pick that cannot be recorded: the message says why, in one line."""
-
-
-def check_takes(takes: int) -> None:
-    if not 1 <= takes <= MAX_TAKES:
-        raise ValueError(f"takes must be 1 to {MAX_TAKES}, not {takes}")
 
 
 def take_folder(take: int) -> str:
