@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -465,6 +466,8 @@ def test_a_silent_server_does_not_leave_the_page_waiting(
                           server_run_timeout_s=10) as server, \
             visit(browser, server, tmp_path) as seen:
         seen.page.clock.install()
+        # The page's time stands still (a second on) until the run is under way.
+        seen.page.clock.pause_at(datetime.now() + timedelta(seconds=1))
         compose_with(seen.page, PHOTO)
         within(60, "the describe call in flight", lambda: server.vlm.in_flight == 1)
         seen.page.clock.run_for(1_000)
