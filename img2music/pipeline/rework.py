@@ -36,7 +36,16 @@ from img2music.graph.models import (
 from img2music.graph.nodes import MAX_BARS, MAX_FAULTS_SHOWN, MAX_RAW_CHARS, ModelFor
 from img2music.graph.state import Attempt, AttemptKind, Check, Message, Metrics, State
 from img2music.pipeline.report import read_report, write_run
-from img2music.pipeline.runs import Composition, Progress, RunStop, failed_run, shown_settings
+from img2music.pipeline.runs import (
+    CANCELLED,
+    Composition,
+    Progress,
+    RunStop,
+    cancelled_by,
+    failed_run,
+    failure_of,
+    shown_settings,
+)
 from img2music.prompt_files import prompt_set, render_prompt
 from img2music.settings import Settings, get_settings
 from img2music.templating import TemplateRefused
@@ -223,15 +232,13 @@ async def _rework(
     try:
         final = await task
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if stop is None or stop.reason is None or (current and current.cancelling()):
-            raise
-        return await asyncio.to_thread(failed_run, label, out, stop.reason, stop.kind, settings)
-    except VLMUnavailable as error:
-        return await asyncio.to_thread(failed_run, label, out, str(error), "vlm_unavailable",
-                                       settings)
-    except TemplateRefused as error:
-        return await asyncio.to_thread(failed_run, label, out, str(error), "bad_prompt",
+        stopped = cancelled_by(stop)
+        if stopped is None:
+            raise  # this caller was cancelled, not the run
+        return await asyncio.to_thread(failed_run, label, out, stopped.reason or CANCELLED,
+                                       stopped.kind, settings)
+    except (VLMUnavailable, TemplateRefused) as error:
+        return await asyncio.to_thread(failed_run, label, out, *failure_of(error, label),
                                        settings)
     final["note"] = note
 

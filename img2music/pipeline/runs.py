@@ -90,6 +90,15 @@ class RunStop:
             task.cancel()
 
 
+def cancelled_by(stop: RunStop | None) -> RunStop | None:
+    """The stop that cancelled a run's task, or None when the caller itself was cancelled (its
+    CancelledError must then go on)."""
+    current = asyncio.current_task()
+    if stop is None or stop.reason is None or (current is not None and current.cancelling()):
+        return None
+    return stop
+
+
 @dataclass
 class Composition:
     """What one image gave: the tune (None when no attempt was playable), what a musician would
@@ -248,13 +257,13 @@ async def acompose(
     try:
         outcome = await graph_task
     except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if stop is None or stop.reason is None or (current and current.cancelling()):
+        stopped = cancelled_by(stop)
+        if stopped is None:
             raise  # this caller was cancelled, not the run
-        return await asyncio.to_thread(failed_run, image, out, stop.reason, stop.kind,
-                                       settings)
+        return await asyncio.to_thread(failed_run, image, out, stopped.reason or CANCELLED,
+                                       stopped.kind, settings)
     except Exception as error:  # one image's fault must not stop the batch
-        return await asyncio.to_thread(failed_run, image, out, *_failure(error, image),
+        return await asyncio.to_thread(failed_run, image, out, *failure_of(error, image),
                                        settings)
 
     def report_of(run_context: Context) -> dict[str, Any]:
@@ -283,7 +292,7 @@ async def acompose(
         for number, final in enumerate(finals):
             folder = out / take_folder(number)
             if isinstance(final, BaseException):
-                compositions.append(failed_run(image, folder, *_failure(final, image),
+                compositions.append(failed_run(image, folder, *failure_of(final, image),
                                                settings))
             else:
                 compositions.append(write_one(folder, final, take_contexts[number],
@@ -324,7 +333,7 @@ def _composition(image: Path, out: Path, final: State, files: dict[str, Path],
     )
 
 
-def _failure(error: BaseException, image: Path) -> tuple[str, FailureKind]:
+def failure_of(error: BaseException, image: Path) -> tuple[str, FailureKind]:
     """Why a graph run stopped, in one line, and what kind of failure that is."""
     if isinstance(error, VLMUnavailable):
         return str(error), "vlm_unavailable"
