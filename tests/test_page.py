@@ -459,16 +459,22 @@ def test_a_silent_server_does_not_leave_the_page_waiting(
     browser: Browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The page gives up by itself when nothing comes back in time, and stops the run (the
-    page waits 0.5 s here, less than the server's limit: the server stays silent). The page's
-    clock is the test's: it moves past the wait once the run is under way, not before."""
-    monkeypatch.setattr(page_module, "CLIENT_MARGIN_S", -9.5)
-    with img2music_server(tmp_path, behaviour=Behaviour(sleep_s=5.0),
-                          server_run_timeout_s=10) as server, \
+    page waits 0.5 s here, far less than the server's limit of 60 s and the model's 30 s of
+    silence, so however long a loaded machine takes to reach the model, only the page's wait
+    can end the run). The page's clock is the test's: it moves past the wait once the run is
+    under way, not before."""
+    monkeypatch.setattr(page_module, "CLIENT_MARGIN_S", -59.5)
+    with img2music_server(tmp_path, behaviour=Behaviour(sleep_s=30.0),
+                          server_run_timeout_s=60) as server, \
             visit(browser, server, tmp_path) as seen:
         seen.page.clock.install()
         # The page's time stands still (a second on) until the run is under way.
         seen.page.clock.pause_at(datetime.now() + timedelta(seconds=1))
         compose_with(seen.page, PHOTO)
+        # Playwright passes the page's request on to the server only while the test is inside
+        # a Playwright call, so the test waits for the run in one, then for the model call.
+        expect(seen.page.locator('#steps [data-step="describe"]')).to_have_attribute(
+            "data-state", "active")
         within(60, "the describe call in flight", lambda: server.vlm.in_flight == 1)
         seen.page.clock.run_for(1_000)
         expect(seen.page.locator("#failure")).to_have_text(
@@ -476,6 +482,7 @@ def test_a_silent_server_does_not_leave_the_page_waiting(
         expect(seen.page.get_by_role("button", name="Compose")).to_be_enabled()
         (run,) = server.runs.iterdir()
         assert wait_for_end(server, run.name)["status"] == "failed"
+        within(2.0, "the model server saw its request closed", lambda: server.vlm.hung_up == [1])
 
 
 def test_the_page_and_its_settings_need_no_key_but_the_api_does(tmp_path: Path) -> None:
