@@ -19,6 +19,7 @@ from benchmarks.timing import percentile
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
 from img2music.graph.state import Input, State, rounds_and_repairs
+from img2music.pipeline.runs import STATE_KEYS
 from img2music.tools.images import image_data_url, open_image
 from tests.realworld import llm_replies
 from tests.scripted import ScriptedChatModel
@@ -32,7 +33,7 @@ def replay(reply: str, state: Input, context: Context) -> tuple[State, int, floa
     model = ScriptedChatModel(replies=[DESCRIPTION, *[reply] * MOST_CALLS])
     graph = build_graph(model_for=lambda _: model)
     start = time.perf_counter()
-    final = asyncio.run(graph.ainvoke(state, context=context))
+    final = asyncio.run(graph.ainvoke(state, context=context, output_keys=STATE_KEYS))
     return final, len(model.calls), (time.perf_counter() - start) * 1000  # type: ignore[return-value]
 
 
