@@ -12,11 +12,13 @@
    over `--compiles` runs.
 3. The mask's time per token with the CLIP vocabulary, at every character of a real answer (the
    graph tests' hymn in D), by part: what a server pays per token before sampling it.
-4. The local backend: the tiny random-weight Qwen2-VL answers the compose prompt
-   `--compositions` times under the grammar (the shipped one cut at `--tokens`, and the short one
-   the tests use, so a random model finishes) and without it: tunes with an error at parse-check,
-   finish reasons, and the mask's time per token. Random weights say nothing about music; they
-   show what the mask guarantees.
+4. The local backend: the tiny random-weight Qwen2-VL composes `--compositions` first attempts
+   through the compose and parse-check nodes, at most `--tokens` tokens each, under the grammar
+   (the shipped one, and the one the tests use: the shipped music after a short lead) and
+   without it: tunes with an error at parse-check, tunes a limit cut and the grammar closed, and
+   the mask's time per token. A random model writes as much as a grammar allows, so nearly every
+   constrained tune is cut. Random weights say nothing about music; they show what the mask and
+   the closing guarantee.
 5. Model calls per delivered tune on the real replies, replayed by a model that never fixes
    anything (as `benchmarks.real_replies`), without the grammar and with it: a constrained model
    could not have written a reply whose first tune has an error-tier diagnostic, so those drop
@@ -32,27 +34,31 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from unittest.mock import patch
 
 import torch
 import xgrammar
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.outputs import LLMResult
 from matplotlib import cbook
 from open_clip.tokenizer import SimpleTokenizer
 from PIL import Image
 
 from benchmarks.real_replies import replay
 from benchmarks.timing import latencies, percentile
+from img2music.graph import models
 from img2music.graph.context import Context
-from img2music.graph.local_vlm import LocalChatModel, LocalVLM
+from img2music.graph.local_vlm import LocalVLM
 from img2music.graph.state import Input, rounds_and_repairs
 from img2music.tools.abc.check import check_abc
+from img2music.tools.abc.controls import grammar_rules
 from img2music.tools.abc.extract import extract_abc
 from img2music.tools.abc.grammar import answer_grammar, longest_bytes, matches, tune_grammar
 from img2music.tools.abc.repair import repair_abc
 from img2music.tools.corpus.music21_corpus import iter_corpus_tunes
 from img2music.tools.images import image_data_url, open_image
 from tests.realworld import llm_replies
-from tests.test_constrained import SHORT, composition, parse_check_errors
-from tests.test_grammar import NO_TIME_LIMIT
+from tests.test_constrained import SHORT_LEAD, compose_and_check
 from tests.test_graph import PHOTO, TUNE, answer
 from tests.tiny_vlm import build_tiny_vlm
 
@@ -95,8 +101,8 @@ def worst_cases() -> None:
     """The longest text each part of the answer admits, in bytes: the worst case in tokens of a
     byte-level tokenizer, which a max_tokens must exceed for every constrained answer to end."""
     print(f"\n2a. the longest text each grammar admits, in bytes (worst-case tokens)\n"
-          f"{'part':<22} {'shipped':>16} {'short (the tests)':>18}")
-    shipped, short = answer_grammar(), answer_grammar(SHORT)
+          f"{'part':<22} {'shipped':>16} {'short lead (tests)':>18}")
+    shipped, short = answer_grammar(), answer_grammar(SHORT_LEAD)
     for part in ("preamble", "motivation", "header-line", "annotation", "measure-item",
                  "written-music-line", "root"):
         worst = longest_bytes(shipped, part), longest_bytes(short, part)
@@ -154,31 +160,46 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+class MaskTimes(BaseCallbackHandler):
+    """The local model's masking time per token, from each answer it gives."""
+
+    def __init__(self) -> None:
+        self.milliseconds: list[float] = []
+
+    def on_llm_end(self, response: LLMResult, **_: Any) -> None:
+        for generations in response.generations:
+            for generation in generations:
+                metadata = getattr(generation, "message", None)
+                seconds = metadata.response_metadata.get("mask_seconds", []) if metadata else []
+                self.milliseconds += [second * 1000 for second in seconds]
+
+
 def local_backend(vlm: LocalVLM, compositions: int, tokens: int) -> None:
     with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
-        messages = composition(image_data_url(image.convert("RGB"), max_pixels=96 * 96))
-    model = LocalChatModel(vlm=vlm, max_new_tokens=tokens)
+        image_url = image_data_url(image.convert("RGB"), max_pixels=96 * 96)
     print(f"\n4. the tiny random-weight Qwen2-VL, {compositions} compositions each, at most "
-          f"{tokens} tokens\n{'grammar':<26} {'no error':>9} {'cut':>5} {'tokens':>7} "
+          f"{tokens} tokens\n{'grammar':<26} {'no error':>9} {'closed':>7} {'tokens':>7} "
           f"{'mask median ms':>15} {'mask p95 ms':>12}  errors left")
-    for name, grammar in (("shipped", answer_grammar()), ("short (the tests')",
-                                                          answer_grammar(SHORT)), ("none", None)):
-        clean = cut = written = 0
-        masks: list[float] = []
+    runs: list[tuple[str, str, dict[str, str]]] = [
+        ("shipped", "on", {}), ("short lead (the tests')", "on", SHORT_LEAD), ("none", "off", {})]
+    for name, grammar, lead in runs:
+        clean = closed = written = 0
+        masks = MaskTimes()
         found: Counter[str] = Counter()
-        for seed in range(compositions):
-            torch.manual_seed(seed)
-            # The chat model keeps nothing of a call: the masking times come with its answer.
-            reply = (model.bind(grammar=grammar) if grammar else model).invoke(messages)
-            errors = parse_check_errors(reply.text, NO_TIME_LIMIT)
-            clean += not errors
-            cut += reply.response_metadata["finish_reason"] == "length"
-            written += reply.usage_metadata["output_tokens"] if reply.usage_metadata else 0
-            masks += [seconds * 1000 for seconds in reply.response_metadata["mask_seconds"]]
-            found.update(error.split(":", 2)[-1].strip()[:40] for error in errors[:1])
-        mask = (f"{statistics.median(masks):>15.3f} {percentile(masks, 0.95):>12.3f}" if masks
+        with patch.object(models, "grammar_rules",
+                          lambda controls, lead=lead: {**lead, **grammar_rules(controls)}):
+            for seed in range(compositions):
+                attempt = compose_and_check(vlm, image_url, tokens=tokens, callbacks=[masks],
+                                            seed=seed, vlm_grammar=grammar)
+                errors = attempt["check"]["errors"]
+                clean += not errors
+                closed += any(fix.startswith("closed the tune") for fix in attempt["fixes"])
+                written += attempt["output_tokens"]
+                found.update(error["message"][:40] for error in errors[:1])
+        mask = (f"{statistics.median(masks.milliseconds):>15.3f} "
+                f"{percentile(masks.milliseconds, 0.95):>12.3f}" if masks.milliseconds
                 else f"{'-':>15} {'-':>12}")
-        print(f"{name:<26} {clean:>4}/{compositions:<4} {cut:>5} {written // compositions:>7} "
+        print(f"{name:<26} {clean:>4}/{compositions:<4} {closed:>7} {written // compositions:>7} "
               f"{mask}  {'; '.join(f'{n}x {what}' for what, n in found.most_common(2))}")
 
 

@@ -28,6 +28,7 @@ from img2music.graph.models import (
     answer_constraint,
     chat_model,
     prompt_switch,
+    run_tune_grammar,
     to_langchain,
 )
 from img2music.graph.state import (
@@ -50,6 +51,7 @@ from img2music.graph.state import (
 from img2music.prompt_files import check_prompt_edits, render_prompt
 from img2music.settings import Settings, VLMBackend
 from img2music.tools.abc.check import CompiledAbc, ParseCheck, compile_abc, midi_seconds
+from img2music.tools.abc.close import close_cut_answer, fit_to_limits
 from img2music.tools.abc.controls import (
     Controls,
     Verdict,
@@ -243,12 +245,18 @@ async def compose(
     reply = await acall_model(model, to_langchain(conversation), endpoint=context.vlm_base_url,
                               constraint=constraint, seed=context.call_seed(len(attempts) + 1))
     extraction = extract_abc(reply.text)
-    repaired = repair_abc(extraction.abc, cut_off=extraction.cut_off) if extraction.abc else None
+    abc, cut_off, closing = extraction.abc, extraction.cut_off, []
+    if reply.constrained and (reply.finish_reason == "length" or reply.truncated):
+        # Written under the grammar and cut by the token limit: closed where the grammar can end.
+        closed = await asyncio.to_thread(close_cut_answer, run_tune_grammar(context), reply.text)
+        if closed is not None:
+            abc, cut_off, closing = closed.abc, False, [closed.note]
+    repaired = repair_abc(abc, cut_off=cut_off) if abc else None
     attempt: Attempt = {
         "n": len(attempts), "round": round_number, "kind": kind,
         "raw": reply.text[:MAX_RAW_CHARS],
         "abc": repaired.abc if repaired else None, "motivation": extraction.motivation,
-        "fixes": repaired.fixes if repaired else [], "notes": extraction.notes,
+        "fixes": [*closing, *(repaired.fixes if repaired else [])], "notes": extraction.notes,
         "check": None, "midi": None, "metrics": None, "valid": False,
         "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
         "seconds": reply.seconds, "constrained": reply.constrained,
@@ -280,12 +288,20 @@ async def parse_check(state: State, runtime: Runtime[Context]) -> State:
             Diagnostic(severity="error", line=0, col=0, message=NO_TUNE)])
     else:
         compiled = await asyncio.to_thread(compile_abc, abc)
+        cut: list[Diagnostic] = []
+        if not compiled.check.ok and attempt.get("constrained"):
+            # Written under the grammar: only the size limits can stop it; cut to fit them.
+            fitted = await asyncio.to_thread(fit_to_limits, run_tune_grammar(runtime.context),
+                                             compiled.abc)
+            if fitted is not None:
+                compiled = fitted[0]
+                cut = [Diagnostic(severity="fault", line=0, col=0, message=fitted[1])]
         abc, check = compiled.abc, compiled.check  # as the programs read it: filtered
         if compiled.midi is not None:
             midi = base64.b64encode(compiled.midi).decode("ascii")
             verdicts = await asyncio.to_thread(judge_compiled, compiled,
                                                runtime.context.controls())
-            faults = control_faults(verdicts)
+            faults = [*cut, *control_faults(verdicts)]
             check = check.model_copy(update={"faults": [*faults, *check.faults],
                                              "fault_count": check.fault_count + len(faults)})
     checked: Attempt = {**attempt, "abc": abc, "check": cast(Check, check.model_dump()),

@@ -73,6 +73,34 @@ def matches(grammar: str, text: str, *, cut: bool = False) -> bool:
     return matcher.accept_string(text) and (cut or matcher.is_terminated())
 
 
+# How a start of a tune may be closed: at a line's end, or after ending the repeat it left open.
+CLOSINGS = ("\n", " :|\n")
+
+
+def closing_points(grammar: str, text: str) -> list[tuple[int, str]]:
+    """Where a start of `text` can be closed as a whole text of `grammar`: each `(n, closing)`
+    such that `text[:n] + closing` is in it (the closing is empty after a line break, else the
+    first of `CLOSINGS` that works), longest first. The walk stops at the first character the
+    grammar refuses, so for a text written under the grammar and cut short it sees every start."""
+    import xgrammar  # here: it loads torch, which a run against an endpoint need not pay for
+
+    matcher = xgrammar.GrammarMatcher(_compiled(grammar), terminate_without_stop_token=True)
+    points: list[tuple[int, str]] = []
+    for end in range(len(text) + 1):
+        if end and not matcher.accept_string(text[end - 1]):
+            break
+        if end and text[end - 1] == "\n":
+            if matcher.is_completed():
+                points.append((end, ""))
+            continue
+        for closing in CLOSINGS:
+            trial = matcher.fork()
+            if trial.accept_string(closing) and trial.is_completed():
+                points.append((end, closing))
+                break
+    return points[::-1]
+
+
 @lru_cache(maxsize=4)
 def _compiled(grammar: str) -> xgrammar.CompiledGrammar:
     """The grammar compiled for text alone (no vocabulary), once per grammar."""

@@ -1,0 +1,115 @@
+"""A tune written under the ABC grammar that ran past a limit, cut back to where its grammar can
+end it, so a constrained composition never ends with an error-tier diagnostic.
+
+The grammar (`prompts/abc.ebnf`) bounds each construct but cannot add up a whole tune, so two
+limits can still stop a constrained model's tune: the call's token budget (the answer is cut,
+mid-bar or mid-chord) and parse-check's size limits (`max_notes`, `max_bars`,
+`max_tune_seconds`, `max_abc_bytes`, the operator's settings). Every start of a constrained
+answer is a start of the grammar's language, so the points where a start can be closed (a line
+break after it, or ` :|` then one, ending a repeat the cut left open) are found by walking the
+text once with the grammar's matcher. The longest such start keeps the most music; the longest
+that also fits the size limits is found by halving, as fewer characters never hold more notes,
+bars or playing time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from img2music.settings import Settings, get_settings
+from img2music.tools.abc.check import CompiledAbc, compile_abc
+from img2music.tools.abc.grammar import closing_points
+
+logger = logging.getLogger(__name__)
+
+# No limit that a text of at most max_abc_bytes can reach: what a tune holds beyond the size
+# limits is then measured, not refused.
+_UNLIMITED = {"max_notes": 10**9, "max_bars": 10**9, "max_tune_seconds": 1e12}
+
+
+@dataclass(frozen=True)
+class Closed:
+    """A tune cut back: the text kept, and what was done, in the words a report shows."""
+
+    abc: str
+    note: str
+
+
+FENCE = "```abc\n"
+THOUGHT_END = "</think>"
+
+
+def close_cut_answer(grammar: str, answer: str) -> Closed | None:
+    """The tune of an answer written under the answer grammar and cut short inside its ```abc
+    block, closed where the tune's `grammar` can end it. None when the block was closed (the
+    tune is whole) or nothing in it can be closed.
+
+    The grammar writes one fence, after the thought, and nothing but the tune inside it, so the
+    tune is read straight from the text: extraction's guesses at what is music are not needed
+    (a tune cut in its first line may look like prose to them)."""
+    after_thought = answer[answer.rfind(THOUGHT_END) + len(THOUGHT_END):] \
+        if THOUGHT_END in answer else answer
+    start = after_thought.find(FENCE)
+    if start < 0:
+        return None
+    tune = after_thought[start + len(FENCE):]
+    if "\n```" in tune:
+        return None
+    return close_cut_tune(grammar, tune)
+
+
+def close_cut_tune(grammar: str, abc: str) -> Closed | None:
+    """`abc`, cut short by the token limit, closed at its longest start that `grammar` can end
+    (None when no start can be: then no note of music was complete)."""
+    points = closing_points(grammar, abc)
+    if not points:
+        return None
+    end, closing = points[0]
+    kept = abc[:end] + closing
+    what = "with its open repeat closed, " if closing.strip() else ""
+    return Closed(kept, f"closed the tune the token limit cut, {what}where its grammar can end "
+                        f"it (kept {end} of {len(abc)} characters)")
+
+
+def fit_to_limits(grammar: str, abc: str, *,
+                  settings: Settings | None = None) -> tuple[CompiledAbc, str] | None:
+    """A tune whose only errors are parse-check's size limits (`settings`, the operator's when
+    not given), cut at the longest start that `grammar` can end and that fits them: the compiled
+    tune and a note of what was cut. None when it fits them, when something else is wrong with
+    it, or when no start fits."""
+    settings = settings or get_settings()
+    whole = compile_abc(abc, settings=settings.model_copy(update=_UNLIMITED)).check
+    if not whole.ok or compile_abc(abc, settings=settings).check.ok:
+        return None
+    points = closing_points(grammar, abc)
+    fitting = _longest(points, lambda point: compile_abc(_text(abc, point),
+                                                          settings=settings).check.ok)
+    if fitting is None:
+        return None
+    compiled = compile_abc(_text(abc, fitting), settings=settings)
+    note = (f"the tune ({whole.bars} bars) was over the size limits, so it was cut where its "
+            f"grammar can end it, within them ({compiled.check.bars} bars kept)")
+    logger.info("%s", note)
+    return compiled, note
+
+
+def _text(abc: str, point: tuple[int, str]) -> str:
+    end, closing = point
+    return abc[:end] + closing
+
+
+def _longest(points: list[tuple[int, str]],
+             fits: Callable[[tuple[int, str]], bool]) -> tuple[int, str] | None:
+    """The first of `points` (longest first) that fits, by halving: a shorter start fits when a
+    longer one does."""
+    low, high = 0, len(points)  # the first that fits is in points[low:high], if any does
+    found: tuple[int, str] | None = None
+    while low < high:
+        middle = (low + high) // 2
+        if fits(points[middle]):
+            found, high = points[middle], middle
+        else:
+            low = middle + 1
+    return found
