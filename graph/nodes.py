@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
@@ -48,7 +49,7 @@ from img2music.graph.state import (
     shared_by_takes,
 )
 from img2music.prompt_files import check_prompt_edits, render_prompt
-from img2music.settings import Settings, VLMBackend
+from img2music.settings import Settings, VLMBackend, get_settings
 from img2music.tools.abc.check import CompiledAbc, ParseCheck, compile_abc, midi_seconds
 from img2music.tools.abc.controls import (
     Controls,
@@ -141,15 +142,25 @@ def playable_examples(examples: list[Any], k: int) -> list[Any]:
     """The first k examples the checker finds no error in: a prompt teaches only ABC that plays
     (an index built with other rules, or an example cut to its token budget, may not)."""
     kept: list[Any] = []
+    settings = get_settings().model_dump_json()
     for example in examples:
         if len(kept) == k:
             break
-        check = compile_abc(example.abc).check
-        if check.ok:
+        error = _example_error(example.abc, settings)
+        if error is None:
             kept.append(example)
         else:
-            logger.info("example %s left out: %s", example.id, check.summary())
+            logger.info("example %s left out: %s", example.id, error)
     return kept
+
+
+@lru_cache(maxsize=1_024)
+def _example_error(abc: str, settings: str) -> str | None:
+    """The checker's summary of an example it finds an error in (None: it plays), remembered
+    for the process: the same examples come back run after run, and the verdict on a text only
+    changes with the `settings` the checker reads (as JSON, the key of the cache)."""
+    check = compile_abc(abc).check
+    return None if check.ok else check.summary()
 
 
 def default_retriever(context: Context, *, settings: Settings) -> Any:
