@@ -128,14 +128,16 @@ async def retrieve(
             "timings": {"retrieve": time.perf_counter() - started}}
 
 
-def judge_compiled(compiled: CompiledAbc, controls: Controls) -> list[Verdict]:
-    """Each control the run set, honoured or not by a compiled (playable) tune: its header and
-    bars from the scan, its playing time and each voice's program from its MIDI."""
+def compile_and_judge(abc: str, controls: Controls) -> tuple[CompiledAbc, list[Verdict]]:
+    """A tune compiled and, if it plays, each control the run set, honoured or not: its header
+    and bars from the scan, its playing time and each voice's program from its MIDI. Both
+    block, and one trip to a worker thread does both."""
+    compiled = compile_abc(abc)
     if not controls.asked or compiled.midi is None or compiled.tune is None:
-        return []
+        return compiled, []
     names = [voice.name for voice in split_voices(compiled.abc)]
-    return judge_tune(controls, compiled.tune, seconds=midi_seconds(compiled.midi),
-                      programs=voice_tracks(compiled.midi, names).programs)
+    return compiled, judge_tune(controls, compiled.tune, seconds=midi_seconds(compiled.midi),
+                                programs=voice_tracks(compiled.midi, names).programs)
 
 
 def playable_examples(examples: list[Any], k: int) -> list[Any]:
@@ -290,12 +292,11 @@ async def parse_check(state: State, runtime: Runtime[Context]) -> State:
         check = ParseCheck(ok=False, error_count=1, errors=[
             Diagnostic(severity="error", line=0, col=0, message=NO_TUNE)])
     else:
-        compiled = await asyncio.to_thread(compile_abc, abc)
+        compiled, verdicts = await asyncio.to_thread(compile_and_judge, abc,
+                                                     runtime.context.controls())
         abc, check = compiled.abc, compiled.check  # as the programs read it: filtered
         if compiled.midi is not None:
             midi = base64.b64encode(compiled.midi).decode("ascii")
-            verdicts = await asyncio.to_thread(judge_compiled, compiled,
-                                               runtime.context.controls())
             faults = control_faults(verdicts)
             check = check.model_copy(update={"faults": [*faults, *check.faults],
                                              "fault_count": check.fault_count + len(faults)})
