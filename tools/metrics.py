@@ -61,6 +61,9 @@ class MetricInfo(BaseModel):
     low: str
 
 
+_DESCRIPTIONS = TypeAdapter(dict[str, MetricInfo])  # built once: building takes longer than using
+
+
 class MetricValue(BaseModel):
     """One metric of a tune: a value, or None with the reason it has none."""
 
@@ -116,9 +119,7 @@ class TuneMetrics(BaseModel):
 
 def metric_descriptions(folder: Path | str | None = None) -> dict[str, MetricInfo]:
     """The descriptions in `metrics.toml`, checked to cover every metric."""
-    infos = TypeAdapter(dict[str, MetricInfo]).validate_python(
-        load_prompt_data("metrics.toml", folder=folder)
-    )
+    infos = _DESCRIPTIONS.validate_python(load_prompt_data("metrics.toml", folder=folder))
     missing = [key for key in METRIC_KEYS if key not in infos]
     if missing:
         raise ValueError(f"metrics.toml has no description of {', '.join(missing)}")
