@@ -25,6 +25,7 @@ from img2music.graph.context import Context, edit_label
 from img2music.graph.explain import image_explanation
 from img2music.graph.feedback import metric_feedback
 from img2music.graph.models import (
+    AnswerConstraint,
     acall_model,
     answer_constraint,
     chat_model,
@@ -250,9 +251,8 @@ async def compose(
                             for verdict in attempts[best].get("controls", [])
                             if not verdict["honoured"]))}]
     conversation = [*state.get("conversation", []), *turns]
-    model = await _model(model_for, context)
-    # The grammar is read from its file once per process: off the event loop.
-    constraint = await asyncio.to_thread(answer_constraint, context, model, backend=backend)
+    model, constraint = await asyncio.to_thread(_model_and_constraint, model_for, context,
+                                                backend)
     reply = await acall_model(model, to_langchain(conversation), endpoint=context.vlm_base_url,
                               constraint=constraint, seed=context.call_seed(len(attempts) + 1))
     extraction = extract_abc(reply.text)
@@ -352,8 +352,8 @@ async def explain(
     }
     started = time.perf_counter()
     try:
-        picture = await asyncio.to_thread(image_explanation, state, best, runtime.context,
-                                          await _model(model_for, runtime.context), settings)
+        picture = await asyncio.to_thread(_picture, state, best, runtime.context, model_for,
+                                          settings)
         explanation = cast(Explanation, {**explanation, **picture})
     except Exception as error:  # the tune stands even when its picture cannot be drawn
         logger.warning("no image explanation: %s", error)
@@ -420,6 +420,21 @@ async def _model(model_for: ModelFor, context: Context) -> BaseChatModel:
     """The run's model, made in a thread: the first use of an endpoint asks it what it is, and
     the local backend loads its weights, neither of which may hold up the event loop."""
     return await asyncio.to_thread(model_for, context)
+
+
+def _model_and_constraint(
+    model_for: ModelFor, context: Context, backend: VLMBackend
+) -> tuple[BaseChatModel, AnswerConstraint | None]:
+    """The run's model (see `_model`) and the grammar its answer is held to, read from its file
+    once per process: both may block, and one trip to a worker thread does both."""
+    model = model_for(context)
+    return model, answer_constraint(context, model, backend=backend)
+
+
+def _picture(state: State, best: int, context: Context, model_for: ModelFor,
+             settings: Settings) -> dict[str, Any]:
+    """The image explanation with the run's model (see `_model`), in one trip to a thread."""
+    return image_explanation(state, best, context, model_for(context), settings)
 
 
 def _system(context: Context) -> Message:
