@@ -283,7 +283,7 @@ def midi_seconds(midi: bytes) -> float:
     for at, new_tempo in sorted(changes, key=lambda change: change[0]):  # stable, as mido's
         seconds += mido.tick2second(at - tick, file.ticks_per_beat, tempo)
         tick, tempo = at, new_tempo
-    return seconds + mido.tick2second(end - tick, file.ticks_per_beat, tempo)
+    return float(seconds + mido.tick2second(end - tick, file.ticks_per_beat, tempo))
 
 
 def _length_errors(midi: bytes, line: int, settings: Settings) -> list[Diagnostic]:
