@@ -56,10 +56,11 @@ def test_a_program_that_hangs_is_killed_and_reaped(tmp_path: Path, exit_watch: s
 
 
 @pytest.mark.parametrize(("program", "status"), [("true", 0), ("false", 1)])
+@pytest.mark.parametrize("timeout_s", [5, 1e10], ids=["seconds", "centuries"])
 def test_the_exit_status_is_the_programs(
-    tmp_path: Path, exit_watch: str, program: str, status: int
+    tmp_path: Path, exit_watch: str, program: str, status: int, timeout_s: float
 ) -> None:
-    result = run_program([program], cwd=tmp_path, timeout_s=5, max_file_bytes=1_000)
+    result = run_program([program], cwd=tmp_path, timeout_s=timeout_s, max_file_bytes=1_000)
     assert result.returncode == status
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 MAX_CAPTURED_BYTES = 1_048_576
+MAX_POLL_MS = 2**31 - 1  # poll(2) takes a C int of milliseconds: about 24 days
 
 DEBIAN_PACKAGES = {
     "abc2midi": "abcmidi",
@@ -119,7 +120,7 @@ def _wait(process: subprocess.Popen[bytes], timeout_s: float) -> int:
     try:
         exits = select.poll()
         exits.register(pidfd, select.POLLIN)
-        if not exits.poll(math.ceil(timeout_s * 1000)):
+        if not exits.poll(min(math.ceil(timeout_s * 1000), MAX_POLL_MS)):
             raise subprocess.TimeoutExpired(process.args, timeout_s)
     finally:
         os.close(pidfd)
