@@ -4,7 +4,7 @@
 
 1. Overhead: a zero-latency scripted model and canned examples, so what is timed is the graph
    itself (extraction, repair, parse-check, evaluate, state handling; no CLIP, no rendering).
-   Goal: under 100 ms per image.
+   Goal: at most 35 ms per image (median).
 2. Batch: N images through the real OpenAI client against a loopback server that answers every
    call after `latency` seconds (three calls an image: describe, compose, refine), at
    concurrency 1, 4 and N. Goal: at concurrency N, within 1.5x the time of one image.

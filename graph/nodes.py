@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from functools import lru_cache
 from typing import Any, cast
 
 from langchain_core.language_models import BaseChatModel
@@ -24,6 +25,7 @@ from img2music.graph.context import Context, edit_label
 from img2music.graph.explain import image_explanation
 from img2music.graph.feedback import metric_feedback
 from img2music.graph.models import (
+    AnswerConstraint,
     acall_model,
     answer_constraint,
     chat_model,
@@ -49,7 +51,7 @@ from img2music.graph.state import (
     shared_by_takes,
 )
 from img2music.prompt_files import check_prompt_edits, render_prompt
-from img2music.settings import Settings, VLMBackend
+from img2music.settings import Settings, VLMBackend, get_settings
 from img2music.tools.abc.check import CompiledAbc, ParseCheck, compile_abc, midi_seconds
 from img2music.tools.abc.close import close_cut_answer, fit_to_limits
 from img2music.tools.abc.controls import (
@@ -129,29 +131,52 @@ async def retrieve(
             "timings": {"retrieve": time.perf_counter() - started}}
 
 
-def judge_compiled(compiled: CompiledAbc, controls: Controls) -> list[Verdict]:
-    """Each control the run set, honoured or not by a compiled (playable) tune: its header and
-    bars from the scan, its playing time and each voice's program from its MIDI."""
+def compile_and_judge(abc: str, context: Context, *, constrained: bool,
+                      ) -> tuple[CompiledAbc, list[Verdict], list[Diagnostic]]:
+    """A tune compiled and, if it plays, each control the run set, honoured or not: its header
+    and bars from the scan, its playing time and each voice's program from its MIDI. All of it
+    blocks, and one trip to a worker thread does it.
+
+    A `constrained` tune (written under the run's grammar) can be stopped by nothing but the
+    size limits: one over them alone is cut where the grammar can end it, within them, and a
+    fault says so (the third item)."""
+    compiled, cut = compile_abc(abc), []
+    if constrained and not compiled.check.ok:
+        fitted = fit_to_limits(run_tune_grammar(context), compiled.abc)
+        if fitted is not None:
+            compiled = fitted[0]
+            cut = [Diagnostic(severity="fault", line=0, col=0, message=fitted[1])]
+    controls = context.controls()
     if not controls.asked or compiled.midi is None or compiled.tune is None:
-        return []
+        return compiled, [], cut
     names = [voice.name for voice in split_voices(compiled.abc)]
-    return judge_tune(controls, compiled.tune, seconds=midi_seconds(compiled.midi),
-                      programs=voice_tracks(compiled.midi, names).programs)
+    return compiled, judge_tune(controls, compiled.tune, seconds=midi_seconds(compiled.midi),
+                                programs=voice_tracks(compiled.midi, names).programs), cut
 
 
 def playable_examples(examples: list[Any], k: int) -> list[Any]:
     """The first k examples the checker finds no error in: a prompt teaches only ABC that plays
     (an index built with other rules, or an example cut to its token budget, may not)."""
     kept: list[Any] = []
+    settings = get_settings().model_dump_json()
     for example in examples:
         if len(kept) == k:
             break
-        check = compile_abc(example.abc).check
-        if check.ok:
+        error = _example_error(example.abc, settings)
+        if error is None:
             kept.append(example)
         else:
-            logger.info("example %s left out: %s", example.id, check.summary())
+            logger.info("example %s left out: %s", example.id, error)
     return kept
+
+
+@lru_cache(maxsize=1_024)
+def _example_error(abc: str, settings: str) -> str | None:
+    """The checker's summary of an example it finds an error in (None: it plays), remembered
+    for the process: the same examples come back run after run, and the verdict on a text only
+    changes with the `settings` the checker reads (as JSON, the key of the cache)."""
+    check = compile_abc(abc).check
+    return None if check.ok else check.summary()
 
 
 def default_retriever(context: Context, *, settings: Settings) -> Any:
@@ -239,16 +264,16 @@ async def compose(
                             for verdict in attempts[best].get("controls", [])
                             if not verdict["honoured"]))}]
     conversation = [*state.get("conversation", []), *turns]
-    model = await _model(model_for, context)
-    # The grammar is read from its file once per process: off the event loop.
-    constraint = await asyncio.to_thread(answer_constraint, context, model, backend=backend)
+    model, constraint = await asyncio.to_thread(_model_and_constraint, model_for, context,
+                                                backend)
     reply = await acall_model(model, to_langchain(conversation), endpoint=context.vlm_base_url,
                               constraint=constraint, seed=context.call_seed(len(attempts) + 1))
     extraction = extract_abc(reply.text)
     abc, cut_off, closing = extraction.abc, extraction.cut_off, []
     if reply.constrained and (reply.finish_reason == "length" or reply.truncated):
         # Written under the grammar and cut by the token limit: closed where the grammar can end.
-        closed = await asyncio.to_thread(close_cut_answer, run_tune_grammar(context), reply.text)
+        closed = await asyncio.to_thread(
+            lambda: close_cut_answer(run_tune_grammar(context), reply.text))
         if closed is not None:
             abc, cut_off, closing = closed.abc, False, [closed.note]
     repaired = repair_abc(abc, cut_off=cut_off) if abc else None
@@ -287,20 +312,11 @@ async def parse_check(state: State, runtime: Runtime[Context]) -> State:
         check = ParseCheck(ok=False, error_count=1, errors=[
             Diagnostic(severity="error", line=0, col=0, message=NO_TUNE)])
     else:
-        compiled = await asyncio.to_thread(compile_abc, abc)
-        cut: list[Diagnostic] = []
-        if not compiled.check.ok and attempt.get("constrained"):
-            # Written under the grammar: only the size limits can stop it; cut to fit them.
-            fitted = await asyncio.to_thread(fit_to_limits, run_tune_grammar(runtime.context),
-                                             compiled.abc)
-            if fitted is not None:
-                compiled = fitted[0]
-                cut = [Diagnostic(severity="fault", line=0, col=0, message=fitted[1])]
+        compiled, verdicts, cut = await asyncio.to_thread(
+            compile_and_judge, abc, runtime.context, constrained=bool(attempt.get("constrained")))
         abc, check = compiled.abc, compiled.check  # as the programs read it: filtered
         if compiled.midi is not None:
             midi = base64.b64encode(compiled.midi).decode("ascii")
-            verdicts = await asyncio.to_thread(judge_compiled, compiled,
-                                               runtime.context.controls())
             faults = [*cut, *control_faults(verdicts)]
             check = check.model_copy(update={"faults": [*faults, *check.faults],
                                              "fault_count": check.fault_count + len(faults)})
@@ -356,8 +372,8 @@ async def explain(
     }
     started = time.perf_counter()
     try:
-        picture = await asyncio.to_thread(image_explanation, state, best, runtime.context,
-                                          await _model(model_for, runtime.context), settings)
+        picture = await asyncio.to_thread(_picture, state, best, runtime.context, model_for,
+                                          settings)
         explanation = cast(Explanation, {**explanation, **picture})
     except Exception as error:  # the tune stands even when its picture cannot be drawn
         logger.warning("no image explanation: %s", error)
@@ -424,6 +440,21 @@ async def _model(model_for: ModelFor, context: Context) -> BaseChatModel:
     """The run's model, made in a thread: the first use of an endpoint asks it what it is, and
     the local backend loads its weights, neither of which may hold up the event loop."""
     return await asyncio.to_thread(model_for, context)
+
+
+def _model_and_constraint(
+    model_for: ModelFor, context: Context, backend: VLMBackend
+) -> tuple[BaseChatModel, AnswerConstraint | None]:
+    """The run's model (see `_model`) and the grammar its answer is held to, read from its file
+    once per process: both may block, and one trip to a worker thread does both."""
+    model = model_for(context)
+    return model, answer_constraint(context, model, backend=backend)
+
+
+def _picture(state: State, best: int, context: Context, model_for: ModelFor,
+             settings: Settings) -> dict[str, Any]:
+    """The image explanation with the run's model (see `_model`), in one trip to a thread."""
+    return image_explanation(state, best, context, model_for(context), settings)
 
 
 def _system(context: Context) -> Message:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import tomllib
 from dataclasses import dataclass
@@ -97,6 +98,12 @@ def check_prompt_edits(edits: dict[str, str], labels: dict[str, str]) -> None:
 
 
 def load_prompt_data(name: str, *, folder: Path | str | None = None) -> dict[str, object]:
-    """Read a TOML data file (e.g. "metrics.toml") from the prompt folder."""
-    with (prompts_folder(folder) / name).open("rb") as handle:
-        return tomllib.load(handle)
+    """Read a TOML data file (e.g. "metrics.toml") from the prompt folder: read every time (the
+    folder may be edited between runs), parsed once per content (every tune measured reads
+    `metrics.toml`), and a copy the caller may change."""
+    return copy.deepcopy(_parsed_toml((prompts_folder(folder) / name).read_bytes()))
+
+
+@lru_cache(maxsize=16)
+def _parsed_toml(content: bytes) -> dict[str, object]:
+    return tomllib.loads(content.decode("utf-8"))

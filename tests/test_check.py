@@ -3,10 +3,13 @@ errors (the tune cannot be played as meant) and faults (a musician would correct
 
 from __future__ import annotations
 
+import io
+
+import mido
 import pytest
 
 from img2music.settings import Settings
-from img2music.tools.abc.check import Backend, ParseCheck, check_abc, compile_abc
+from img2music.tools.abc.check import Backend, ParseCheck, check_abc, compile_abc, midi_seconds
 from img2music.tools.abc.scan import is_music_line
 from tests.needs import needs_programs
 
@@ -385,3 +388,49 @@ def test_both_backends_agree_on_the_shape() -> None:
     assert [c.backend for c in checks] == ["abc2midi", "music21"]
     shapes = {(c.ok, c.tunes, c.voices, c.bars, c.notes, c.duration_beats) for c in checks}
     assert len(shapes) == 1
+
+
+TEMPO_CHANGES = """X:1
+T:Slowing down
+M:4/4
+L:1/4
+Q:1/4=120
+K:C
+|: C D E F :| [Q:1/4=60] G A B c | [Q:1/4=90] c4 |]
+"""
+TWO_VOICES = """X:1
+T:Slowing down together
+M:4/4
+L:1/4
+Q:1/4=120
+K:C
+V:1
+C D E F | [Q:1/4=60] G A B c | c4 |]
+V:2
+C,4 | G,4 | C,4 |]
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("abc", [GOOD, TEMPO_CHANGES, TWO_VOICES],
+                         ids=["one-voice", "tempo-changes", "two-voices"])
+def test_a_tunes_playing_time_is_midos_length_of_its_midi(backend: Backend, abc: str) -> None:
+    midi = compile_abc(abc, backend=backend).midi
+    assert midi is not None
+    length = mido.MidiFile(file=io.BytesIO(midi)).length
+    assert length > 0 and midi_seconds(midi) == pytest.approx(length, rel=1e-12)
+
+
+def test_playing_time_follows_the_tempo_of_every_track() -> None:
+    first = mido.MidiTrack([
+        mido.MetaMessage("set_tempo", tempo=400_000, time=0),
+        mido.Message("note_on", note=60, time=0), mido.Message("note_off", note=60, time=960),
+        mido.MetaMessage("set_tempo", tempo=1_000_000, time=0)])
+    second = mido.MidiTrack([  # at the same tick, the later track's tempo is the one played
+        mido.MetaMessage("set_tempo", tempo=250_000, time=960),
+        mido.Message("note_on", note=64, time=0), mido.Message("note_off", note=64, time=480)])
+    file = mido.MidiFile(type=1, ticks_per_beat=480, tracks=[first, second])
+    buffer = io.BytesIO()
+    file.save(file=buffer)
+    # Two beats at 0.4 s a beat, then one at 0.25 s.
+    assert midi_seconds(buffer.getvalue()) == pytest.approx(2 * 0.4 + 0.25) == file.length

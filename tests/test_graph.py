@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 from typing import Any, cast
 
@@ -11,6 +12,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.runtime import Runtime
 from matplotlib import cbook
 
+from img2music.graph import nodes
 from img2music.graph.context import Context
 from img2music.graph.graph import build_graph
 from img2music.graph.nodes import next_attempt
@@ -28,7 +30,7 @@ from img2music.graph.state import (
     fault_count,
 )
 from img2music.prompt_files import prompt_set
-from img2music.tools.abc.check import ParseCheck, check_abc
+from img2music.tools.abc.check import CompiledAbc, ParseCheck, check_abc, compile_abc
 from img2music.tools.abc.diagnostics import Diagnostic
 from img2music.tools.abc.extract import strip_reasoning
 from img2music.tools.corpus.music21_corpus import iter_corpus_tunes
@@ -266,6 +268,29 @@ def test_a_retrieved_example_with_an_error_never_reaches_a_prompt() -> None:
     prompt = model.texts(1)[1]
     assert "A tune cut off inside a chord." not in prompt and "[CEG" not in prompt
     assert "An Irish air, number 1." in prompt
+
+
+def test_each_example_is_checked_once_a_process_and_a_broken_one_stays_out(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    examples = Examples()
+    examples.examples.insert(0, examples.examples[0].model_copy(update={
+        "id": "broken", "abc": "X:9\nT:Cut\nM:4/4\nL:1/4\nK:C\nC D E F | [CEG\n"}))
+    fresh = f"% fetched by {uuid.uuid4().hex}\n"  # texts no earlier test had checked
+    for example in examples.examples:
+        example.abc += fresh
+    compiled: list[str] = []
+
+    def counted(text: str, **options: Any) -> CompiledAbc:
+        compiled.append(text)
+        return compile_abc(text, **options)
+
+    monkeypatch.setattr(nodes, "compile_abc", counted)
+    for _ in range(2):
+        state, _, _, _ = run([DESCRIPTION, answer(TUNE)], examples=examples, refine=False,
+                             rag_k=2)
+        assert [e["id"] for e in state["examples"]] == [e.id for e in examples.examples[1:]]
+    assert [compiled.count(e.abc) for e in examples.examples] == [1, 1, 1]
 
 
 @pytest.mark.parametrize("context", [{"rag": False}, {"rag_k": 0}])

@@ -30,6 +30,7 @@ from img2music.tools.metrics import (
     evaluate_abc,
     evaluate_midi,
     metric_descriptions,
+    polyphony,
 )
 from tests.needs import needs_programs
 
@@ -115,6 +116,32 @@ def test_abc2midi_staggers_chord_notes() -> None:
     [11, 480); MusPy's polyphony is then (479 + 469) / 479 per chord, not 2.
     """
     assert muspy.polyphony(raw_music(TWO_NOTE_CHORDS)) == pytest.approx(948 / 479)
+
+
+@pytest.mark.parametrize("tracks", [
+    [[(0, 60, 0, 2), (0, 64, 1, 2)]],  # overlapping notes: 1, 2, then 1 pitch
+    [[(0, 60, 0, 2)], [(1, 60, 1, 2)]],  # one pitch in two voices at once counts once
+    [[(0, 60, 0, 1), (0, 64, 0, 3)], [(1, 67, 5, 1), (1, 71, 5, 1), (1, 74, 6, 2)]],  # a gap
+    [[(0, 60, 0, 0)], [(1, 62, 0, 1), (1, 64, 0, 2)]],  # a note of no length among others
+    [[(0, 60, 0, 0)]],  # nothing ever sounds: NaN
+], ids=["overlap", "unison", "gap", "no-length", "silent"])
+def test_polyphony_is_muspys(tracks: list[list[tuple[int, int, int, int]]]) -> None:
+    music = muspy.from_mido(mido.MidiFile(file=io.BytesIO(midi_file(*tracks, beats=8))))
+    expected = muspy.polyphony(music)
+    found = polyphony(music)
+    assert found == expected or (math.isnan(found) and math.isnan(expected))
+
+
+@needs_abc2midi
+def test_polyphony_is_muspys_on_staggered_chords_and_real_tunes() -> None:
+    duets = corpus.getWork("essenFolksong/altdeu10.abc")
+    assert isinstance(duets, Path)
+    first = re.findall(r"^X:.*?(?=^X:|\Z)", duets.read_text(encoding="latin-1"),
+                       flags=re.DOTALL | re.MULTILINE)[0]
+    quartet = (HEADER + "V:1\nK:C\n[CEG]2 [DFA] z | c4 |]\nV:2\nK:C\nC,2 G, C | E4 |]\n")
+    for abc in (TWO_NOTE_CHORDS, first, quartet):
+        music = raw_music(abc)
+        assert polyphony(music) == muspy.polyphony(music)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

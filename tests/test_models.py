@@ -228,6 +228,14 @@ def test_a_small_image_is_not_upscaled_and_loses_its_alpha() -> None:
     assert sent.size == (40, 30) and sent.mode == "RGB"
 
 
+def test_white_space_in_a_data_urls_base64_is_ignored() -> None:
+    url = image_data_url(Image.new("RGB", (40, 30), (0, 128, 255)), max_pixels=BUDGET)
+    head, payload = url.split(",", 1)
+    wrapped = head + ",\n" + "\r\n \t".join(payload[at:at + 76]
+                                          for at in range(0, len(payload), 76)) + "\n"
+    assert image_from_data_url(wrapped).tobytes() == image_from_data_url(url).tobytes()
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [

