@@ -153,8 +153,10 @@ def test_in_think_mode_the_thought_is_free_and_the_answer_is_masked(vlm: LocalVL
 
 
 def compose_once(vlm: LocalVLM, image_url: str, **context: Any) -> dict[str, Any]:
+    """One seeded compose call of 60 tokens: unseeded, a random model's free text would now and
+    then happen to start like an answer under the grammar."""
     state: State = {"image": image_url, "description": "A woman in uniform.", "note": ""}
-    runtime = Runtime(context=Context(vlm_max_tokens=60, rag=False, **context))
+    runtime = Runtime(context=Context(vlm_max_tokens=60, rag=False, seed=1, **context))
     update = asyncio.run(compose(state, runtime, backend="local",
                                  model_for=lambda _: LocalChatModel(vlm=vlm, max_new_tokens=60)))
     attempt: dict[str, Any] = dict(update["attempts"][0])
