@@ -396,7 +396,8 @@ M:4/4
 L:1/4
 Q:1/4=120
 K:C
-|: C D E F :| [Q:1/4=60] G A B c | [Q:1/4=90] c4 |]
+|: C D E F :|
+[Q:1/4=60] G A B c | [Q:1/4=90] c4 |]
 """
 TWO_VOICES = """X:1
 T:Slowing down together
