@@ -1,5 +1,6 @@
 """A tune written under the ABC grammar that ran past a limit, cut back to where its grammar can
-end it, so a constrained composition never ends with an error-tier diagnostic.
+end it, so a constrained composition whose music has begun ends without an error-tier
+diagnostic.
 
 The grammar (`prompts/abc.ebnf`) bounds each construct but cannot add up a whole tune, so two
 limits can still stop a constrained model's tune: the call's token budget (the answer is cut,
@@ -7,7 +8,8 @@ mid-bar or mid-chord) and parse-check's size limits (`max_notes`, `max_bars`,
 `max_tune_seconds`, `max_abc_bytes`, the operator's settings). Every start of a constrained
 answer is a start of the grammar's language, so the points where a start can be closed (a line
 break after it, or ` :|` then one, ending a repeat the cut left open) are found by walking the
-text once with the grammar's matcher. The longest such start keeps the most music; the longest
+text once with the grammar's matcher: at each line's end, and at every character of the last
+line, where a cut falls. The longest such start keeps the most music; the longest
 that also fits the size limits is found by halving, as fewer characters never hold more notes,
 bars or playing time.
 """

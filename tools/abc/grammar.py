@@ -80,25 +80,50 @@ CLOSINGS = ("\n", " :|\n")
 def closing_points(grammar: str, text: str) -> list[tuple[int, str]]:
     """Where a start of `text` can be closed as a whole text of `grammar`: each `(n, closing)`
     such that `text[:n] + closing` is in it (the closing is empty after a line break, else the
-    first of `CLOSINGS` that works), longest first. The walk stops at the first character the
-    grammar refuses, so for a text written under the grammar and cut short it sees every start."""
+    first of `CLOSINGS` that works), longest first.
+
+    Whole lines are read at once and tried at their ends; the last line (where a cut falls) and
+    a line the grammar refuses are tried at every character, and the walk stops at the first
+    character refused: for a text written under the grammar and cut short it sees every start,
+    and a long text costs a trial a line, not a character."""
     import xgrammar  # here: it loads torch, which a run against an endpoint need not pay for
 
     matcher = xgrammar.GrammarMatcher(_compiled(grammar), terminate_without_stop_token=True)
     points: list[tuple[int, str]] = []
-    for end in range(len(text) + 1):
-        if end and not matcher.accept_string(text[end - 1]):
-            break
-        if end and text[end - 1] == "\n":
-            if matcher.is_completed():
-                points.append((end, ""))
-            continue
-        for closing in CLOSINGS:
-            trial = matcher.fork()
-            if trial.accept_string(closing) and trial.is_completed():
-                points.append((end, closing))
-                break
+    *lines, last = text.split("\n")
+    offset = 0
+    for line in lines:
+        ahead = matcher.fork()
+        if not ahead.accept_string(line):
+            _points_along(matcher, line, offset, points)
+            return points[::-1]
+        end = offset + len(line)
+        repeat_closed = _closes(ahead, CLOSINGS[1])
+        if not ahead.accept_string("\n"):
+            points += [(end, CLOSINGS[1])] if repeat_closed else []
+            return points[::-1]
+        matcher, offset = ahead, end + 1
+        points += [(offset, "")] if matcher.is_completed() else \
+            [(end, CLOSINGS[1])] if repeat_closed else []
+    _points_along(matcher, last, offset, points)
     return points[::-1]
+
+
+def _closes(matcher: xgrammar.GrammarMatcher, closing: str) -> bool:
+    trial = matcher.fork()
+    return bool(trial.accept_string(closing) and trial.is_completed())
+
+
+def _points_along(matcher: xgrammar.GrammarMatcher, line: str, offset: int,
+                  points: list[tuple[int, str]]) -> None:
+    """`closing_points` at every character of `line` (no line break in it), which starts at
+    `offset` of the text; `matcher` has read the text before it, and reads on."""
+    for index in range(1, len(line) + 1):  # its start is the line before's end, tried there
+        if not matcher.accept_string(line[index - 1]):
+            return
+        closing = next((closing for closing in CLOSINGS if _closes(matcher, closing)), None)
+        if closing is not None:
+            points.append((offset + index, closing))
 
 
 @lru_cache(maxsize=4)
