@@ -76,11 +76,17 @@ def test_only_a_tune_cut_inside_its_block_is_closed() -> None:
     assert close_cut_answer(tune_grammar(), "The tune would go like this, but the b") is None
 
 
-def test_a_cut_that_leaves_a_repeat_open_closes_it() -> None:
-    closed = close_cut_answer(tune_grammar(), "```abc\nX:1\nM:4/4\nL:1/4\nK:D\n|: DFA d | c")
+@pytest.mark.parametrize(("cut", "closed_as"), [
+    ("|: DFA d | c", "|: DFA d | c :|\n"),  # the repeat it left open is closed
+    ("DFA d | [DF", "DFA d | [DF]\n"),  # and the chord it fell in
+    ("DFA d | (3ABc (de", "DFA d | (3ABc (de)\n"),  # and the slur
+    ("DFA d | (3AB", "DFA d | \n"),  # a tuplet short of a note is left out
+])
+def test_a_cut_inside_the_last_bar_keeps_what_can_be_closed(cut: str, closed_as: str) -> None:
+    header = "X:1\nM:4/4\nL:1/4\nK:D\n"
+    closed = close_cut_answer(tune_grammar(), f"```abc\n{header}{cut}")
     assert closed is not None
-    assert closed.abc == "X:1\nM:4/4\nL:1/4\nK:D\n|: DFA d | c :|\n"
-    assert "open repeat" in closed.note
+    assert closed.abc == header + closed_as
 
 
 @needs_programs("abc2midi")

@@ -7,7 +7,8 @@ limits can still stop a constrained model's tune: the call's token budget (the a
 mid-bar or mid-chord) and parse-check's size limits (`max_notes`, `max_bars`,
 `max_tune_seconds`, `max_abc_bytes`, the operator's settings). Every start of a constrained
 answer is a start of the grammar's language, so the points where a start can be closed (a line
-break after it, or ` :|` then one, ending a repeat the cut left open) are found by walking the
+break after it, or ` :|` then one, ending a repeat the cut left open; in the last line also `]`
+or `)` first, closing the chord or slurs the cut fell in) are found by walking the
 text once with the grammar's matcher: at each line's end, and at every character of the last
 line, where a cut falls. The longest such start keeps the most music; the longest
 that also fits the size limits is found by halving, as fewer characters never hold more notes,
@@ -70,7 +71,7 @@ def close_cut_tune(grammar: str, abc: str) -> Closed | None:
         return None
     end, closing = points[0]
     kept = abc[:end] + closing
-    what = "with its open repeat closed, " if closing.strip() else ""
+    what = f"with {closing.strip()!r} after the cut, " if closing.strip() else ""
     return Closed(kept, f"closed the tune the token limit cut, {what}where its grammar can end "
                         f"it (kept {end} of {len(abc)} characters)")
 

@@ -73,14 +73,17 @@ def matches(grammar: str, text: str, *, cut: bool = False) -> bool:
     return matcher.accept_string(text) and (cut or matcher.is_terminated())
 
 
-# How a start of a tune may be closed: at a line's end, or after ending the repeat it left open.
-CLOSINGS = ("\n", " :|\n")
+# How a start of a tune may be closed: at a line's end, after ending the repeat it left open,
+# or, within the last line (where a cut falls), after closing the chord or slurs it is inside.
+REPEAT_CLOSING = " :|\n"
+CLOSINGS = ("\n", REPEAT_CLOSING)
+CUT_CLOSINGS = (*CLOSINGS, "]\n", ")\n", "))\n", "] :|\n", ") :|\n", ")) :|\n")
 
 
 def closing_points(grammar: str, text: str) -> list[tuple[int, str]]:
     """Where a start of `text` can be closed as a whole text of `grammar`: each `(n, closing)`
     such that `text[:n] + closing` is in it (the closing is empty after a line break, else the
-    first of `CLOSINGS` that works), longest first.
+    first of `CLOSINGS`, or in the last line `CUT_CLOSINGS`, that works), longest first.
 
     Whole lines are read at once and tried at their ends; the last line (where a cut falls) and
     a line the grammar refuses are tried at every character, and the walk stops at the first
@@ -98,13 +101,13 @@ def closing_points(grammar: str, text: str) -> list[tuple[int, str]]:
             _points_along(matcher, line, offset, points)
             return points[::-1]
         end = offset + len(line)
-        repeat_closed = _closes(ahead, CLOSINGS[1])
+        repeat_closed = _closes(ahead, REPEAT_CLOSING)
         if not ahead.accept_string("\n"):
-            points += [(end, CLOSINGS[1])] if repeat_closed else []
+            points += [(end, REPEAT_CLOSING)] if repeat_closed else []
             return points[::-1]
         matcher, offset = ahead, end + 1
         points += [(offset, "")] if matcher.is_completed() else \
-            [(end, CLOSINGS[1])] if repeat_closed else []
+            [(end, REPEAT_CLOSING)] if repeat_closed else []
     _points_along(matcher, last, offset, points)
     return points[::-1]
 
@@ -121,7 +124,7 @@ def _points_along(matcher: xgrammar.GrammarMatcher, line: str, offset: int,
     for index in range(1, len(line) + 1):  # its start is the line before's end, tried there
         if not matcher.accept_string(line[index - 1]):
             return
-        closing = next((closing for closing in CLOSINGS if _closes(matcher, closing)), None)
+        closing = next((closing for closing in CUT_CLOSINGS if _closes(matcher, closing)), None)
         if closing is not None:
             points.append((offset + index, closing))
 
