@@ -142,7 +142,7 @@ def compile_and_judge(abc: str, context: Context, *, constrained: bool,
     fault says so (the third item)."""
     compiled, cut = compile_abc(abc), []
     if constrained and not compiled.check.ok:
-        fitted = fit_to_limits(run_tune_grammar(context), compiled.abc)
+        fitted = fit_to_limits(run_tune_grammar(context), compiled)
         if fitted is not None:
             compiled = fitted[0]
             cut = [Diagnostic(severity="fault", line=0, col=0, message=fitted[1])]

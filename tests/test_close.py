@@ -94,8 +94,9 @@ def test_a_tune_over_the_playing_time_limit_is_cut_to_fit() -> None:
     line = "CDEF | GABc | cBAG | FEDC |\n"
     tune = "X:1\nT:Long\nM:4/4\nL:1/4\nQ:1/4=60\nK:C\n" + line * 30  # 120 bars of 4 s
     limits = Settings(max_tune_seconds=60)
-    assert not compile_abc(tune, settings=limits).check.ok
-    fitted = fit_to_limits(tune_grammar(), tune, settings=limits)
+    checked = compile_abc(tune, settings=limits)
+    assert not checked.check.ok
+    fitted = fit_to_limits(tune_grammar(), checked, settings=limits)
     assert fitted is not None
     compiled, note = fitted
     assert compiled.check.ok and compiled.midi is not None
@@ -111,4 +112,6 @@ def test_a_tune_over_the_playing_time_limit_is_cut_to_fit() -> None:
     "X:1\nM:4/4\nL:1/4\nK:C\nCDEF | GABc |\n",  # within the limits: nothing to cut
 ])
 def test_only_a_tune_over_the_limits_alone_is_cut(tune: str) -> None:
-    assert fit_to_limits(tune_grammar(), tune, settings=Settings(max_tune_seconds=60)) is None
+    limits = Settings(max_tune_seconds=60)
+    checked = compile_abc(tune, settings=limits)
+    assert fit_to_limits(tune_grammar(), checked, settings=limits) is None

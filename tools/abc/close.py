@@ -70,32 +70,37 @@ def close_cut_tune(grammar: str, abc: str) -> Closed | None:
     if not points:
         return None
     end, closing = points[0]
-    kept = abc[:end] + closing
     what = f"with {closing.strip()!r} after the cut, " if closing.strip() else ""
-    return Closed(kept, f"closed the tune the token limit cut, {what}where its grammar can end "
-                        f"it (kept {end} of {len(abc)} characters)")
+    return Closed(_text(abc, points[0]),
+                  f"closed the tune the token limit cut, {what}where its grammar can end it "
+                  f"(kept {end} of {len(abc)} characters)")
 
 
-def fit_to_limits(grammar: str, abc: str, *,
+def fit_to_limits(grammar: str, compiled: CompiledAbc, *,
                   settings: Settings | None = None) -> tuple[CompiledAbc, str] | None:
-    """A tune whose only errors are parse-check's size limits (`settings`, the operator's when
-    not given), cut at the longest start that `grammar` can end and that fits them: the compiled
-    tune and a note of what was cut. None when it fits them, when something else is wrong with
-    it, or when no start fits."""
+    """A tune, as parse-check compiled it under `settings` (the operator's when not given),
+    whose only errors are the size limits, cut at the longest start that `grammar` can end and
+    that fits them: the compiled tune and a note of what was cut. None when it fits them, when
+    something else is wrong with it, or when no start fits."""
+    if compiled.check.ok:
+        return None
     settings = settings or get_settings()
+    abc = compiled.abc
     whole = compile_abc(abc, settings=settings.model_copy(update=_UNLIMITED)).check
-    if not whole.ok or compile_abc(abc, settings=settings).check.ok:
+    if not whole.ok:
         return None
-    points = closing_points(grammar, abc)
-    fitting = _longest(points, lambda point: compile_abc(_text(abc, point),
-                                                          settings=settings).check.ok)
-    if fitting is None:
+
+    def fitting(point: tuple[int, str]) -> CompiledAbc | None:
+        cut = compile_abc(_text(abc, point), settings=settings)
+        return cut if cut.check.ok else None
+
+    kept = _longest(closing_points(grammar, abc), fitting)
+    if kept is None:
         return None
-    compiled = compile_abc(_text(abc, fitting), settings=settings)
     note = (f"the tune ({whole.bars} bars) was over the size limits, so it was cut where its "
-            f"grammar can end it, within them ({compiled.check.bars} bars kept)")
+            f"grammar can end it, within them ({kept.check.bars} bars kept)")
     logger.info("%s", note)
-    return compiled, note
+    return kept, note
 
 
 def _text(abc: str, point: tuple[int, str]) -> str:
@@ -104,15 +109,16 @@ def _text(abc: str, point: tuple[int, str]) -> str:
 
 
 def _longest(points: list[tuple[int, str]],
-             fits: Callable[[tuple[int, str]], bool]) -> tuple[int, str] | None:
-    """The first of `points` (longest first) that fits, by halving: a shorter start fits when a
-    longer one does."""
+             fitting: Callable[[tuple[int, str]], CompiledAbc | None]) -> CompiledAbc | None:
+    """What `fitting` makes of the first of `points` (longest first) it does not refuse, found by
+    halving: a shorter start fits when a longer one does."""
     low, high = 0, len(points)  # the first that fits is in points[low:high], if any does
-    found: tuple[int, str] | None = None
+    found: CompiledAbc | None = None
     while low < high:
         middle = (low + high) // 2
-        if fits(points[middle]):
-            found, high = points[middle], middle
+        result = fitting(points[middle])
+        if result is not None:
+            found, high = result, middle
         else:
             low = middle + 1
     return found
