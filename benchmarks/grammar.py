@@ -13,12 +13,12 @@
 3. The mask's time per token with the CLIP vocabulary, at every character of a real answer (the
    graph tests' hymn in D), by part: what a server pays per token before sampling it.
 4. The local backend: the tiny random-weight Qwen2-VL composes `--compositions` first attempts
-   through the compose and parse-check nodes, at most `--tokens` tokens each, under the grammar
-   (the shipped one, and the one the tests use: the shipped music after a short lead) and
-   without it: tunes with an error at parse-check, tunes a limit cut and the grammar closed, and
-   the mask's time per token. A random model writes as much as a grammar allows, so nearly every
-   constrained tune is cut. Random weights say nothing about music; they show what the mask and
-   the closing guarantee.
+   through the compose and parse-check nodes under the grammar (the shipped one sized to a
+   budget of `--budget` tokens, cut there; the tests' short lead, cut at `--tokens`) and
+   without it (cut at `--tokens`): tunes with an error at parse-check, tunes a limit cut and the
+   grammar closed, and the mask's time per token. A random model writes as much as a grammar
+   allows, so many constrained tunes are cut. Random weights say nothing about music; they show
+   what the mask, the sizing and the closing guarantee.
 5. Model calls per delivered tune on the real replies, replayed by a model that never fixes
    anything (as `benchmarks.real_replies`), without the grammar and with it: a constrained model
    could not have written a reply whose first tune has an error-tier diagnostic, so those drop
@@ -46,10 +46,11 @@ from PIL import Image
 
 from benchmarks.real_replies import replay
 from benchmarks.timing import latencies, percentile
-from img2music.graph import models
+from img2music.graph import context as run_context
 from img2music.graph.context import Context
 from img2music.graph.local_vlm import LocalVLM
 from img2music.graph.state import Input, rounds_and_repairs
+from img2music.tools.abc.budget import lead_bytes
 from img2music.tools.abc.check import check_abc
 from img2music.tools.abc.controls import grammar_rules
 from img2music.tools.abc.extract import extract_abc
@@ -58,7 +59,7 @@ from img2music.tools.abc.repair import repair_abc
 from img2music.tools.corpus.music21_corpus import iter_corpus_tunes
 from img2music.tools.images import image_data_url, open_image
 from tests.realworld import llm_replies
-from tests.test_constrained import SHORT_LEAD, compose_and_check
+from tests.test_constrained import RUN_BUDGET, SHORT_LEAD, compose_and_check
 from tests.test_graph import PHOTO, TUNE, answer
 from tests.tiny_vlm import build_tiny_vlm
 
@@ -99,18 +100,24 @@ def clip_vocabulary() -> xgrammar.TokenizerInfo:
 
 def worst_cases() -> None:
     """The longest text each part of the answer admits, in bytes: the worst case in tokens of a
-    byte-level tokenizer, which a max_tokens must exceed for every constrained answer to end."""
-    print(f"\n2a. the longest text each grammar admits, in bytes (worst-case tokens)\n"
-          f"{'part':<22} {'shipped':>16} {'short lead (tests)':>18}")
-    shipped, short = answer_grammar(), answer_grammar(SHORT_LEAD)
-    for part in ("preamble", "motivation", "header-line", "annotation", "measure-item",
-                 "written-music-line", "root"):
-        worst = longest_bytes(shipped, part), longest_bytes(short, part)
-        print(f"{part:<22} {worst[0]:>16,.0f} {worst[1]:>18,.0f}")
+    byte-level tokenizer. What comes before the tune's first closing point (`lead_bytes`) must
+    fit a call's budget for every constrained answer to leave a tune; sizing sees to it."""
+    sized = {budget: Context(vlm_max_tokens=budget).answer_grammar() for budget in (2048, 4096)}
+    grammars = {"shipped": answer_grammar(), "sized to 2,048": sized[2048],
+                "sized to 4,096": sized[4096], "short lead (tests)": answer_grammar(SHORT_LEAD)}
+    print("\n2a. the longest text each grammar admits, in bytes (worst-case tokens)\n"
+          f"{'part':<22} " + " ".join(f"{name:>18}" for name in grammars))
+    parts = ("preamble", "motivation", "header-line", "annotation", "measure-item",
+             "written-music-line", "root")
+    for part in parts:
+        print(f"{part:<22} " + " ".join(f"{longest_bytes(grammar, part):>18,.0f}"
+                                        for grammar in grammars.values()))
+    print(f"{'before the first note':<22} " + " ".join(f"{lead_bytes(grammar):>18,.0f}"
+                                                       for grammar in grammars.values()))
 
 
 def compile_times(vlm: LocalVLM, clip: xgrammar.TokenizerInfo, runs: int) -> None:
-    grammar = answer_grammar()
+    grammar = Context().answer_grammar()  # what a run at the default budget sends
     tiny = xgrammar.TokenizerInfo.from_huggingface(vlm.tokenizer)
     print(f"\n2. compiling the answer grammar ({len(grammar):,} characters), {runs} runs\n"
           f"{'vocabulary':<34} {'median ms':>10} {'p95 ms':>10}")
@@ -125,7 +132,8 @@ def compile_times(vlm: LocalVLM, clip: xgrammar.TokenizerInfo, runs: int) -> Non
 def mask_times_by_part(clip: xgrammar.TokenizerInfo) -> None:
     text = answer(TUNE)
     matcher = xgrammar.GrammarMatcher(
-        xgrammar.GrammarCompiler(clip, cache_enabled=False).compile_grammar(answer_grammar()))
+        xgrammar.GrammarCompiler(clip, cache_enabled=False).compile_grammar(
+            Context().answer_grammar()))
     bitmask = xgrammar.allocate_token_bitmask(1, clip.vocab_size)
     fence = text.index("```abc\n")
     music = text.index("\n", text.index("\nK:") + 1) + 1
@@ -174,23 +182,25 @@ class MaskTimes(BaseCallbackHandler):
                 self.milliseconds += [second * 1000 for second in seconds]
 
 
-def local_backend(vlm: LocalVLM, compositions: int, tokens: int) -> None:
+def local_backend(vlm: LocalVLM, compositions: int, budget: int, tokens: int) -> None:
     with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
         image_url = image_data_url(image.convert("RGB"), max_pixels=96 * 96)
-    print(f"\n4. the tiny random-weight Qwen2-VL, {compositions} compositions each, at most "
-          f"{tokens} tokens\n{'grammar':<26} {'no error':>9} {'closed':>7} {'tokens':>7} "
+    print(f"\n4. the tiny random-weight Qwen2-VL, {compositions} compositions each\n"
+          f"{'grammar':<30} {'cut at':>7} {'no error':>9} {'closed':>7} {'tokens':>7} "
           f"{'mask median ms':>15} {'mask p95 ms':>12}  errors left")
-    runs: list[tuple[str, str, dict[str, str]]] = [
-        ("shipped", "on", {}), ("short lead (the tests')", "on", SHORT_LEAD), ("none", "off", {})]
-    for name, grammar, lead in runs:
+    runs: list[tuple[str, str, dict[str, str], int, int]] = [
+        (f"shipped, sized to {budget:,}", "on", {}, budget, budget),
+        ("short lead (the tests')", "on", SHORT_LEAD, RUN_BUDGET, tokens),
+        ("none", "off", {}, budget, tokens)]
+    for name, grammar, lead, run_budget, cut in runs:
         clean = closed = written = 0
         masks = MaskTimes()
         found: Counter[str] = Counter()
-        with patch.object(models, "grammar_rules",
+        with patch.object(run_context, "grammar_rules",
                           lambda controls, lead=lead: {**lead, **grammar_rules(controls)}):
             for seed in range(compositions):
-                attempt = compose_and_check(vlm, image_url, tokens=tokens, callbacks=[masks],
-                                            seed=seed, vlm_grammar=grammar)
+                attempt = compose_and_check(vlm, image_url, tokens=cut, budget=run_budget,
+                                            callbacks=[masks], seed=seed, vlm_grammar=grammar)
                 errors = attempt["check"]["errors"]
                 clean += not errors
                 closed += any(fix.startswith("closed the tune") for fix in attempt["fixes"])
@@ -199,7 +209,8 @@ def local_backend(vlm: LocalVLM, compositions: int, tokens: int) -> None:
         mask = (f"{statistics.median(masks.milliseconds):>15.3f} "
                 f"{percentile(masks.milliseconds, 0.95):>12.3f}" if masks.milliseconds
                 else f"{'-':>15} {'-':>12}")
-        print(f"{name:<26} {clean:>4}/{compositions:<4} {closed:>7} {written // compositions:>7} "
+        print(f"{name:<30} {cut:>7} {clean:>4}/{compositions:<4} {closed:>7} "
+              f"{written // compositions:>7} "
               f"{mask}  {'; '.join(f'{n}x {what}' for what, n in found.most_common(2))}")
 
 
@@ -232,7 +243,10 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=1, help="every nth corpus tune")
     parser.add_argument("--compiles", type=int, default=5)
     parser.add_argument("--compositions", type=int, default=20)
-    parser.add_argument("--tokens", type=int, default=400, help="most tokens a composition")
+    parser.add_argument("--budget", type=int, default=2048,
+                        help="the budget the shipped grammar is sized to, in tokens")
+    parser.add_argument("--tokens", type=int, default=400,
+                        help="most tokens a composition under the short lead or no grammar")
     arguments = parser.parse_args()
     coverage(arguments.stride)
     with one_thread():
@@ -242,7 +256,7 @@ def main() -> None:
         compile_times(vlm, clip, arguments.compiles)
         worst_cases()
         mask_times_by_part(clip)
-        local_backend(vlm, arguments.compositions, arguments.tokens)
+        local_backend(vlm, arguments.compositions, arguments.budget, arguments.tokens)
     calls_per_delivered_tune()
 
 

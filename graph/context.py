@@ -20,6 +20,7 @@ from img2music.settings import (
     Settings,
     get_settings,
 )
+from img2music.tools.abc.budget import BudgetError, sized_answer_grammar
 from img2music.tools.abc.controls import (
     BAR_TOLERANCE,
     MAX_BARS,
@@ -34,8 +35,10 @@ from img2music.tools.abc.controls import (
     SECONDS_TOLERANCE,
     TEMPO_TOLERANCE_BPM,
     Controls,
+    grammar_rules,
     read_controls,
 )
+from img2music.tools.abc.grammar import answer_grammar, tune_grammar
 
 # Fields that move where the model lives (and so where its API key is sent) or which files are
 # read (the prompt folder; with the local backend, the model's folder and code): a run's context
@@ -225,6 +228,11 @@ class Context:
         if self.seed is None:
             self.seed = random.randint(0, MAX_SEED)
         self.controls()  # a control that cannot be read ends the run before it starts
+        if self.vlm_grammar == "on":  # as does a budget too small for the grammar it asks for
+            try:
+                self.answer_grammar()
+            except BudgetError as error:
+                raise BudgetError(f"vlm_max_tokens: {error}") from None
         if _FROM_OPERATOR.get():
             return
         settings = get_settings()
@@ -242,6 +250,18 @@ class Context:
         """What this run asks of its tune, spelled as ABC; raises `ControlError` (one line that
         names the field) for a value that cannot be read."""
         return read_controls(**{name: getattr(self, name) for name in MUSIC_FIELDS})
+
+    def answer_grammar(self) -> str:
+        """The ABC grammar of this run's answers, where one is applied: the run's fixed header
+        values (key, meter, tempo, voices, programs) narrow it, and its token budget bounds what
+        comes before the music (raises `BudgetError` for a budget too small for any tune)."""
+        grammar = answer_grammar(grammar_rules(self.controls()), thinking=self.vlm_thinking)
+        return sized_answer_grammar(grammar, self.vlm_max_tokens)
+
+    def tune_grammar(self) -> str:
+        """The grammar of one tune as this run's answers are held to it, unsized (what a
+        constrained tune may hold, to close one that a limit cut short where it can end)."""
+        return tune_grammar(grammar_rules(self.controls()))
 
     def call_seed(self, position: int) -> int:
         """The seed of this run's model call at `position` (0 the description, then one per

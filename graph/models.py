@@ -56,9 +56,9 @@ from img2music.graph.profiles import (
 from img2music.graph.state import Message
 from img2music.redaction import redact_url
 from img2music.settings import ProfileSetting, Settings, VLMBackend, get_settings
-from img2music.tools.abc.controls import grammar_rules
+from img2music.tools.abc.budget import BudgetError
 from img2music.tools.abc.diagnostics import one_line
-from img2music.tools.abc.grammar import answer_grammar, matches, tune_grammar
+from img2music.tools.abc.grammar import matches
 from img2music.tools.images import image_data_url, image_from_data_url
 
 logger = logging.getLogger(__name__)
@@ -152,15 +152,12 @@ def answer_constraint(context: Context, model: BaseChatModel, *,
     via, _ = grammar_plan(grammar=context.vlm_grammar, backend=backend, profile=profile)
     if via is None:
         return None
-    # The run's fixed header values (key, meter, tempo, voices, programs) narrow the grammar.
-    rules = grammar_rules(context.controls())
-    return AnswerConstraint(answer_grammar(rules, thinking=context.vlm_thinking), via)
-
-
-def run_tune_grammar(context: Context) -> str:
-    """The grammar of one tune as this run's compose calls constrain it (`answer_constraint`'s
-    rules), to close a constrained tune that a limit cut short where that grammar can end it."""
-    return tune_grammar(grammar_rules(context.controls()))
+    try:
+        grammar = context.answer_grammar()
+    except BudgetError as error:  # `on` refuses such a run when it is made
+        logger.warning("composing without the ABC grammar: %s", error)
+        return None
+    return AnswerConstraint(grammar, via)
 
 
 def judge_chat_model(settings: Settings | None = None) -> BaseChatModel:

@@ -30,7 +30,6 @@ from img2music.graph.models import (
     answer_constraint,
     chat_model,
     prompt_switch,
-    run_tune_grammar,
     to_langchain,
 )
 from img2music.graph.state import (
@@ -142,7 +141,7 @@ def compile_and_judge(abc: str, context: Context, *, constrained: bool,
     fault says so (the third item)."""
     compiled, cut = compile_abc(abc), []
     if constrained and not compiled.check.ok:
-        fitted = fit_to_limits(run_tune_grammar(context), compiled)
+        fitted = fit_to_limits(context.tune_grammar(), compiled)
         if fitted is not None:
             compiled = fitted[0]
             cut = [Diagnostic(severity="fault", line=0, col=0, message=fitted[1])]
@@ -273,7 +272,7 @@ async def compose(
     if reply.constrained and (reply.finish_reason == "length" or reply.truncated):
         # Written under the grammar and cut by the token limit: closed where the grammar can end.
         closed = await asyncio.to_thread(
-            lambda: close_cut_answer(run_tune_grammar(context), reply.text))
+            lambda: close_cut_answer(context.tune_grammar(), reply.text))
         if closed is not None:
             abc, cut_off, closing = closed.abc, False, [closed.note]
     repaired = repair_abc(abc, cut_off=cut_off) if abc else None

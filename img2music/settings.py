@@ -184,7 +184,7 @@ class Settings(BaseSettings):
     vlm_top_k: int = Field(
         default=20, ge=-1, description="Top-k sampling, sent to vLLM endpoints only."
     )
-    vlm_max_tokens: int = Field(default=4096, gt=0, description="Most tokens per model call.")
+    vlm_max_tokens: int = Field(default=8192, gt=0, description="Most tokens per model call.")
     vlm_thinking: bool = Field(
         default=False,
         description="Keye's think mode when composing; models without the /think switch "

@@ -9,6 +9,7 @@ the stop are favoured, or walks would run to every bound.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import numpy as np
 import xgrammar
@@ -17,6 +18,7 @@ STOP = "<stop>"
 VOCABULARY = [chr(code) for code in range(32, 127)] + ["\n", "é", "ñ", "你", STOP]
 NEWLINE = VOCABULARY.index("\n")
 STOP_ID = VOCABULARY.index(STOP)
+AVOIDING_TRIES = 8  # next characters a walk that avoids something tries before giving in
 
 
 class GrammarWalk:
@@ -48,3 +50,49 @@ class GrammarWalk:
                 raise AssertionError(f"the matcher refused {VOCABULARY[token]!r} it allowed")
             written.append(VOCABULARY[token])
         raise AssertionError(f"a walk ran past {max_tokens} tokens: the grammar is unbounded")
+
+    def start(self, seed: int, *, max_bytes: int,
+              avoid: Callable[[str, xgrammar.GrammarMatcher], bool] | None = None) -> str:
+        """The start of a walk that never stops or breaks a line by choice, so each line runs
+        to the grammar's bounds (a random-weight model's lines come near them), cut where its
+        UTF-8 text reaches `max_bytes`: what a byte-level tokenizer's budget of `max_bytes`
+        tokens keeps at worst. The whole walk when it ends first (the grammar allows nothing
+        more).
+
+        With `avoid`, each next character is one (of a few tried) after which `avoid` is false
+        of the text and the matcher, for as long as one is found: an adversary that puts off
+        what `avoid` names (a point where the tune could be closed) as long as it can."""
+        rng = random.Random(seed)
+        matcher = xgrammar.GrammarMatcher(self._compiled)
+        bitmask = xgrammar.allocate_token_bitmask(1, len(VOCABULARY))
+        written: list[str] = []
+        size = 0
+        while True:
+            matcher.fill_next_token_bitmask(bitmask)
+            bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")
+            choices = [int(token) for token in np.flatnonzero(bits[:len(VOCABULARY)])
+                       if token != STOP_ID]
+            if not choices:
+                return "".join(written)
+            candidates = [token for token in choices if token != NEWLINE] or choices
+            rng.shuffle(candidates)
+            token = candidates[0]
+            if avoid is not None:
+                text = "".join(written)
+                token = next((candidate for candidate in candidates[:AVOIDING_TRIES]
+                              if not avoid(text + VOCABULARY[candidate],
+                                           _after(matcher, candidate))), token)
+                if avoid(text + VOCABULARY[token], _after(matcher, token)):
+                    avoid = None  # met at last: the rest of the walk is plain
+            size += len(VOCABULARY[token].encode())
+            if size > max_bytes:
+                return "".join(written)
+            if not matcher.accept_token(token):
+                raise AssertionError(f"the matcher refused {VOCABULARY[token]!r} it allowed")
+            written.append(VOCABULARY[token])
+
+
+def _after(matcher: xgrammar.GrammarMatcher, token: int) -> xgrammar.GrammarMatcher:
+    ahead = matcher.fork()
+    ahead.accept_token(token)
+    return ahead

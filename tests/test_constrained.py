@@ -19,7 +19,7 @@ from langgraph.runtime import Runtime
 from matplotlib import cbook
 from PIL import Image
 
-from img2music.graph import models
+from img2music.graph import context as run_context
 from img2music.graph.context import Context
 from img2music.graph.local_vlm import GrammarLogitsProcessor, LocalChatModel, LocalVLM
 from img2music.graph.models import AnswerConstraint, answer_constraint
@@ -28,15 +28,21 @@ from img2music.graph.profiles import PROFILES, grammar_plan
 from img2music.graph.state import State
 from img2music.settings import Settings, get_settings
 from img2music.tools.abc.controls import grammar_rules
-from img2music.tools.abc.grammar import answer_grammar, matches
+from img2music.tools.abc.grammar import answer_grammar, matches, rule_definition
 from img2music.tools.images import image_data_url
 from tests.tiny_vlm import build_tiny_vlm
 
 COMPOSITIONS = 50
-COMPOSE_TOKENS = 160  # a random model fills any budget: each tune is cut, then closed
-# What comes before the music, kept short: a random model writes as much as the grammar allows,
-# and the shipped bounds of the prose and the header (hundreds of characters a line) would spend
-# the whole budget before the first note. The music is the shipped grammar's.
+# A random model fills any budget: each tune is cut at this many tokens, then closed.
+COMPOSE_TOKENS = 160
+# What comes before the music, kept short so that 160 tokens reach far into it (the shipped
+# grammar, sized to a budget, lets a lead take up to three quarters of it: tests/test_budget.py
+# and the test at the least budget below). The music is the shipped grammar's.
+LEAST_BUDGET = 2210  # the least budget the shipped grammar can be sized to (tests/test_budget.py)
+LEAST_BUDGET_COMPOSITIONS = 8
+# The run's budget, where the model is cut sooner (as a stop sequence or the server's context
+# length would cut it).
+RUN_BUDGET = 4096
 SHORT_LEAD = {
     "preamble": 'prose-character{1,8} "\\n"',
     "tune": 'reference-line header-line{0,1} key-line body "\\n"?',
@@ -79,12 +85,14 @@ def local_backend(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def compose_and_check(vlm: LocalVLM, image_url: str, *, tokens: int = COMPOSE_TOKENS,
+                      budget: int = RUN_BUDGET,
                       callbacks: list[BaseCallbackHandler] | None = None,
                       **context: Any) -> dict[str, Any]:
-    """One first attempt through the compose and parse-check nodes, as a run makes it (the
-    `callbacks` see the model's answer, with its masking times)."""
+    """One first attempt through the compose and parse-check nodes, as a run makes it, with the
+    run's `budget` (which sizes its grammar) and the model cut at `tokens` (the `callbacks` see
+    the model's answer, with its masking times)."""
     state: State = {"image": image_url, "description": "A woman in uniform.", "note": ""}
-    runtime = Runtime(context=Context(vlm_max_tokens=tokens, rag=False, **context))
+    runtime = Runtime(context=Context(vlm_max_tokens=budget, rag=False, **context))
     model = LocalChatModel(vlm=vlm, max_new_tokens=tokens, callbacks=callbacks)
     composed = asyncio.run(compose(state, runtime, backend="local", model_for=lambda _: model))
     checked = asyncio.run(parse_check({**state, "attempts": composed["attempts"]}, runtime))
@@ -95,7 +103,7 @@ def compose_and_check(vlm: LocalVLM, image_url: str, *, tokens: int = COMPOSE_TO
 @pytest.fixture
 def short_lead(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each run's grammar (for its calls, and for closing a tune they cut) with `SHORT_LEAD`."""
-    monkeypatch.setattr(models, "grammar_rules",
+    monkeypatch.setattr(run_context, "grammar_rules",
                         lambda controls: {**SHORT_LEAD, **grammar_rules(controls)})
 
 
@@ -127,6 +135,24 @@ def test_fifty_compositions_under_the_grammar_have_no_error(
     assert free_valid < COMPOSITIONS  # random weights never write ABC of their own accord
 
 
+def test_at_the_least_budget_the_shipped_grammar_leaves_a_tune_without_an_error(
+    vlm: LocalVLM, image_url: str, local_backend: None
+) -> None:
+    """The shipped grammar, sized to the least budget it fits (what comes before the music may
+    take three quarters of it): a random model spends what the grammar allows there, and the
+    budget still leaves a tune without an error."""
+    failures, closed = [], 0
+    for seed in range(LEAST_BUDGET_COMPOSITIONS):
+        attempt = compose_and_check(vlm, image_url, tokens=LEAST_BUDGET, budget=LEAST_BUDGET,
+                                    seed=seed, vlm_grammar="on")
+        assert attempt["constrained"], seed
+        if attempt["abc"] is None or not attempt["check"]["ok"]:
+            failures.append(f"seed {seed}: {attempt['check']['errors'][:2]}\n{attempt['raw']}")
+        closed += any(fix.startswith("closed the tune") for fix in attempt["fixes"])
+    assert not failures, "\n".join(failures[:3])
+    assert closed, "a random model fills its budget: some tune was cut and closed"
+
+
 def test_in_think_mode_the_thought_is_free_and_the_answer_is_masked(vlm: LocalVLM) -> None:
     tokenizer = vlm.tokenizer
     prompt = tokenizer("<|im_start|>user\nCompose.<|im_end|>\n<|im_start|>assistant\n")["input_ids"]
@@ -142,9 +168,10 @@ def test_in_think_mode_the_thought_is_free_and_the_answer_is_masked(vlm: LocalVL
                 if scores[0, token] > float("-inf")}
 
     thinking = answer_grammar(thinking=True)
-    musing = allowed_after(thinking, "<think>I could write <b>anything</b> here")
-    answering = allowed_after(thinking, "<think>I could write <b>anything</b></think>\n\n")
-    assert {"<", "`", "Z", "\x01", "\n"} <= musing
+    musing = allowed_after(thinking, "<think>I could write (A>B) anything here")
+    answering = allowed_after(thinking, "<think>I could write (A>B) anything</think>\n\n")
+    assert {"<", "`", "Z", "\n", "\t"} <= musing and "\x01" not in musing  # ASCII, counted
+    assert allowed_after(thinking, "<think>a <") == {"/"}  # a "<" only ends the thought
     assert "`" in answering and "T" in answering  # the abc fence, or a line of text before it
     assert "<" not in answering and "\x01" not in answering
     # Told /no_think, Keye writes an empty block, and nothing else may stand in it.
@@ -156,7 +183,7 @@ def compose_once(vlm: LocalVLM, image_url: str, **context: Any) -> dict[str, Any
     """One seeded compose call of 60 tokens: unseeded, a random model's free text would now and
     then happen to start like an answer under the grammar."""
     state: State = {"image": image_url, "description": "A woman in uniform.", "note": ""}
-    runtime = Runtime(context=Context(vlm_max_tokens=60, rag=False, seed=1, **context))
+    runtime = Runtime(context=Context(vlm_max_tokens=RUN_BUDGET, rag=False, seed=1, **context))
     update = asyncio.run(compose(state, runtime, backend="local",
                                  model_for=lambda _: LocalChatModel(vlm=vlm, max_new_tokens=60)))
     attempt: dict[str, Any] = dict(update["attempts"][0])
@@ -179,12 +206,14 @@ def test_the_compose_node_writes_under_the_grammar_with_the_local_backend(
 def test_where_the_grammar_applies(vlm: LocalVLM, tmp_path: Path) -> None:
     local = Settings(vlm_backend="local", data_dir=tmp_path)
     model = LocalChatModel(vlm=vlm)
-    applied = answer_constraint(Context.from_settings(local, vlm_grammar="auto"), model,
-                                backend=local.vlm_backend)
-    assert applied == AnswerConstraint(answer_grammar(), "local")
-    thinking = answer_constraint(Context.from_settings(local, vlm_thinking=True), model,
-                                 backend=local.vlm_backend)
-    assert thinking == AnswerConstraint(answer_grammar(thinking=True), "local")
+    run = Context.from_settings(local, vlm_grammar="auto")
+    applied = answer_constraint(run, model, backend=local.vlm_backend)
+    assert applied == AnswerConstraint(run.answer_grammar(), "local")
+    assert run.answer_grammar() != answer_grammar()  # sized to the run's budget
+    thinking_run = Context.from_settings(local, vlm_thinking=True)
+    thinking = answer_constraint(thinking_run, model, backend=local.vlm_backend)
+    assert thinking == AnswerConstraint(thinking_run.answer_grammar(), "local")
+    assert rule_definition(thinking.grammar, "thought") == "free-thought"
     assert answer_constraint(Context.from_settings(local, vlm_grammar="off"), model,
                              backend=local.vlm_backend) is None
     routes = {(grammar, name): grammar_plan(grammar=grammar, backend="openai",

@@ -23,7 +23,7 @@ from img2music.pipeline import readiness
 from img2music.pipeline.runs import compose
 from img2music.settings import Settings
 from img2music.tools.abc.check import check_abc
-from img2music.tools.abc.grammar import answer_grammar, matches
+from img2music.tools.abc.grammar import answer_grammar, matches, rule_definition
 from tests import openai_server
 from tests.openai_server import Dialect, ScriptedServer, last_user_text, scripted_server
 from tests.test_graph import BROKEN, DESCRIPTION, REFINED, TUNE, Examples, answer, reply_for
@@ -71,7 +71,7 @@ def test_a_compose_call_carries_the_grammar_exactly_when_it_should(
         expected["on"] = [True, False]
     assert sent == expected
     [body] = [body for body in server.requests if "structured_outputs" in body][:1]
-    assert body["structured_outputs"] == {"grammar": answer_grammar()}
+    assert body["structured_outputs"] == {"grammar": context.answer_grammar()}
 
 
 def test_think_mode_sends_the_grammar_with_a_free_thought(tmp_path: Path) -> None:
@@ -83,7 +83,8 @@ def test_think_mode_sends_the_grammar_with_a_free_thought(tmp_path: Path) -> Non
                    constraint=answer_constraint(context, model, backend=settings.vlm_backend))
     [body] = server.requests
     grammar = body["structured_outputs"]["grammar"]
-    assert grammar == answer_grammar(thinking=True)
+    assert grammar == context.answer_grammar()
+    assert rule_definition(grammar, "thought") == "free-thought"
     assert matches(grammar, answer(TUNE, think=True))
     assert not matches(answer_grammar(), answer(TUNE, think=True))
 

@@ -195,6 +195,8 @@ def test_the_longest_text_of_a_rule_is_counted_in_bytes_the_worst_case_in_tokens
     assert longest_bytes('root ::= "a" root?') == float("inf")
     assert longest_bytes('root ::= "a"+') == float("inf")
     shipped = answer_grammar()
-    assert longest_bytes(shipped, "preamble") == 2 + 300 * 4
+    assert longest_bytes(shipped, "preamble") == 2 + 300  # ASCII: a byte a character
+    assert longest_bytes(shipped, "motivation") == 12 + 1500 * 4 + 1  # any character
     assert longest_bytes(shipped, "key-line") < 500
-    assert longest_bytes(answer_grammar(thinking=True)) == float("inf")  # the thought is free
+    thought = longest_bytes(answer_grammar(thinking=True), "free-thought")
+    assert thought == len("<think></think>") + 16384 + 4  # a bounded ASCII thought

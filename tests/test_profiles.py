@@ -118,7 +118,7 @@ def test_a_composition_succeeds_against_each_kind_sending_what_it_understands(
     for index, body in enumerate(server.requests):  # describe, then the compose node's calls
         grammar = {"structured_outputs"} if dialect == "vllm" and index else set()
         assert set(body) - {"model", "messages"} == SENT_TO[dialect] | grammar, body.keys()
-        assert body.get("max_completion_tokens", body.get("max_tokens")) == 4096
+        assert body.get("max_completion_tokens", body.get("max_tokens")) == 8192
         assert all(url.startswith("data:image/jpeg;base64,") for url in image_urls(body))
     understood = {"openai": OPENAI_FIELDS, "ollama": OLLAMA_FIELDS}.get(dialect)
     if understood is not None:  # the fields the real server reads

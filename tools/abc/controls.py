@@ -403,7 +403,7 @@ def grammar_rules(controls: Controls) -> dict[str, str]:
         rules["midi-program"] = " | ".join(_literal(str(p))
                                            for p in sorted(set(controls.programs)))
     if required:  # the header holds these lines, before its K: line
-        lines = "".join(f"{line} header-line{{0,20}} " for line in required)
+        lines = "".join(f"{line} header-lines " for line in required)
         tune = rule_definition(grammar_file_text(), "tune")
         if " key-line " not in tune:
             raise GrammarError("the grammar's tune rule has no key-line to put the header's "

@@ -34,7 +34,8 @@ READ_RULES = {"body": "read-body", "bar": "read-bar", "open-bar": "read-open-bar
               "measure-lead": "read-measure-lead", "tail-bar": "read-tail-bar",
               "slur-marks": "read-slur-marks", "tie-target": "read-tie-target",
               "pitched-tied-tuplet-note": "read-pitched-tied-tuplet-note",
-              "text": "read-text", "note-denominator": "read-note-denominator",
+              "text": "read-text", "lead-character": "read-lead-character",
+              "quoted-piece": "read-quoted-piece", "note-denominator": "read-note-denominator",
               "power-of-two": "read-power-of-two", "unit-denominator": "read-unit-denominator",
               "beat": "read-beat", "beats-per-minute": "read-beats-per-minute",
               "count": "read-count", "tuplet-member": "read-tuplet-member",
@@ -85,10 +86,11 @@ def closing_points(grammar: str, text: str) -> list[tuple[int, str]]:
     such that `text[:n] + closing` is in it (the closing is empty after a line break, else the
     first of `CLOSINGS`, or in the last line `CUT_CLOSINGS`, that works), longest first.
 
-    Whole lines are read at once and tried at their ends; the last line (where a cut falls) and
-    a line the grammar refuses are tried at every character, and the walk stops at the first
-    character refused: for a text written under the grammar and cut short it sees every start,
-    and a long text costs a trial a line, not a character."""
+    Whole lines are read at once and tried at their ends; in the last line (where a cut falls)
+    or a line the grammar refuses, only the longest start that can be closed counts, and the
+    walk stops at the first character refused: for a text written under the grammar and cut
+    short it sees the longest start and every line's end, and a long text costs a trial a line,
+    and a cut line a few trials back from where it was cut, not a trial a character."""
     import xgrammar  # here: it loads torch, which a run against an endpoint need not pay for
 
     matcher = xgrammar.GrammarMatcher(_compiled(grammar), terminate_without_stop_token=True)
@@ -98,8 +100,8 @@ def closing_points(grammar: str, text: str) -> list[tuple[int, str]]:
     for line in lines:
         ahead = matcher.fork()
         if not ahead.accept_string(line):
-            _points_along(matcher, line, offset, points)
-            return points[::-1]
+            last = line
+            break
         end = offset + len(line)
         repeat_closed = _closes(ahead, REPEAT_CLOSING)
         if not ahead.accept_string("\n"):
@@ -108,7 +110,7 @@ def closing_points(grammar: str, text: str) -> list[tuple[int, str]]:
         matcher, offset = ahead, end + 1
         points += [(offset, "")] if matcher.is_completed() else \
             [(end, REPEAT_CLOSING)] if repeat_closed else []
-    _points_along(matcher, last, offset, points)
+    points += _last_point_along(matcher, last, offset)
     return points[::-1]
 
 
@@ -117,16 +119,35 @@ def _closes(matcher: xgrammar.GrammarMatcher, closing: str) -> bool:
     return bool(trial.accept_string(closing) and trial.is_completed())
 
 
-def _points_along(matcher: xgrammar.GrammarMatcher, line: str, offset: int,
-                  points: list[tuple[int, str]]) -> None:
-    """`closing_points` at every character of `line` (no line break in it), which starts at
-    `offset` of the text; `matcher` has read the text before it, and reads on."""
-    for index in range(1, len(line) + 1):  # its start is the line before's end, tried there
-        if not matcher.accept_string(line[index - 1]):
-            return
-        closing = next((closing for closing in CUT_CLOSINGS if _closes(matcher, closing)), None)
+# How far apart `_last_point_along` keeps copies of the matcher along a line.
+_CHECKPOINT_STRIDE = 16
+
+
+def _last_point_along(matcher: xgrammar.GrammarMatcher, line: str,
+                      offset: int) -> list[tuple[int, str]]:
+    """The longest start of `line` (no line break in it, starting at `offset` of the text) that
+    one of `CUT_CLOSINGS` closes, as a one-item list (none when no start can be closed);
+    `matcher` has read the text before it. The line is read once, keeping a copy of the matcher
+    every few characters; starts are then tried from the longest back, each from the copy
+    before it, so a cut near a point costs a few trials, not one a character of the line."""
+    checkpoints = [(0, matcher.fork())]
+    read = 0
+    for character in line:
+        if not matcher.accept_string(character):
+            break
+        read += 1
+        if read % _CHECKPOINT_STRIDE == 0:
+            checkpoints.append((read, matcher.fork()))
+    for end in range(read, 0, -1):  # its start is the line before's end, tried there
+        while checkpoints[-1][0] > end:
+            checkpoints.pop()
+        start, copy = checkpoints[-1]
+        trial = copy.fork()
+        trial.accept_string(line[start:end])
+        closing = next((closing for closing in CUT_CLOSINGS if _closes(trial, closing)), None)
         if closing is not None:
-            points.append((offset + index, closing))
+            return [(offset + end, closing)]
+    return []
 
 
 @lru_cache(maxsize=4)
