@@ -102,9 +102,9 @@ def worst_cases() -> None:
     """The longest text each part of the answer admits, in bytes: the worst case in tokens of a
     byte-level tokenizer. What comes before the tune's first closing point (`lead_bytes`) must
     fit a call's budget for every constrained answer to leave a tune; sizing sees to it."""
-    sized = {budget: Context(vlm_max_tokens=budget).answer_grammar() for budget in (2048, 4096)}
-    grammars = {"shipped": answer_grammar(), "sized to 2,048": sized[2048],
-                "sized to 4,096": sized[4096], "short lead (tests)": answer_grammar(SHORT_LEAD)}
+    sized = {budget: Context(vlm_max_tokens=budget).answer_grammar() for budget in (4096, 8192)}
+    grammars = {"shipped": answer_grammar(), "sized to 4,096": sized[4096],
+                "sized to 8,192": sized[8192], "short lead (tests)": answer_grammar(SHORT_LEAD)}
     print("\n2a. the longest text each grammar admits, in bytes (worst-case tokens)\n"
           f"{'part':<22} " + " ".join(f"{name:>18}" for name in grammars))
     parts = ("preamble", "motivation", "header-line", "annotation", "measure-item",
@@ -243,7 +243,7 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=1, help="every nth corpus tune")
     parser.add_argument("--compiles", type=int, default=5)
     parser.add_argument("--compositions", type=int, default=20)
-    parser.add_argument("--budget", type=int, default=2048,
+    parser.add_argument("--budget", type=int, default=2304,
                         help="the budget the shipped grammar is sized to, in tokens")
     parser.add_argument("--tokens", type=int, default=400,
                         help="most tokens a composition under the short lead or no grammar")

@@ -26,6 +26,7 @@ from img2music.graph.explain import image_explanation
 from img2music.graph.feedback import metric_feedback
 from img2music.graph.models import (
     AnswerConstraint,
+    ModelReply,
     acall_model,
     answer_constraint,
     chat_model,
@@ -61,8 +62,8 @@ from img2music.tools.abc.controls import (
     program_name,
 )
 from img2music.tools.abc.diagnostics import Diagnostic
-from img2music.tools.abc.extract import extract_abc, strip_reasoning
-from img2music.tools.abc.repair import repair_abc
+from img2music.tools.abc.extract import Extraction, extract_abc, strip_reasoning
+from img2music.tools.abc.repair import Repair, repair_abc
 from img2music.tools.abc.voices import split_voices
 from img2music.tools.images import image_from_data_url
 from img2music.tools.metrics import TuneMetrics, evaluate_midi
@@ -267,20 +268,12 @@ async def compose(
                                                 backend)
     reply = await acall_model(model, to_langchain(conversation), endpoint=context.vlm_base_url,
                               constraint=constraint, seed=context.call_seed(len(attempts) + 1))
-    extraction = extract_abc(reply.text)
-    abc, cut_off, closing = extraction.abc, extraction.cut_off, []
-    if reply.constrained and (reply.finish_reason == "length" or reply.truncated):
-        # Written under the grammar and cut by the token limit: closed where the grammar can end.
-        closed = await asyncio.to_thread(
-            lambda: close_cut_answer(context.tune_grammar(), reply.text))
-        if closed is not None:
-            abc, cut_off, closing = closed.abc, False, [closed.note]
-    repaired = repair_abc(abc, cut_off=cut_off) if abc else None
+    extraction, repaired, fixes = await read_answer(reply, context)
     attempt: Attempt = {
         "n": len(attempts), "round": round_number, "kind": kind,
         "raw": reply.text[:MAX_RAW_CHARS],
         "abc": repaired.abc if repaired else None, "motivation": extraction.motivation,
-        "fixes": [*closing, *(repaired.fixes if repaired else [])], "notes": extraction.notes,
+        "fixes": fixes, "notes": extraction.notes,
         "check": None, "midi": None, "metrics": None, "valid": False,
         "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens,
         "seconds": reply.seconds, "constrained": reply.constrained,
@@ -291,6 +284,23 @@ async def compose(
         "usage": _usage("compose", reply.input_tokens, reply.output_tokens),
         "timings": {"compose": reply.seconds},
     }
+
+
+async def read_answer(reply: ModelReply,
+                      context: Context) -> tuple[Extraction, Repair | None, list[str]]:
+    """A compose call's answer read: its tune and motivation extracted, the tune mechanically
+    repaired, and what was fixed. A constrained answer that the token limit cut is first closed
+    where the run's grammar can end its tune (which extraction's guesses could take for prose),
+    and the fixes say so first."""
+    extraction = extract_abc(reply.text)
+    abc, cut_off, closing = extraction.abc, extraction.cut_off, []
+    if reply.constrained and (reply.finish_reason == "length" or reply.truncated):
+        closed = await asyncio.to_thread(
+            lambda: close_cut_answer(context.tune_grammar(), reply.text))
+        if closed is not None:
+            abc, cut_off, closing = closed.abc, False, [closed.note]
+    repaired = repair_abc(abc, cut_off=cut_off) if abc else None
+    return extraction, repaired, [*closing, *(repaired.fixes if repaired else [])]
 
 
 async def parse_check(state: State, runtime: Runtime[Context]) -> State:

@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from img2music.graph.context import Context
 from img2music.graph.nodes import ModelFor, RetrieverFor
 from img2music.graph.options import option_defaults, options_model
 from img2music.pipeline.index_build import IndexBuild, progress_line
@@ -329,8 +330,13 @@ def _model_card() -> dict[str, Any]:
 
 
 async def _start(chat: ChatRequest, pool: RunPool, settings: Settings) -> Job:
-    """Take a place in the pool (or 429) before any image is decoded or fetched, check the
-    image, then hand the run to the pool; the place is given back if anything fails first."""
+    """Check the run's context (a budget too small for the grammar it asks for is a 400), take
+    a place in the pool (or 429) before any image is decoded or fetched, check the image, then
+    hand the run to the pool; the place is given back if anything fails first."""
+    try:
+        Context.from_settings(settings, **chat.context_overrides())
+    except ValueError as error:
+        raise ApiError(400, str(error), code="invalid_value") from None
     pool.reserve(chat.takes)
     try:
         given = image_input(chat)

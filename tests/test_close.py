@@ -7,11 +7,15 @@ oracle is parse-check (abc2midi) and mido's reading of the MIDI, not the grammar
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import mido
 import pytest
 
+from img2music.graph.context import Context
+from img2music.graph.models import ModelReply
+from img2music.graph.nodes import read_answer
 from img2music.settings import Settings
 from img2music.tools.abc.check import compile_abc
 from img2music.tools.abc.close import close_cut_answer, fit_to_limits
@@ -115,3 +119,20 @@ def test_only_a_tune_over_the_limits_alone_is_cut(tune: str) -> None:
     limits = Settings(max_tune_seconds=60)
     checked = compile_abc(tune, settings=limits)
     assert fit_to_limits(tune_grammar(), checked, settings=limits) is None
+
+
+@pytest.mark.parametrize(("constrained", "finish"), [(True, "length"), (True, "stop"),
+                                                      (False, "length")])
+def test_a_compose_or_section_answer_is_closed_only_when_constrained_and_cut(
+        constrained: bool, finish: str) -> None:
+    """`read_answer`, which the compose node and a section or continuation run read answers
+    with: a tune cut inside its first line looks like prose to extraction."""
+    tune = "X:1\nT:Cut\nM:4/4\nL:1/8\nK:D\nD2 F2 A2 d2 | B2 A2 d2 f2 |\n"
+    answer = answer_cut_at(tune, tune.index("B2 A2 d") + len("B2 A2 d"))
+    reply = ModelReply(text=answer, input_tokens=1, output_tokens=1, seconds=0.0,
+                       finish_reason=finish, constrained=constrained)
+    _, repaired, fixes = asyncio.run(read_answer(reply, Context()))
+    closes = constrained and finish == "length"
+    assert any(fix.startswith("closed the tune the token limit cut") for fix in fixes) == closes
+    if closes:
+        assert repaired is not None and repaired.abc.endswith("| B2 A2 d\n")

@@ -161,7 +161,7 @@ def test_doctor_says_whether_the_endpoint_constrains(
                                   readiness.Check("VLM", "ok", ""))
     assert constrains.status == "ok"
     assert constrains.detail == ("compose calls are constrained: sent as structured_outputs, "
-                                 "which vLLM applies")
+                                 "which vLLM applies; sized to 8,192 tokens a call")
     assert off.detail == ("compose calls are not constrained: not applied "
                           "(IMG2MUSIC_VLM_GRAMMAR=off)")
     assert old.status == "warning" and "vLLM 0.9.2 ignores structured_outputs" in old.detail
@@ -170,4 +170,8 @@ def test_doctor_says_whether_the_endpoint_constrains(
                                       "endpoints do not read")
     assert "which openai endpoints may ignore or refuse" in sent_anyway.detail
     assert local.detail == ("compose calls are constrained: applied by the local backend with "
-                            "xgrammar")
+                            "xgrammar; sized to 8,192 tokens a call")
+    small = readiness.abc_grammar(Settings(vlm_backend="local", data_dir=tmp_path,
+                                           vlm_max_tokens=1000), readiness.Check("VLM", "ok", ""))
+    assert small.status == "warning" and "IMG2MUSIC_VLM_MAX_TOKENS" in small.fix
+    assert small.detail.startswith("compose calls are not constrained: a budget of 1000 tokens")

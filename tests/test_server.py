@@ -295,6 +295,19 @@ def test_bad_requests_are_refused_in_openais_error_shape(
     assert server.vlm.requests == [] and runs == []  # refused before anything ran
 
 
+def test_a_budget_too_small_for_the_operators_grammar_is_refused_before_anything_runs(
+        tmp_path: Path) -> None:
+    with img2music_server(tmp_path, vlm_grammar="on") as server:
+        response = post(server, {"model": "img2music", "messages": image_message(),
+                                 "max_tokens": 1000})
+        runs = list(server.runs.glob("*")) if server.runs.exists() else []
+        assert server.vlm.requests == [] and runs == []
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["code"] == "invalid_value"
+    assert error["message"].startswith("vlm_max_tokens: a budget of 1000 tokens a call is too "
+                                       "small for a constrained tune")
+
+
 def test_the_openai_client_raises_the_matching_errors(refusing_server: Served) -> None:
     client = refusing_server.client
     with pytest.raises(openai.NotFoundError, match="does not exist"):

@@ -32,6 +32,8 @@ from img2music.pipeline.index_build import (
 )
 from img2music.redaction import redact_url, scrub
 from img2music.settings import Settings
+from img2music.tools.abc.budget import BudgetError, sized_answer_grammar
+from img2music.tools.abc.grammar import answer_grammar
 from img2music.tools.programs import which
 
 if TYPE_CHECKING:
@@ -264,6 +266,13 @@ def abc_grammar(settings: Settings, endpoint: Check) -> Check:
                             profile=profile)
     if via is None:
         return Check(name, "ok", f"compose calls are not constrained: {why}")
+    try:
+        sized_answer_grammar(answer_grammar(thinking=settings.vlm_thinking),
+                             settings.vlm_max_tokens)
+    except BudgetError as error:
+        return Check(name, "warning", f"compose calls are not constrained: {error}",
+                     "raise IMG2MUSIC_VLM_MAX_TOKENS, or set IMG2MUSIC_VLM_GRAMMAR=off")
+    why += f"; sized to {settings.vlm_max_tokens:,} tokens a call"
     if profile is not None and profile.name == "vllm":
         version = vllm_version(settings.vlm_base_url,
                                api_key=settings.vlm_api_key.get_secret_value())

@@ -33,7 +33,13 @@ from img2music.graph.models import (
     prompt_switch,
     to_langchain,
 )
-from img2music.graph.nodes import MAX_BARS, MAX_FAULTS_SHOWN, MAX_RAW_CHARS, ModelFor
+from img2music.graph.nodes import (
+    MAX_BARS,
+    MAX_FAULTS_SHOWN,
+    MAX_RAW_CHARS,
+    ModelFor,
+    read_answer,
+)
 from img2music.graph.state import Attempt, AttemptKind, Check, Message, Metrics, State
 from img2music.pipeline.report import read_report, write_run
 from img2music.pipeline.runs import (
@@ -51,8 +57,6 @@ from img2music.settings import Settings, get_settings
 from img2music.templating import TemplateRefused
 from img2music.tools.abc.check import compile_abc, decode_abc, normalise_abc
 from img2music.tools.abc.convert import InvalidMidi, midi_to_abc
-from img2music.tools.abc.extract import extract_abc
-from img2music.tools.abc.repair import repair_abc
 from img2music.tools.abc.scan import scan_abc
 from img2music.tools.abc.sections import (
     SectionAnswerUnusable,
@@ -303,9 +307,7 @@ async def _answer(source: _Source, template: str, variables: dict[str, Any], spl
                                          backend=settings.vlm_backend)
     reply = await acall_model(model, to_langchain(conversation), endpoint=context.vlm_base_url,
                               constraint=constraint, seed=context.call_seed(0))
-    extraction = extract_abc(reply.text)
-    repaired = repair_abc(extraction.abc, cut_off=extraction.cut_off) if extraction.abc else None
-    fixes = list(repaired.fixes) if repaired else []
+    extraction, repaired, fixes = await read_answer(reply, context)
     tune: str | None = None
     problem = "the answer has no ABC tune"
     if repaired is not None:

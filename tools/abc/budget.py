@@ -14,9 +14,9 @@ left out (`LEAD_ONLY`). Each swap there drops only what follows a point where th
 already be closed, so the measure is an upper bound:
 - the music after the first line's first pitched thing (the rest of its bar and line, the lines
   and sections after it, the repeat's close, the motivation): a line break ends the tune there;
-- in a slur, what follows its first thing (`slur-content`, an inner slur's run): a parenthesis
-  closes it (every thing a slur holds can end one); in a broken rhythm across a parenthesis that
-  starts a tune, what follows its first note (`slur-lead`, `slur-rest`).
+- in the slur that starts a tune, what follows its first note (`slur-content`), and in a broken
+  rhythm across a parenthesis that starts a tune, what follows its first note or pair
+  (`slur-lead`, `slur-rest`): a parenthesis closes them there.
 """
 
 from __future__ import annotations
