@@ -241,7 +241,8 @@ def _compose_all(
             async with slots:
                 return job, await one(*job)
 
-        for finished, next_done in enumerate(asyncio.as_completed(map(in_turn, todo)), 1):
+        running = [asyncio.ensure_future(in_turn(job)) for job in todo]  # started in order
+        for finished, next_done in enumerate(asyncio.as_completed(running), 1):
             (_, variant, image), outcome = await next_done
             if isinstance(outcome, str):
                 errors.append(outcome)
@@ -349,7 +350,9 @@ def _judge_all(
     async def every() -> int:
         calls = 0
         slots = asyncio.Semaphore(options.concurrency)
-        asking = [one(job, slots) for job in jobs]
+        # Tasks made here, in the shuffled order, take the slots in that order: as_completed
+        # would make them from a set of coroutines, in an order that changes from run to run.
+        asking = [asyncio.ensure_future(one(job, slots)) for job in jobs]
         for finished, next_done in enumerate(asyncio.as_completed(asking), 1):
             job, reply, error = await next_done
             if error is not None:
