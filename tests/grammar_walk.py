@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import xgrammar
@@ -38,16 +39,13 @@ class GrammarWalk:
         bitmask = xgrammar.allocate_token_bitmask(1, len(VOCABULARY))
         written: list[str] = []
         for _ in range(max_tokens):
-            matcher.fill_next_token_bitmask(bitmask)
-            bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")
-            allowed = [int(token) for token in np.flatnonzero(bits[:len(VOCABULARY)])]
+            allowed = _allowed(matcher, bitmask)
             if STOP_ID in allowed and (rng.random() < self._stop_chance or allowed == [STOP_ID]):
                 return "".join(written)
             choices = [token for token in allowed if token != STOP_ID]
             token = (NEWLINE if NEWLINE in choices and rng.random() < self._newline_chance
                      else rng.choice(choices))
-            if not matcher.accept_token(token):
-                raise AssertionError(f"the matcher refused {VOCABULARY[token]!r} it allowed")
+            _accept(matcher, token)
             written.append(VOCABULARY[token])
         raise AssertionError(f"a walk ran past {max_tokens} tokens: the grammar is unbounded")
 
@@ -68,10 +66,7 @@ class GrammarWalk:
         written: list[str] = []
         size = 0
         while True:
-            matcher.fill_next_token_bitmask(bitmask)
-            bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")
-            choices = [int(token) for token in np.flatnonzero(bits[:len(VOCABULARY)])
-                       if token != STOP_ID]
+            choices = [token for token in _allowed(matcher, bitmask) if token != STOP_ID]
             if not choices:
                 return "".join(written)
             candidates = [token for token in choices if token != NEWLINE] or choices
@@ -79,17 +74,30 @@ class GrammarWalk:
             token = candidates[0]
             if avoid is not None:
                 text = "".join(written)
-                token = next((candidate for candidate in candidates[:AVOIDING_TRIES]
-                              if not avoid(text + VOCABULARY[candidate],
-                                           _after(matcher, candidate))), token)
-                if avoid(text + VOCABULARY[token], _after(matcher, token)):
+                avoiding = next((candidate for candidate in candidates[:AVOIDING_TRIES]
+                                 if not avoid(text + VOCABULARY[candidate],
+                                              _after(matcher, candidate))), None)
+                if avoiding is None:
                     avoid = None  # met at last: the rest of the walk is plain
+                else:
+                    token = avoiding
             size += len(VOCABULARY[token].encode())
             if size > max_bytes:
                 return "".join(written)
-            if not matcher.accept_token(token):
-                raise AssertionError(f"the matcher refused {VOCABULARY[token]!r} it allowed")
+            _accept(matcher, token)
             written.append(VOCABULARY[token])
+
+
+def _allowed(matcher: xgrammar.GrammarMatcher, bitmask: Any) -> list[int]:
+    """The tokens the matcher allows next (`bitmask` is filled with them)."""
+    matcher.fill_next_token_bitmask(bitmask)
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")
+    return [int(token) for token in np.flatnonzero(bits[:len(VOCABULARY)])]
+
+
+def _accept(matcher: xgrammar.GrammarMatcher, token: int) -> None:
+    if not matcher.accept_token(token):
+        raise AssertionError(f"the matcher refused {VOCABULARY[token]!r} it allowed")
 
 
 def _after(matcher: xgrammar.GrammarMatcher, token: int) -> xgrammar.GrammarMatcher:
