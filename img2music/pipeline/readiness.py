@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Literal
 
 import httpx
 
+from img2music.graph.context import Context
 from img2music.graph.profiles import (
     STRUCTURED_OUTPUTS_SINCE,
     grammar_plan,
@@ -32,8 +33,7 @@ from img2music.pipeline.index_build import (
 )
 from img2music.redaction import redact_url, scrub
 from img2music.settings import Settings
-from img2music.tools.abc.budget import BudgetError, sized_answer_grammar
-from img2music.tools.abc.grammar import answer_grammar
+from img2music.tools.abc.budget import BudgetError
 from img2music.tools.programs import which
 
 if TYPE_CHECKING:
@@ -267,8 +267,7 @@ def abc_grammar(settings: Settings, endpoint: Check) -> Check:
     if via is None:
         return Check(name, "ok", f"compose calls are not constrained: {why}")
     try:
-        sized_answer_grammar(answer_grammar(thinking=settings.vlm_thinking),
-                             settings.vlm_max_tokens)
+        Context.from_settings(settings).answer_grammar()
     except BudgetError as error:
         return Check(name, "warning", f"compose calls are not constrained: {error}",
                      "raise IMG2MUSIC_VLM_MAX_TOKENS, or set IMG2MUSIC_VLM_GRAMMAR=off")
